@@ -252,8 +252,18 @@ def _topological_order(nodes: list[NodeSpec], problems: list[Problem]) -> list[N
             if pending[consumer] == 0:
                 ready.append(consumer)
     if len(order) < len(nodes):
+        # What is left is on a cycle or downstream of one; peel off the
+        # downstream nodes (those feeding nothing left) to name only the cycle.
+        left = {name for name, count in pending.items() if count > 0}
+        peeled = True
+        while peeled:
+            peeled = False
+            for name in sorted(left):
+                if not any(c in left for c in consumers[name]):
+                    left.discard(name)
+                    peeled = True
         for node in nodes:
-            if pending[node.name] > 0:
+            if node.name in left:
                 problems.append(Problem(f"{node.path}.inputs", f"node {node.name!r} is part of a cycle", node.name))
         return None
     return order

@@ -120,84 +120,87 @@ def train(
 
     loss_fn, loss_name = LOSSES[config.loss], config.loss
     n, batch_size = data.n, config.batch_size
-    for epoch in range(start_epoch + 1, config.epochs + 1):
-        started = time.perf_counter()
-        learning_rate = schedule.rate(epoch)
-        optimizer.learning_rate = learning_rate
-        order = xp.asarray(rng.permutation(n))
-        totals = _Totals()
-        layers: dict[str, dict[str, float]] = {}
-        global_norm = 0.0
-        for batch, start in enumerate(range(0, n, batch_size)):
-            rows = order[start:start + batch_size]
-            X_batch, y_batch = data.X[rows], data.y[rows]
-            value, Z = network._loss_step(X_batch, y_batch, loss_name, training=True)
-            if not math.isfinite(value):
-                raise TrainingDiverged(_diverged_message(epoch, learning_rate, config), epoch)
-            totals.add(value, Z, y_batch, data, xp)
-            diagnose = batch == 0
-            if diagnose:
-                layers, global_norm = _gradient_diagnostics(network, nodes, weight_grads)
-                before = [w.copy() for w in weights]
-            if config.weight_decay:
-                for w, g in zip(weights, weight_grads):
-                    g += config.weight_decay * w
-            if config.gradient_clip_norm is not None:
-                _clip(grads, config.gradient_clip_norm, xp)
-            optimizer.update(params, grads)
-            if diagnose:
-                for node, w, old in zip(nodes, weights, before):
-                    old -= w
-                    layers[node.name]["update_ratio"] = _ratio(_norm(old, xp), layers[node.name]["weight_norm"])
-            if on_batch_end is not None and (batch + 1) % batch_callback_every == 0:
-                on_batch_end(epoch, batch + 1, value)
-            if should_stop is not None and should_stop():
-                raise TrainingCancelled(epoch - 1)
+    # Overflow on the way to a non-finite loss is reported as TrainingDiverged,
+    # not as a stream of numpy warnings.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            started = time.perf_counter()
+            learning_rate = schedule.rate(epoch)
+            optimizer.learning_rate = learning_rate
+            order = xp.asarray(rng.permutation(n))
+            totals = _Totals()
+            layers: dict[str, dict[str, float]] = {}
+            global_norm = 0.0
+            for batch, start in enumerate(range(0, n, batch_size)):
+                rows = order[start:start + batch_size]
+                X_batch, y_batch = data.X[rows], data.y[rows]
+                value, Z = network._loss_step(X_batch, y_batch, loss_name, training=True)
+                if not math.isfinite(value):
+                    raise TrainingDiverged(_diverged_message(epoch, learning_rate, config), epoch)
+                totals.add(value, Z, y_batch, data, xp)
+                diagnose = batch == 0
+                if diagnose:
+                    layers, global_norm = _gradient_diagnostics(network, nodes, weight_grads)
+                    before = [w.copy() for w in weights]
+                if config.weight_decay:
+                    for w, g in zip(weights, weight_grads):
+                        g += config.weight_decay * w
+                if config.gradient_clip_norm is not None:
+                    _clip(grads, config.gradient_clip_norm, xp)
+                optimizer.update(params, grads)
+                if diagnose:
+                    for node, w, old in zip(nodes, weights, before):
+                        old -= w
+                        layers[node.name]["update_ratio"] = _ratio(_norm(old, xp), layers[node.name]["weight_norm"])
+                if on_batch_end is not None and (batch + 1) % batch_callback_every == 0:
+                    on_batch_end(epoch, batch + 1, value)
+                if should_stop is not None and should_stop():
+                    raise TrainingCancelled(epoch - 1)
 
-        if not all(bool(xp.isfinite(p).all()) for p in params):
-            raise TrainingDiverged(_diverged_message(epoch, learning_rate, config), epoch)
-        record: dict[str, Any] = {"epoch": epoch, **totals.metrics(data)}
-        if val is not None:
-            record.update({f"val_{k}": v for k, v in _evaluate(network, val, loss_fn, loss_name).items()})
-        monitored = record.get("val_loss", record["loss"])
-        if not math.isfinite(monitored):
-            raise TrainingDiverged(_diverged_message(epoch, learning_rate, config), epoch)
-        schedule.observe(monitored)
-        if monitored < best_loss:
-            best_loss, best_epoch, bad_epochs = monitored, epoch, 0
-            if patience:
-                best_params = {k: p.copy() for k, p in network.parameters().items()}
-        else:
-            bad_epochs += 1
-        elapsed = time.perf_counter() - started
-        record.update({
-            "learning_rate": learning_rate,
-            "duration_s": elapsed,
-            "samples_per_second": n / elapsed if elapsed > 0 else None,
-            "layers": layers,
-            "flags": _flags(layers, global_norm),
-        })
-        history.append(record)
-        stop = bool(patience) and bad_epochs >= patience
-        if on_checkpoint is not None:
-            on_checkpoint(Checkpoint(
-                epoch=epoch,
-                params={k: to_numpy(p).copy() for k, p in network.parameters().items()},
-                optimizer_scalars=optimizer.state()[0],
-                optimizer_slots={k: [to_numpy(a).copy() for a in v] for k, v in optimizer.state()[1].items()},
-                rng_state=rng.bit_generator.state,
-                schedule_state=schedule.state(),
-                best_params=None if best_params is None else {k: to_numpy(v).copy() for k, v in best_params.items()},
-                best_loss=best_loss,
-                best_epoch=best_epoch,
-                bad_epochs=bad_epochs,
-                history=list(history),
-            ))
-        if on_epoch_end is not None:
-            on_epoch_end(record)
-        if stop:
-            history.stopped_early = True
-            break
+            if not all(bool(xp.isfinite(p).all()) for p in params):
+                raise TrainingDiverged(_diverged_message(epoch, learning_rate, config), epoch)
+            record: dict[str, Any] = {"epoch": epoch, **totals.metrics(data)}
+            if val is not None:
+                record.update({f"val_{k}": v for k, v in _evaluate(network, val, loss_fn, loss_name).items()})
+            monitored = record.get("val_loss", record["loss"])
+            if not math.isfinite(monitored):
+                raise TrainingDiverged(_diverged_message(epoch, learning_rate, config), epoch)
+            schedule.observe(monitored)
+            if monitored < best_loss:
+                best_loss, best_epoch, bad_epochs = monitored, epoch, 0
+                if patience:
+                    best_params = {k: p.copy() for k, p in network.parameters().items()}
+            else:
+                bad_epochs += 1
+            elapsed = time.perf_counter() - started
+            record.update({
+                "learning_rate": learning_rate,
+                "duration_s": elapsed,
+                "samples_per_second": n / elapsed if elapsed > 0 else None,
+                "layers": layers,
+                "flags": _flags(layers, global_norm),
+            })
+            history.append(record)
+            stop = bool(patience) and bad_epochs >= patience
+            if on_checkpoint is not None:
+                on_checkpoint(Checkpoint(
+                    epoch=epoch,
+                    params={k: to_numpy(p).copy() for k, p in network.parameters().items()},
+                    optimizer_scalars=optimizer.state()[0],
+                    optimizer_slots={k: [to_numpy(a).copy() for a in v] for k, v in optimizer.state()[1].items()},
+                    rng_state=rng.bit_generator.state,
+                    schedule_state=schedule.state(),
+                    best_params=None if best_params is None else {k: to_numpy(v).copy() for k, v in best_params.items()},
+                    best_loss=best_loss,
+                    best_epoch=best_epoch,
+                    bad_epochs=bad_epochs,
+                    history=list(history),
+                ))
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+            if stop:
+                history.stopped_early = True
+                break
 
     history.best_epoch = best_epoch
     if patience and best_params is not None:
