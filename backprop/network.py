@@ -108,14 +108,16 @@ class Dense(Node):
     def backward(self, delta, needs):
         xp = self.xp
         delta = self._activation_backward(delta)
-        if self.bias_grad is not None:
-            delta.sum(axis=0, out=self.bias_grad)
+        if self.bias is not None:
+            self.bias_grad = delta.sum(axis=0)
+        # Fresh arrays from `@` are faster here than BLAS writing into a kept buffer.
         if len(self.cached_inputs) == 1:
-            xp.dot(self.cached_inputs[0].T, delta, out=self.weight_grad)
+            self.weight_grad = self.cached_inputs[0].T @ delta
             return [delta @ self.weight.T if needs[0] else None]
+        self.weight_grad = xp.empty_like(self.weight)
         grads = []
         for X, (a, b), need in zip(self.cached_inputs, self.blocks, needs):
-            xp.dot(X.T, delta, out=self.weight_grad[a:b])
+            self.weight_grad[a:b] = X.T @ delta
             grads.append(delta @ self.weight[a:b].T if need else None)
         return grads
 
@@ -246,7 +248,7 @@ class Network:
         return params
 
     def gradients(self) -> dict[str, Any]:
-        """Return the live gradient buffers of the last backward pass, keyed like ``parameters``."""
+        """Return the gradients of the last backward pass, keyed like ``parameters``."""
         grads = {}
         for node in self.dense_nodes:
             grads[f"{node.name}.weight"] = node.weight_grad

@@ -79,8 +79,10 @@ def train(
     y = np.asarray(y) if isinstance(y, (list, tuple)) else y
     if validation_data is None:
         train_rows, val_rows = train_validation_split(len(X), config.validation_split, config.seed)
-        X_val, y_val = (X[val_rows], y[val_rows]) if len(val_rows) else (None, None)
-        X, y = X[train_rows], y[train_rows]
+        X_val, y_val = None, None
+        if len(val_rows):  # without a split, X is used as it is: no copy
+            X_val, y_val = X[val_rows], y[val_rows]
+            X, y = X[train_rows], y[train_rows]
     else:
         X_val, y_val = validation_data
     data = _Data(network, X, y, config.loss)
@@ -89,15 +91,8 @@ def train(
     rng = np.random.default_rng([config.seed, 0])
     network.rng = rng  # dropout masks come from the same stream as the shuffles
     nodes = network.dense_nodes
-    params, grads = [], []
-    for node in nodes:
-        params.append(node.weight)
-        grads.append(node.weight_grad)
-        if node.bias is not None:
-            params.append(node.bias)
-            grads.append(node.bias_grad)
+    params = _parameter_list(nodes, "weight", "bias")
     weights = [node.weight for node in nodes]
-    weight_grads = [node.weight_grad for node in nodes]
     optimizer = make_optimizer(config.optimizer, params, config.learning_rate, xp, config.momentum, config.nesterov)
     schedule = LearningRateSchedule(
         config.lr_schedule, config.learning_rate, config.epochs, config.lr_step_size, config.lr_decay,
@@ -140,11 +135,12 @@ def train(
                 totals.add(value, Z, y_batch, data, xp)
                 diagnose = batch == 0
                 if diagnose:
-                    layers, global_norm = _gradient_diagnostics(network, nodes, weight_grads)
+                    layers, global_norm = _gradient_diagnostics(network, nodes)
                     before = [w.copy() for w in weights]
                 if config.weight_decay:
-                    for w, g in zip(weights, weight_grads):
-                        g += config.weight_decay * w
+                    for node in nodes:
+                        node.weight_grad += config.weight_decay * node.weight
+                grads = _parameter_list(nodes, "weight_grad", "bias_grad")
                 if config.gradient_clip_norm is not None:
                     _clip(grads, config.gradient_clip_norm, xp)
                 optimizer.update(params, grads)
@@ -284,13 +280,23 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator > 0 else (0.0 if numerator == 0 else math.inf)
 
 
-def _gradient_diagnostics(network: Network, nodes: list, weight_grads: list) -> tuple[dict, float]:
+def _parameter_list(nodes: list, weight: str, bias: str) -> list:
+    """The nodes' weights and biases (or their gradients), in the optimizer's order."""
+    arrays = []
+    for node in nodes:
+        arrays.append(getattr(node, weight))
+        if node.bias is not None:
+            arrays.append(getattr(node, bias))
+    return arrays
+
+
+def _gradient_diagnostics(network: Network, nodes: list) -> tuple[dict, float]:
     """Per-node grad_norm, weight_norm and saturation of the current batch; the global grad norm."""
     xp = network.xp
     layers = {}
     total = 0.0
-    for node, grad in zip(nodes, weight_grads):
-        grad_norm = _norm(grad, xp)
+    for node in nodes:
+        grad_norm = _norm(node.weight_grad, xp)
         total += grad_norm**2
         layers[node.name] = {"grad_norm": grad_norm, "weight_norm": _norm(node.weight, xp)}
     for name, fraction in network.saturation().items():
