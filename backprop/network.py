@@ -217,6 +217,7 @@ class Network:
             widths = [self.graph.widths[name] for name in node_spec.inputs]
             self.nodes.append(self._make_node(node_spec, inputs, widths, init_rng))
             index[node_spec.name] = position
+        self.dense_nodes: list[Dense] = [node for node in self.nodes if node.has_parameters]
         self._output_position = index[self.graph.output]
         self.output_node = self.nodes[self._output_position - 1]
         # Whether each node input needs a gradient: the network's input does not.
@@ -234,27 +235,21 @@ class Network:
 
     # -- parameters -------------------------------------------------------
 
-    @property
-    def dense_nodes(self) -> list[Dense]:
-        return [node for node in self.nodes if node.has_parameters]
-
     def parameters(self) -> dict[str, Any]:
         """Return the live parameter arrays: ``{node}.weight`` (in, out), ``{node}.bias`` (out,)."""
-        params = {}
-        for node in self.dense_nodes:
-            params[f"{node.name}.weight"] = node.weight
-            if node.bias is not None:
-                params[f"{node.name}.bias"] = node.bias
-        return params
+        return self._named("weight", "bias")
 
     def gradients(self) -> dict[str, Any]:
         """Return the gradients of the last backward pass, keyed like ``parameters``."""
-        grads = {}
+        return self._named("weight_grad", "bias_grad")
+
+    def _named(self, weight: str, bias: str) -> dict[str, Any]:
+        arrays = {}
         for node in self.dense_nodes:
-            grads[f"{node.name}.weight"] = node.weight_grad
+            arrays[f"{node.name}.weight"] = getattr(node, weight)
             if node.bias is not None:
-                grads[f"{node.name}.bias"] = node.bias_grad
-        return grads
+                arrays[f"{node.name}.bias"] = getattr(node, bias)
+        return arrays
 
     def set_parameters(self, params: dict[str, Any]) -> None:
         """Copy ``params`` (host or device arrays, keyed like ``parameters``) into the network."""

@@ -91,7 +91,7 @@ def train(
     rng = np.random.default_rng([config.seed, 0])
     network.rng = rng  # dropout masks come from the same stream as the shuffles
     nodes = network.dense_nodes
-    params = _parameter_list(nodes, "weight", "bias")
+    params = list(network.parameters().values())
     weights = [node.weight for node in nodes]
     optimizer = make_optimizer(config.optimizer, params, config.learning_rate, xp, config.momentum, config.nesterov)
     schedule = LearningRateSchedule(
@@ -140,7 +140,7 @@ def train(
                 if config.weight_decay:
                     for node in nodes:
                         node.weight_grad += config.weight_decay * node.weight
-                grads = _parameter_list(nodes, "weight_grad", "bias_grad")
+                grads = list(network.gradients().values())
                 if config.gradient_clip_norm is not None:
                     _clip(grads, config.gradient_clip_norm, xp)
                 optimizer.update(params, grads)
@@ -278,16 +278,6 @@ def _norm(array: Any, xp: Any) -> float:
 
 def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator > 0 else (0.0 if numerator == 0 else math.inf)
-
-
-def _parameter_list(nodes: list, weight: str, bias: str) -> list:
-    """The nodes' weights and biases (or their gradients), in the optimizer's order."""
-    arrays = []
-    for node in nodes:
-        arrays.append(getattr(node, weight))
-        if node.bias is not None:
-            arrays.append(getattr(node, bias))
-    return arrays
 
 
 def _gradient_diagnostics(network: Network, nodes: list) -> tuple[dict, float]:
