@@ -178,7 +178,7 @@ def _parse_node(item: dict, name: Any, inputs: Any, path: str, problems: list[Pr
         problems.append(Problem(f"{path}.name", f"{INPUT!r} is reserved for the network's input", name))
         return None
     node_type = item.get("type")
-    if node_type not in NODE_KEYS:
+    if not isinstance(node_type, str) or node_type not in NODE_KEYS:
         problems.append(Problem(f"{path}.type", f"unknown node type {node_type!r}; use one of {', '.join(NODE_KEYS)}", name))
         return None
     ok = True
@@ -219,10 +219,10 @@ def _check_param(key: str, value: Any) -> str | None:
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_UNITS:
             return f"'units' must be an integer from 1 to {MAX_UNITS:,}"
     elif key == "activation":
-        if value not in ACTIVATIONS:
+        if not isinstance(value, str) or value not in ACTIVATIONS:
             return f"unknown activation {value!r}; use one of {', '.join(ACTIVATIONS)}"
     elif key == "init":
-        if value not in INITIALIZERS:
+        if not isinstance(value, str) or value not in INITIALIZERS:
             return f"unknown initializer {value!r}; use one of {', '.join(INITIALIZERS)}"
     elif key == "use_bias":
         if not isinstance(value, bool):

@@ -132,3 +132,19 @@ def test_output_width_per_loss():
     assert backprop.output_width("mse", n_targets=3) == 3
     with pytest.raises(ValueError):
         backprop.output_width("binary_cross_entropy", n_classes=3)
+
+
+JSON_VALUES = [None, True, 0, -1, 2.5, "", "x", [], ["input"], [[1]], {}, {"a": 1}, float("nan")]
+
+
+@pytest.mark.parametrize("key", ["name", "type", "inputs", "units", "activation", "use_bias", "init", "rate", "output"])
+@pytest.mark.parametrize("value", JSON_VALUES, ids=repr)
+def test_any_json_value_in_any_field_is_a_problem_not_a_crash(key, value):
+    node = {"name": "h", "type": "dense", "units": 3, "inputs": ["input"]}
+    spec = {"nodes": [node, {"name": "out", "type": "dense", "units": 2, "inputs": ["h"]}], "output": "out"}
+    if key == "output":
+        spec["output"] = value
+    else:
+        node[key] = value
+    problems = backprop.validate(spec, 4, 2)
+    assert all(isinstance(p, backprop.Problem) for p in problems)
