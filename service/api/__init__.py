@@ -1,0 +1,13 @@
+"""The REST API: one blueprint per resource."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from service.api import datasets, docs, health, jobs, models, networks
+
+
+def init_app(app: Flask) -> None:
+    """Register every blueprint."""
+    for module in (datasets, networks, jobs, models, health, docs):
+        app.register_blueprint(module.bp)

@@ -1,0 +1,142 @@
+"""Datasets: upload (multipart CSV or JSON rows), list, read, delete."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request, url_for
+from sqlalchemy import exists, select
+
+from service.api.common import json_body, page, page_args, validate_body
+from service.db import get_session, get_session_factory
+from service.errors import ApiError, invalid, not_found
+from service.ids import isoformat
+from service.parsing import ParsedTable, TableError, describe_target, parse_csv, parse_json_rows
+from service.schemas import DatasetJson
+from service.store import dataset_input_width, delete_dataset, paginate, save_dataset
+from service.tables import Dataset, DatasetPayload, Job
+
+bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
+
+TASKS = ("classification", "regression")
+
+
+def dataset_json(dataset: Dataset, size_bytes: int | None = None) -> dict[str, Any]:
+    """Render a dataset."""
+    body = {
+        "id": dataset.id,
+        "name": dataset.name,
+        "n_rows": dataset.n_rows,
+        "n_columns": len(dataset.columns),
+        "columns": dataset.columns,
+        "features": dataset.features,
+        "targets": dataset.targets,
+        "task": dataset.task,
+        "classes": dataset.classes,
+        "input_width": dataset_input_width(dataset),
+        "source": dataset.source,
+        "sha256": dataset.payload_sha256,
+        "created_at": isoformat(dataset.created_at),
+    }
+    if size_bytes is not None:
+        body["size_bytes"] = size_bytes
+    return body
+
+
+def _table_error(error: TableError) -> ApiError:
+    return invalid(error.errors)
+
+
+def _from_csv() -> tuple[ParsedTable, dict[str, Any], str]:
+    upload = request.files.get("file")
+    if upload is None:
+        raise invalid([{"field": "file", "message": "a multipart field 'file' with the CSV is required"}])
+    task = request.form.get("task") or None
+    if task is not None and task not in TASKS:
+        raise invalid([{"field": "task", "message": "must be classification or regression"}])
+    stream_path = getattr(upload.stream, "name", None)
+    try:
+        if isinstance(stream_path, str) and Path(stream_path).is_file():
+            table = parse_csv(stream_path)
+        else:
+            # Small parts may arrive in memory (another stream factory); spill them to DATA_DIR.
+            path = Path(current_app.config["DATA_DIR"]) / "tmp" / f"upload-{id(upload)}.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                upload.save(path)
+                table = parse_csv(path)
+            finally:
+                path.unlink(missing_ok=True)
+        description = describe_target(table, request.form.get("target"), task)
+    except TableError as error:
+        raise _table_error(error) from None
+    finally:
+        upload.close()
+    name = request.form.get("name") or upload.filename or "dataset"
+    return table, description, name[:200]
+
+
+def _from_json() -> tuple[ParsedTable, dict[str, Any], str]:
+    body = validate_body(DatasetJson, json_body())
+    try:
+        table = parse_json_rows(body.columns, body.data)
+        description = describe_target(table, body.target, body.task)
+    except TableError as error:
+        raise _table_error(error) from None
+    return table, description, body.name or "dataset"
+
+
+@bp.post("")
+def create_dataset() -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Upload a dataset as multipart CSV or JSON rows."""
+    if request.mimetype == "multipart/form-data":
+        table, description, name = _from_csv()
+        source = "csv"
+    elif request.is_json:
+        table, description, name = _from_json()
+        source = "json"
+    else:
+        raise ApiError(415, "Unsupported Media Type",
+                       "send multipart/form-data with a 'file' field, or application/json")
+    dataset = save_dataset(get_session_factory(), table, description, name, source)
+    location = url_for("datasets.get_dataset", dataset_id=dataset.id)
+    return dataset_json(dataset), 201, {"Location": location}
+
+
+@bp.get("")
+def list_datasets() -> dict[str, Any]:
+    """List datasets, newest first."""
+    limit, cursor = page_args()
+    with get_session() as session:
+        rows, next_cursor = paginate(session, select(Dataset), Dataset.id, limit, cursor)
+        return page([dataset_json(d) for d in rows], next_cursor)
+
+
+@bp.get("/<dataset_id>")
+def get_dataset(dataset_id: str) -> dict[str, Any]:
+    """Read one dataset."""
+    with get_session() as session:
+        dataset = session.get(Dataset, dataset_id)
+        if dataset is None:
+            raise not_found("dataset", dataset_id)
+        size = session.scalar(select(DatasetPayload.size_bytes)
+                              .where(DatasetPayload.sha256 == dataset.payload_sha256))
+        return dataset_json(dataset, size)
+
+
+@bp.delete("/<dataset_id>")
+def remove_dataset(dataset_id: str) -> Response:
+    """Delete a dataset unless a queued or running job still needs it."""
+    with get_session() as session:
+        dataset = session.get(Dataset, dataset_id)
+        if dataset is None:
+            raise not_found("dataset", dataset_id)
+        busy = session.scalar(select(exists().where(Job.dataset_id == dataset_id,
+                                                    Job.status.in_(("queued", "running")))))
+        if busy:
+            raise ApiError(409, "Conflict", f"dataset {dataset_id} is used by a queued or running "
+                                            f"job; cancel it first", slug="dataset-in-use")
+        delete_dataset(session, dataset)
+        session.commit()
+    return Response(status=204)

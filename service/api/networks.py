@@ -1,0 +1,139 @@
+"""Networks: validate, store and read network definitions."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import backprop
+from flask import Blueprint, Response, request, url_for
+from sqlalchemy import select
+
+from service.api.common import int_arg, json_body, page, page_args, validate_body
+from service.db import get_session
+from service.errors import invalid, not_found
+from service.ids import isoformat, new_id
+from service.schemas import NetworkDefinition
+from service.store import dataset_input_width, paginate
+from service.tables import Dataset, Network
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("networks", __name__, url_prefix="/v1/networks")
+
+MAX_WIDTH = 10_000_000
+
+
+def problem_entries(problems: list[backprop.Problem], prefix: str = "") -> list[dict[str, Any]]:
+    """Render engine problems as problem+json `errors`, field paths under `prefix`."""
+    entries = []
+    for problem in problems:
+        field = f"{prefix}.{problem.field}" if prefix and problem.field else (prefix or problem.field)
+        entry: dict[str, Any] = {"field": field, "message": problem.message}
+        if problem.node:
+            entry["node"] = problem.node
+        entries.append(entry)
+    return entries
+
+
+def check_definition(definition: Any, input_dim: int | None = None,
+                     output_dim: int | None = None) -> list[backprop.Problem]:
+    """Run backprop.validate; a definition so odd that the check itself fails is one problem."""
+    try:
+        return backprop.validate(definition, input_dim=input_dim, output_dim=output_dim)
+    except Exception as error:  # the engine's checker must not turn bad input into a 500
+        log.warning("backprop.validate raised %r", error)
+        return [backprop.Problem("", f"the definition could not be checked: {type(error).__name__}: "
+                                     f"{error}")]
+
+
+def definition_from_body(body: Any) -> tuple[str | None, dict[str, Any]]:
+    """Split a request body into (name, definition) after checking its outer shape."""
+    model = validate_body(NetworkDefinition, body)
+    definition = {k: v for k, v in body.items() if k != "name"}
+    return model.name, definition
+
+
+def _width_args() -> tuple[int | None, int | None]:
+    """Read the input width (`input_dim` or a dataset's) and `output_dim` from the query."""
+    input_dim = int_arg("input_dim", None, 1, MAX_WIDTH)
+    output_dim = int_arg("output_dim", None, 1, MAX_WIDTH)
+    dataset_id = request.args.get("dataset_id")
+    if dataset_id and input_dim is None:
+        with get_session() as session:
+            dataset = session.get(Dataset, dataset_id)
+            if dataset is None:
+                raise invalid([{"field": "dataset_id", "message": f"no dataset with id {dataset_id!r}"}])
+            input_dim = dataset_input_width(dataset)
+    return input_dim, output_dim
+
+
+def network_json(network: Network, input_dim: int | None = None) -> dict[str, Any]:
+    """Render a network, with its parameter count when the input width is known."""
+    count = None
+    if input_dim is not None and not check_definition(network.definition, input_dim):
+        count = backprop.count_parameters(network.definition, input_dim)
+    return {"id": network.id, "name": network.name, "definition": network.definition,
+            "input_dim": input_dim, "parameter_count": count,
+            "created_at": isoformat(network.created_at)}
+
+
+@bp.post("/validate")
+def validate_network() -> dict[str, Any]:
+    """Check a definition without storing it; every problem at once."""
+    _name, definition = definition_from_body(json_body())
+    input_dim, output_dim = _width_args()
+    problems = check_definition(definition, input_dim, output_dim)
+    count = None
+    if not problems and input_dim is not None:
+        count = backprop.count_parameters(definition, input_dim)
+    return {"valid": not problems, "problems": problem_entries(problems),
+            "input_dim": input_dim, "parameter_count": count}
+
+
+@bp.post("")
+def create_network() -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Store a network definition after validating it."""
+    name, definition = definition_from_body(json_body())
+    input_dim, output_dim = _width_args()
+    problems = check_definition(definition, input_dim, output_dim)
+    if problems:
+        raise invalid(problem_entries(problems))
+    network = Network(id=new_id("net"), name=name, definition=definition)
+    with get_session() as session:
+        session.add(network)
+        session.commit()
+    return network_json(network, input_dim), 201, {
+        "Location": url_for("networks.get_network", network_id=network.id)}
+
+
+@bp.get("")
+def list_networks() -> dict[str, Any]:
+    """List stored networks, newest first."""
+    limit, cursor = page_args()
+    with get_session() as session:
+        rows, next_cursor = paginate(session, select(Network), Network.id, limit, cursor)
+        return page([network_json(n) for n in rows], next_cursor)
+
+
+@bp.get("/<network_id>")
+def get_network(network_id: str) -> dict[str, Any]:
+    """Read a network; `?input_dim=` or `?dataset_id=` adds its parameter count."""
+    input_dim, _ = _width_args()
+    with get_session() as session:
+        network = session.get(Network, network_id)
+        if network is None:
+            raise not_found("network", network_id)
+        return network_json(network, input_dim)
+
+
+@bp.delete("/<network_id>")
+def remove_network(network_id: str) -> Response:
+    """Delete a stored network (jobs keep their own copy of the definition)."""
+    with get_session() as session:
+        network = session.get(Network, network_id)
+        if network is None:
+            raise not_found("network", network_id)
+        session.delete(network)
+        session.commit()
+    return Response(status=204)

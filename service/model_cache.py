@@ -1,0 +1,80 @@
+"""An in-process LRU cache of built networks and their preprocessing, for /predict."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import backprop
+import numpy as np
+
+from service.preprocessing import Preprocessor
+from service.tables import TrainedModel
+
+
+class Predictor:
+    """A trained model ready to score raw rows."""
+
+    def __init__(self, model: TrainedModel) -> None:
+        self.model_id = model.id
+        self.loss = model.loss
+        self.network = backprop.load(model.definition, model.weights)
+        self.preprocessor = Preprocessor(model.preprocessing)
+
+    def predict(self, encoded: np.ndarray) -> dict[str, Any]:
+        """Score encoded rows and map the outputs back to labels or the target's scale."""
+        outputs = self.network.predict(encoded, loss=self.loss)
+        return self.preprocessor.decode(backprop.to_numpy(outputs), self.loss)
+
+
+class ModelCache:
+    """Keep the most recently used predictors.
+
+    Models are immutable, so an entry only goes stale when the model is deleted,
+    possibly by another API process: an entry older than `recheck_s` is confirmed
+    with a cheap existence query before it is used again.
+    """
+
+    def __init__(self, max_entries: int = 32, recheck_s: float = 1.0) -> None:
+        self.max_entries = max_entries
+        self.recheck_s = recheck_s
+        self._entries: OrderedDict[str, tuple[Predictor, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, model_id: str, exists: Callable[[], bool],
+            load: Callable[[], TrainedModel | None]) -> Predictor | None:
+        """Return the predictor of a model, or None when the model does not exist."""
+        now = time.monotonic()
+        with self._lock:
+            entry = self._entries.get(model_id)
+            if entry is not None:
+                self._entries.move_to_end(model_id)
+        if entry is not None:
+            predictor, checked_at = entry
+            if now - checked_at < self.recheck_s:
+                return predictor
+            if exists():
+                with self._lock:
+                    if model_id in self._entries:
+                        self._entries[model_id] = (predictor, now)
+                return predictor
+            self.evict(model_id)
+            return None
+        model = load()
+        if model is None:
+            return None
+        predictor = Predictor(model)
+        with self._lock:
+            self._entries[model_id] = (predictor, now)
+            self._entries.move_to_end(model_id)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return predictor
+
+    def evict(self, model_id: str) -> None:
+        """Forget a model (it was deleted)."""
+        with self._lock:
+            self._entries.pop(model_id, None)

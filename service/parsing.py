@@ -1,0 +1,344 @@
+"""Parse uploaded tables (CSV files, JSON rows) into a float32 matrix plus a column schema.
+
+Numeric columns hold their values; string columns hold the index of the cell's
+value in the column's sorted `categories`. Two passes over the rows keep memory
+at the size of the final matrix: the first decides each column's kind and finds
+every bad cell, the second fills the matrix.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MAX_CATEGORIES = 10_000
+MAX_CLASSIFICATION_INTEGER_LABELS = 20
+MAX_ERRORS = 20
+CHUNK_ROWS = 8192
+
+# A row as the parser sees it: (1-based data row, where it is for humans, cells).
+Row = tuple[int, str, list[str]]
+
+
+class TableError(Exception):
+    """The table cannot be used; `errors` names every row and column at fault."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__("; ".join(e["message"] for e in errors))
+        self.errors = errors
+
+
+@dataclass
+class ParsedTable:
+    """A parsed table: one float32 matrix and a schema per column."""
+
+    columns: list[dict[str, Any]]
+    values: np.ndarray
+
+    @property
+    def n_rows(self) -> int:
+        """Return the number of data rows."""
+        return int(self.values.shape[0])
+
+    def to_npz(self) -> bytes:
+        """Serialize the table as .npz bytes (deterministic, so they can be hashed)."""
+        buffer = io.BytesIO()
+        np.savez(buffer, values=self.values, columns=np.array(json.dumps(self.columns)))
+        return buffer.getvalue()
+
+    @classmethod
+    def from_npz(cls, data: bytes) -> ParsedTable:
+        """Load a table saved by to_npz, never unpickling anything."""
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return cls(columns=json.loads(str(npz["columns"])), values=npz["values"])
+
+
+def sha256(data: bytes) -> str:
+    """Return the hex sha256 of bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def parse_number(cell: str) -> float | None:
+    """Return the cell's finite float value, or None when it is not one."""
+    try:
+        value = float(cell)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _csv_rows(path: Path, field: str) -> tuple[list[str], Callable[[], Iterator[Row]]]:
+    """Read the header of a CSV file and return it with a factory of its data rows."""
+
+    def open_reader() -> tuple[Any, Iterator[list[str]]]:
+        # utf-8-sig drops a BOM; newline="" lets the csv module handle CRLF and quoted newlines.
+        handle = open(path, encoding="utf-8-sig", newline="")
+        return handle, csv.reader(handle)
+
+    def error(message: str) -> TableError:
+        return TableError([{"field": field, "message": message}])
+
+    handle, reader = open_reader()
+    try:
+        header = None
+        for cells in reader:
+            if cells:
+                header = [c.strip() for c in cells]
+                break
+    except UnicodeDecodeError as exc:
+        raise error(f"the file is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise error(f"line {reader.line_num}: {exc}") from None
+    finally:
+        handle.close()
+    if header is None:
+        raise error("the file is empty; expected a header row and data rows")
+
+    def rows() -> Iterator[Row]:
+        handle, reader = open_reader()
+        with handle:
+            number = 0
+            seen_header = False
+            try:
+                for cells in reader:
+                    if not cells:  # blank line (trailing or not)
+                        continue
+                    if not seen_header:
+                        seen_header = True
+                        continue
+                    number += 1
+                    yield number, f"row {number} (line {reader.line_num})", cells
+            except UnicodeDecodeError as exc:
+                raise error(f"the file is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+            except csv.Error as exc:
+                raise error(f"line {reader.line_num}: {exc}") from None
+
+    return header, rows
+
+
+def parse_csv(path: str | Path, field: str = "file") -> ParsedTable:
+    """Parse a CSV file with a header row."""
+    header, rows = _csv_rows(Path(path), field)
+    return parse_rows(header, rows, field=field, row_field=None)
+
+
+def _json_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return repr(value)
+    return str(value)
+
+
+def parse_json_rows(columns: list[str], data: list[list[Any]]) -> ParsedTable:
+    """Parse a table given as JSON column names and rows of numbers, strings or nulls."""
+
+    def rows() -> Iterator[Row]:
+        for index, row in enumerate(data):
+            yield index + 1, f"data[{index}]", [_json_cell(v) for v in row]
+
+    return parse_rows([str(c).strip() for c in columns], rows, field="columns", row_field="data")
+
+
+def parse_rows(header: list[str], rows: Callable[[], Iterable[Row]], field: str,
+               row_field: str | None) -> ParsedTable:
+    """Parse rows of string cells into a ParsedTable (two passes over `rows()`).
+
+    A column is numeric when more than half of its non-empty cells are finite
+    numbers; its other cells are then errors. Otherwise it is a string column.
+    Empty cells are errors in every column.
+    """
+    errors: list[dict[str, Any]] = []
+
+    def where(number: int, column: int | None) -> str:
+        """Return the error's field: `data[i][j]` / `data[i]` for JSON rows, else the file field."""
+        if row_field is None:
+            return field
+        if column is None:
+            return f"{row_field}[{number - 1}]"
+        return f"{row_field}[{number - 1}][{column}]"
+
+    # The header.
+    seen: set[str] = set()
+    for index, name in enumerate(header):
+        if not name:
+            errors.append({"field": field, "message": f"column {index + 1} has an empty name"})
+        elif name in seen:
+            errors.append({"field": field, "message": f"column name {name!r} appears twice"})
+        seen.add(name)
+    if errors:
+        raise TableError(errors)
+    width = len(header)
+
+    # Pass 1: shape, kinds, bad cells.
+    numeric_count = [0] * width
+    filled_count = [0] * width
+    first_missing: list[tuple[int, str] | None] = [None] * width
+    first_not_number: list[tuple[int, str, str] | None] = [None] * width
+    strings: list[set[str]] = [set() for _ in range(width)]
+    n_rows = 0
+    for number, place, cells in rows():
+        n_rows = number
+        if len(cells) != width:
+            if len(errors) < MAX_ERRORS:
+                errors.append({"field": where(number, None), "row": number,
+                               "message": f"{place}: expected {width} fields, got {len(cells)}"})
+            continue
+        for j, cell in enumerate(cells):
+            cell = cell.strip()
+            if not cell:
+                if first_missing[j] is None:
+                    first_missing[j] = (number, place)
+                continue
+            filled_count[j] += 1
+            if parse_number(cell) is not None:
+                numeric_count[j] += 1
+            else:
+                if first_not_number[j] is None:
+                    first_not_number[j] = (number, place, cell)
+                if len(strings[j]) <= MAX_CATEGORIES:
+                    strings[j].add(cell)
+    if n_rows == 0 and not errors:
+        raise TableError([{"field": row_field or field,
+                           "message": "the table has a header but no data rows"}])
+
+    kinds = ["numeric" if numeric_count[j] * 2 > filled_count[j] or filled_count[j] == 0
+             else "string" for j in range(width)]
+    for j, name in enumerate(header):
+        if first_missing[j] is not None:
+            number, place = first_missing[j]  # type: ignore[misc]
+            errors.append({"field": where(number, j), "row": number, "column": name,
+                           "message": f"{place}, column {name!r}: missing value"})
+        if kinds[j] == "numeric" and first_not_number[j] is not None:
+            number, place, cell = first_not_number[j]  # type: ignore[misc]
+            errors.append({"field": where(number, j), "row": number, "column": name,
+                           "message": f"{place}, column {name!r}: {cell[:50]!r} is not a number "
+                                      f"(the column is numeric)"})
+        if kinds[j] == "string" and len(strings[j]) > MAX_CATEGORIES:
+            errors.append({"field": field, "column": name,
+                           "message": f"column {name!r} has more than {MAX_CATEGORIES} distinct "
+                                      f"strings; drop it or encode it as numbers"})
+    if errors:
+        errors.sort(key=lambda e: e.get("row", 0))
+        raise TableError(errors[:MAX_ERRORS])
+
+    # Pass 2: fill the matrix in chunks; string cells become codes in first-seen order.
+    values = np.empty((n_rows, width), dtype=np.float32)
+    codes: list[dict[str, int]] = [{} for _ in range(width)]
+    string_columns = [j for j in range(width) if kinds[j] == "string"]
+    numeric_columns = [j for j in range(width) if kinds[j] == "numeric"]
+    chunk: list[list[float]] = []
+    start = 0
+    for _number, _place, cells in rows():
+        row = [0.0] * width
+        for j in numeric_columns:
+            row[j] = float(cells[j])
+        for j in string_columns:
+            cell = cells[j].strip()
+            table = codes[j]
+            code = table.get(cell)
+            if code is None:
+                code = table[cell] = len(table)
+            row[j] = code
+        chunk.append(row)
+        if len(chunk) == CHUNK_ROWS:
+            values[start:start + len(chunk)] = chunk
+            start += len(chunk)
+            chunk = []
+    if chunk:
+        values[start:start + len(chunk)] = chunk
+
+    # Sort each string column's categories so that equal tables give equal bytes.
+    columns: list[dict[str, Any]] = []
+    for j, name in enumerate(header):
+        if kinds[j] == "numeric":
+            columns.append({"name": name, "kind": "numeric"})
+            continue
+        categories = sorted(codes[j])
+        remap = np.empty(len(categories), dtype=np.float32)
+        for new, value in enumerate(categories):
+            remap[codes[j][value]] = new
+        values[:, j] = remap[values[:, j].astype(np.int64)]
+        columns.append({"name": name, "kind": "string", "categories": categories})
+    return ParsedTable(columns=columns, values=values)
+
+
+def describe_target(table: ParsedTable, target: str | list[str] | None,
+                    task: str | None) -> dict[str, Any]:
+    """Choose features, targets, task and classes for a parsed table.
+
+    `target` defaults to the last column; several comma-separated names make a
+    multi-output regression. The task, when not given, is classification for a
+    string target or an integer target with at most 20 distinct values, and
+    regression otherwise.
+    """
+    names = [c["name"] for c in table.columns]
+    if target is None or (isinstance(target, str) and not target.strip()):
+        targets = [names[-1]]
+    elif isinstance(target, str):
+        targets = [t.strip() for t in target.split(",") if t.strip()]
+    else:
+        targets = [str(t).strip() for t in target]
+    errors = []
+    for name in targets:
+        if name not in names:
+            errors.append({"field": "target", "message": f"unknown target column {name!r}; "
+                                                         f"the columns are {', '.join(map(repr, names))}"})
+    if len(set(targets)) != len(targets):
+        errors.append({"field": "target", "message": "a target column is named twice"})
+    if errors:
+        raise TableError(errors)
+    features = [n for n in names if n not in targets]
+    if not features:
+        raise TableError([{"field": "target", "message": "every column is a target; "
+                                                         "at least one feature column is needed"}])
+    target_columns = [table.columns[names.index(t)] for t in targets]
+    target_values = [table.values[:, names.index(t)] for t in targets]
+    string_targets = [c["name"] for c in target_columns if c["kind"] == "string"]
+
+    def integer_labels(values: np.ndarray) -> np.ndarray | None:
+        if not np.all(np.floor(values) == values):
+            return None
+        return np.unique(values)
+
+    if task is None:
+        if string_targets:
+            task = "classification"
+        elif len(targets) == 1:
+            labels = integer_labels(target_values[0])
+            task = ("classification" if labels is not None
+                    and len(labels) <= MAX_CLASSIFICATION_INTEGER_LABELS else "regression")
+        else:
+            task = "regression"
+    if task == "regression":
+        if string_targets:
+            raise TableError([{"field": "task", "message": f"regression needs numeric targets; "
+                                                           f"{string_targets[0]!r} holds strings"}])
+        return {"features": features, "targets": targets, "task": task, "classes": None}
+    if len(targets) != 1:
+        raise TableError([{"field": "target", "message": "classification takes one target column"}])
+    column = target_columns[0]
+    if column["kind"] == "string":
+        classes: list[Any] = list(column["categories"])
+    else:
+        labels = integer_labels(target_values[0])
+        if labels is None:
+            raise TableError([{"field": "task", "message": f"target {targets[0]!r} has non-integer "
+                                                           f"numbers; use task regression, or "
+                                                           f"integer or string labels"}])
+        classes = [int(v) for v in labels]
+    if len(classes) < 2:
+        raise TableError([{"field": "target", "message": f"target {targets[0]!r} has a single "
+                                                         f"class; classification needs two or more"}])
+    return {"features": features, "targets": targets, "task": task, "classes": classes}

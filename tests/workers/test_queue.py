@@ -1,0 +1,87 @@
+"""The real publishing path: Celery's send_task by name, JSON, the job id only, routed by device."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from tests.conftest import require_redis
+
+
+def _received(broker_url: str, queue_name: str) -> list:
+    """Drain the messages waiting on a queue with a plain Kombu consumer."""
+    from kombu import Connection, Queue
+
+    from service.queue import make_celery
+
+    make_celery({"CELERY_BROKER_URL": broker_url})  # sets the SQLAlchemy transport's polling interval
+    messages = []
+    with Connection(broker_url) as connection:
+        queue = Queue(queue_name, routing_key=queue_name)
+        with connection.SimpleQueue(queue) as simple:
+            while True:
+                try:
+                    message = simple.get(timeout=1)
+                except simple.Empty:
+                    break
+                messages.append(message)
+                message.ack()
+    return messages
+
+
+def _check(messages: list, job_id: str) -> None:
+    assert len(messages) == 1
+    message = messages[0]
+    assert message.content_type == "application/json"
+    assert message.headers["task"] == "train_job"
+    args = json.loads(message.body)[0] if isinstance(message.body, (str, bytes)) else message.payload[0]
+    assert args == [job_id]
+
+
+def test_make_celery_is_json_only_and_sets_the_polling_interval(tmp_path):
+    from kombu.transport import sqlalchemy as kombu_sqlalchemy
+
+    from service.queue import SQLA_POLLING_INTERVAL_S, make_celery
+
+    app = make_celery({"CELERY_BROKER_URL": f"sqla+sqlite:///{tmp_path / 'broker.db'}"})
+    assert app.conf.task_serializer == "json" and app.conf.accept_content == ["json"]
+    assert app.conf.task_ignore_result is True
+    assert kombu_sqlalchemy.Transport.polling_interval == SQLA_POLLING_INTERVAL_S
+
+
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+def test_publish_on_the_sqlalchemy_broker(tmp_path, device):
+    from service.queue import CeleryJobQueue
+
+    broker = f"sqla+sqlite:///{tmp_path / 'broker.db'}"
+    queue = CeleryJobQueue({"CELERY_BROKER_URL": broker})
+    queue.ping()
+    queue.publish("job_123", device)
+    _check(_received(broker, device), "job_123")
+
+
+def test_publish_on_redis():
+    from service.queue import CeleryJobQueue
+
+    url = require_redis()
+    broker = f"{url.rstrip('/')}/15"
+    queue_name = f"test-{uuid.uuid4().hex[:8]}"
+    queue = CeleryJobQueue({"CELERY_BROKER_URL": broker})
+    queue.ping()
+    queue.publish("job_456", queue_name)
+    _check(_received(broker, queue_name), "job_456")
+
+
+def test_workers_package_exposes_the_celery_app_with_train_job():
+
+    import workers
+
+    assert workers.celery.main == "backprop"
+    assert "train_job" in workers.celery.tasks
+    assert workers._concurrency(["celery", "-A", "workers", "worker", "--concurrency", "2"]) == 2
+    assert workers._concurrency(["celery", "worker", "-c", "3"]) == 3
+    assert workers._concurrency(["celery", "worker", "--concurrency=4"]) == 4
+    assert workers._concurrency(["celery", "worker"]) is None
+    assert "OMP_NUM_THREADS" in __import__("os").environ

@@ -1,0 +1,52 @@
+"""Celery workers: `celery -A workers worker -Q cpu --concurrency 1`."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _concurrency(argv: list[str]) -> int | None:
+    """Read --concurrency/-c from the worker's command line, if given."""
+    for index, arg in enumerate(argv):
+        if arg.startswith("--concurrency="):
+            value = arg.split("=", 1)[1]
+        elif arg in ("--concurrency", "-c") and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.startswith("-c") and arg[2:].isdigit():
+            value = arg[2:]
+        else:
+            continue
+        return int(value) if value.isdigit() and int(value) > 0 else None
+    return None
+
+
+def _set_blas_threads() -> None:
+    """Give each training process cores // concurrency BLAS threads (before numpy loads).
+
+    Celery's default concurrency is one process per core, hence one thread each.
+    An explicit setting in the environment wins.
+    """
+    cores = os.cpu_count() or 1
+    concurrency = _concurrency(sys.argv) or int(os.environ.get("CELERY_CONCURRENCY", "0") or 0) or cores
+    threads = str(max(1, cores // concurrency))
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, threads)
+
+
+_set_blas_threads()
+
+from celery.signals import worker_process_init  # noqa: E402
+
+from service.config import load_config  # noqa: E402  (after the BLAS threads are set)
+from service.queue import make_celery  # noqa: E402
+
+celery = make_celery(load_config())
+
+from workers import tasks  # noqa: E402,F401  (registers train_job)
+
+
+@worker_process_init.connect
+def _load_training_code(**_kwargs: object) -> None:
+    """Import the training code (numpy, the engine) in each pool process before its first job."""
+    import workers.training  # noqa: F401
