@@ -35,9 +35,12 @@ def cross_entropy(Z: Any, y: Any, xp: Any) -> tuple[float, Any]:
     n = Z.shape[0]
     rows = xp.arange(n)
     labels = y.reshape(-1).astype(np.int64, copy=False)
-    dZ = log_softmax(Z, xp)
-    loss = -float(dZ[rows, labels].sum()) / n
-    xp.exp(dZ, out=dZ)  # softmax probabilities
+    shifted = Z - Z.max(axis=1, keepdims=True)
+    dZ = xp.exp(shifted)
+    totals = dZ.sum(axis=1)
+    # -log softmax(z)[y] = log(sum(exp(shifted))) - shifted[y], exact for large logits.
+    loss = float(xp.log(totals).sum() - shifted[rows, labels].sum()) / n
+    dZ /= totals[:, None]  # softmax probabilities
     dZ[rows, labels] -= 1.0
     dZ /= n
     return loss, dZ
