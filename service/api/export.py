@@ -1,0 +1,28 @@
+"""Model export: GET /v1/models/{id}/export?format=onnx|npz."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, request
+
+from service import export
+from service.db import get_session
+from service.errors import invalid, not_found
+from service.tables import TrainedModel
+
+bp = Blueprint("export", __name__, url_prefix="/v1/models")
+
+
+@bp.get("/<model_id>/export")
+def export_model(model_id: str) -> Response:
+    """Download a model as ONNX (preprocessing included) or as a backprop .npz."""
+    format_ = request.args.get("format", "onnx")
+    if format_ not in export.FORMATS:
+        raise invalid([{"field": "format", "message": f"must be one of {', '.join(export.FORMATS)}, "
+                                                      f"not {format_[:50]!r}"}])
+    with get_session() as session:
+        model = session.get(TrainedModel, model_id)
+        if model is None:
+            raise not_found("model", model_id)
+        data = export.to_onnx(model) if format_ == "onnx" else export.to_npz(model)
+    return Response(data, mimetype=export.MEDIA_TYPES[format_], headers={
+        "Content-Disposition": f'attachment; filename="{model_id}.{format_}"'})

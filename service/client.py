@@ -1,0 +1,223 @@
+"""A small Python client for the backprop-service REST API.
+
+A plain HTTP client (requests): it imports nothing else of the service, so it
+works from a notebook or a script on any machine that can reach the API.
+
+    from service.client import Client
+
+    api = Client("http://127.0.0.1:8000")
+    dataset = api.upload_dataset("iris.csv", target="species")
+    job = api.create_job(dataset["id"], {"layers": [{"type": "dense", "units": 3}]},
+                         training={"epochs": 50})
+    job = api.wait_job(job["id"])
+    api.predict(job["model_id"], records=[{"sepal_length": 5.1, ...}])
+
+Every method returns the API's JSON (dicts and lists, as docs/service.md shows
+them). An error response raises :class:`ApiError` with the problem document's
+fields. docs/cli.md describes the client and the ``backprop`` command built on it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import requests
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class ApiError(Exception):
+    """An error response (problem+json): status, title, detail and the fields at fault."""
+
+    def __init__(self, status: int, title: str, detail: str = "",
+                 errors: list[dict[str, Any]] | None = None) -> None:
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.errors = errors or []
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        """Say what went wrong in a few lines: the detail, then one line per field at fault."""
+        lines = [f"{self.status} {self.title}" + (f": {self.detail}" if self.detail and not self.errors else "")]
+        for error in self.errors:
+            field = error.get("field") or "(body)"
+            node = f" (node {error['node']})" if error.get("node") else ""
+            lines.append(f"  {field}{node}: {error.get('message', '')}")
+        return "\n".join(lines)
+
+    @classmethod
+    def from_response(cls, response: requests.Response) -> "ApiError":
+        """Read a problem document, or make one from a response that is not one."""
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return cls(response.status_code, response.reason or "Error", response.text[:500].strip())
+        errors = [e for e in body.get("errors") or [] if isinstance(e, dict)] if isinstance(
+            body.get("errors"), list) else []
+        status = body["status"] if isinstance(body.get("status"), int) else response.status_code
+        return cls(status, str(body.get("title") or response.reason),
+                   str(body.get("detail") or ""), errors)
+
+
+class Client:
+    """The REST API of one backprop-service, over HTTP.
+
+    ``api_key`` is sent as ``Authorization: Bearer KEY``. Network failures raise
+    ``requests.RequestException``; error responses raise :class:`ApiError`.
+    """
+
+    def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, timeout: float = 60.0,
+                 session: requests.Session | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.http = session or requests.Session()
+        if api_key:
+            self.http.headers["Authorization"] = f"Bearer {api_key}"
+
+    def request(self, method: str, path: str, *, raw: bool = False, **kwargs: Any) -> Any:
+        """Send a request; return the JSON body (the bytes with ``raw``), or raise ApiError."""
+        kwargs.setdefault("timeout", self.timeout)
+        response = self.http.request(method, f"{self.url}{path}", **kwargs)
+        if response.status_code >= 400:
+            raise ApiError.from_response(response)
+        if raw:
+            return response.content
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise ApiError(response.status_code, "Unexpected answer",
+                           f"{method} {path} did not answer JSON; is {self.url} a backprop-service?") from None
+
+    def _pages(self, path: str, params: dict[str, Any], limit: int | None) -> list[dict[str, Any]]:
+        """Follow `next_cursor` until `limit` items (all when None) are read."""
+        return list(self._iterate(path, params, limit))
+
+    def _iterate(self, path: str, params: dict[str, Any], limit: int | None) -> Iterator[dict[str, Any]]:
+        cursor, seen = None, 0
+        while True:
+            page_size = min(1000, limit - seen) if limit is not None else 1000
+            query = {**{k: v for k, v in params.items() if v is not None}, "limit": page_size}
+            if cursor:
+                query["cursor"] = cursor
+            page = self.request("GET", path, params=query)
+            for item in page["items"]:
+                yield item
+                seen += 1
+            cursor = page.get("next_cursor")
+            if not cursor or (limit is not None and seen >= limit):
+                return
+
+    # service -------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """Return /readyz: whether the database and the broker answer."""
+        return self.request("GET", "/readyz")
+
+    # datasets ------------------------------------------------------------------
+
+    def upload_dataset(self, path: str | Path, target: str | None = None, name: str | None = None,
+                       task: str | None = None) -> dict[str, Any]:
+        """Upload a CSV file (header row first); return the dataset."""
+        path = Path(path)
+        fields = {k: v for k, v in {"target": target, "name": name or path.stem, "task": task}.items() if v}
+        with path.open("rb") as file:
+            return self.request("POST", "/v1/datasets", files={"file": (path.name, file, "text/csv")},
+                                data=fields)
+
+    def list_datasets(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Return the datasets, newest first (all of them, or the first `limit`)."""
+        return self._pages("/v1/datasets", {}, limit)
+
+    def get_dataset(self, dataset_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/datasets/{dataset_id}")
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        self.request("DELETE", f"/v1/datasets/{dataset_id}")
+
+    # networks ------------------------------------------------------------------
+
+    def validate_network(self, definition: dict[str, Any], input_dim: int | None = None,
+                         output_dim: int | None = None, dataset_id: str | None = None) -> dict[str, Any]:
+        """Check a definition without storing it: ``{"valid", "problems", "parameter_count"}``."""
+        params = {"input_dim": input_dim, "output_dim": output_dim, "dataset_id": dataset_id}
+        return self.request("POST", "/v1/networks/validate", json=definition,
+                            params={k: v for k, v in params.items() if v is not None})
+
+    def create_network(self, definition: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+        """Store a definition; return it with its id."""
+        body = {**definition, "name": name} if name else definition
+        return self.request("POST", "/v1/networks", json=body)
+
+    def get_network(self, network_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/networks/{network_id}")
+
+    # jobs ----------------------------------------------------------------------
+
+    def create_job(self, dataset_id: str, network: dict[str, Any] | None = None, *,
+                   network_id: str | None = None, training: dict[str, Any] | None = None,
+                   device: str = "cpu") -> dict[str, Any]:
+        """Start training `network` (a definition) or `network_id` on a dataset; return the job."""
+        body: dict[str, Any] = {"dataset_id": dataset_id, "training": training or {}, "device": device}
+        if network_id is not None:
+            body["network_id"] = network_id
+        else:
+            body["network"] = network
+        return self.request("POST", "/v1/jobs", json=body)
+
+    def list_jobs(self, status: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Return jobs, newest first, optionally only those with one `status`."""
+        return self._pages("/v1/jobs", {"status": status}, limit)
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/jobs/{job_id}")
+
+    def job_metrics(self, job_id: str) -> dict[str, Any]:
+        """Return the per-epoch history with per-layer diagnostics: ``{"epochs": [...]}``."""
+        return self.request("GET", f"/v1/jobs/{job_id}/metrics")
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return self.request("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def wait_job(self, job_id: str, poll_s: float = 0.5, timeout: float | None = None,
+                 on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Poll a job until it succeeds, fails or is cancelled; return it.
+
+        ``on_update`` sees every polled state. Raises TimeoutError after `timeout` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.get_job(job_id)
+            if on_update is not None:
+                on_update(job)
+            if job["status"] in TERMINAL:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout} s")
+            time.sleep(poll_s)
+
+    # models --------------------------------------------------------------------
+
+    def list_models(self, limit: int | None = None) -> list[dict[str, Any]]:
+        return self._pages("/v1/models", {}, limit)
+
+    def get_model(self, model_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/models/{model_id}")
+
+    def predict(self, model_id: str, inputs: list[list[Any]] | None = None,
+                records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Score raw rows: `inputs` (feature columns in training order) or `records` (by column name)."""
+        body = {"inputs": inputs} if inputs is not None else {"records": records}
+        return self.request("POST", f"/v1/models/{model_id}/predict", json=body)
+
+    def export_model(self, model_id: str, format: str = "onnx") -> bytes:
+        """Return the model as ONNX (preprocessing included) or as a backprop .npz."""
+        return self.request("GET", f"/v1/models/{model_id}/export", params={"format": format}, raw=True)
