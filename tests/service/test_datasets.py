@@ -173,17 +173,17 @@ def test_upload_over_max_upload_mb_is_413(upload_csv):
 
 
 def test_upload_goes_to_disk_under_data_dir(app, upload_csv, monkeypatch):
-    import service
+    from service.app import UploadRequest
 
     seen = []
-    original = service.UploadRequest._get_file_stream
+    original = UploadRequest._get_file_stream
 
     def spy(self, *args, **kwargs):
         stream = original(self, *args, **kwargs)
         seen.append(stream.name)
         return stream
 
-    monkeypatch.setattr(service.UploadRequest, "_get_file_stream", spy)
+    monkeypatch.setattr(UploadRequest, "_get_file_stream", spy)
     assert upload_csv("a,b\n1,0\n2,1\n").status_code == 201
     assert seen and seen[0].startswith(app.config["DATA_DIR"])
 
