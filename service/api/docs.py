@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, current_app
 from pydantic.json_schema import models_json_schema
 
+from service import export
 from service.schemas import REQUEST_MODELS
 
 bp = Blueprint("docs", __name__)
@@ -117,6 +118,13 @@ def _paths() -> dict[str, Any]:
             "post": _operation("Predict from raw rows",
                                _ok("{predictions, probabilities, classes} or {predictions, targets}"),
                                requestBody=_json_body("PredictRequest"), parameters=[_id("model_id")]),
+        },
+        "/v1/models/{model_id}/export": {
+            "get": _operation("Download the model as ONNX (preprocessing included) or as a backprop .npz",
+                              {"200": {"description": "the model file",
+                                       "content": {"application/octet-stream": {}}}},
+                              parameters=[_id("model_id"), {"name": "format", "in": "query", "schema": {
+                                  "type": "string", "enum": list(export.FORMATS), "default": "onnx"}}]),
         },
         "/healthz": {"get": _operation("Liveness", _ok("{status: ok}"))},
         "/readyz": {"get": _operation("Readiness: the database and the broker answer", _ok("{status, checks}"))},
