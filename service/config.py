@@ -8,6 +8,43 @@ from typing import Any
 
 DEVICES = ("cpu", "gpu")
 
+# Job recovery settings (docs/jobs.md): name -> default. Seconds unless named otherwise.
+JOB_SETTINGS: dict[str, float] = {
+    # A running job whose heartbeat is older than this is presumed lost and may be reclaimed.
+    "LEASE_TIMEOUT_S": 60.0,
+    # How often each worker's reaper looks for lost jobs.
+    "REAPER_INTERVAL_S": 10.0,
+    # A job still queued after this long is published again (its message may be lost).
+    "REQUEUE_QUEUED_AFTER_S": 300.0,
+    # Lost leases (or failed starts) after which a job fails instead of running again.
+    "MAX_ATTEMPTS": 3,
+    # Wall-clock limit of a job from its first start; 0 means none.
+    "JOB_TIME_LIMIT_S": 24 * 3600.0,
+    # At most one checkpoint write per this many seconds: a resume loses at most this much work.
+    "CHECKPOINT_INTERVAL_S": 30.0,
+    # Redis only: seconds before an unacknowledged message is delivered again.
+    "VISIBILITY_TIMEOUT_S": 3600.0,
+}
+
+
+def _job_settings(env: Any) -> dict[str, Any]:
+    """Read JOB_SETTINGS from the environment; a bad value is an error at start, not later."""
+    settings: dict[str, Any] = {}
+    for name, default in JOB_SETTINGS.items():
+        raw = env.get(name)
+        try:
+            value = float(raw) if raw not in (None, "") else default
+        except ValueError:
+            raise ValueError(f"{name} must be a number of seconds, not {raw!r}") from None
+        if not value >= 0 or value == float("inf"):
+            raise ValueError(f"{name} must be a finite number >= 0, not {raw!r}")
+        settings[name] = int(value) if isinstance(default, int) else value
+    if settings["MAX_ATTEMPTS"] < 1:
+        raise ValueError("MAX_ATTEMPTS must be at least 1")
+    if settings["LEASE_TIMEOUT_S"] <= 0 or settings["REAPER_INTERVAL_S"] <= 0:
+        raise ValueError("LEASE_TIMEOUT_S and REAPER_INTERVAL_S must be positive")
+    return settings
+
 
 def load_config(environ: dict[str, str] | None = None) -> dict[str, Any]:
     """Return the configuration, with embedded-mode defaults for what is unset."""
@@ -23,6 +60,7 @@ def load_config(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "PORT": int(env.get("PORT") or 8000),
         "MAX_UPLOAD_MB": int(env.get("MAX_UPLOAD_MB") or 512),
         "WORKER_DEVICE": device,
+        **_job_settings(env),
     }
 
 

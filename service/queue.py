@@ -1,4 +1,10 @@
-"""The Celery app factory and the publisher the API uses to hand jobs to workers."""
+"""The Celery app factory and the publisher the API (and the workers' reaper) use to hand out jobs.
+
+The database is the source of truth for every job (docs/jobs.md): a message only
+says "look at job X". Celery delivers it at least once, so each setting below is
+chosen for a worker that may be killed, a broker that may restart or lose its
+data, and a message that may arrive twice.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +17,43 @@ TRAIN_TASK = "train_job"
 # polling interval can only be set on the transport class; 0.1 s gets a task to an
 # idle embedded worker well within half a second.
 SQLA_POLLING_INTERVAL_S = 0.1
+DEFAULT_VISIBILITY_TIMEOUT_S = 3600.0
+
+
+def redis_transport_options(visibility_timeout_s: float) -> dict[str, Any]:
+    """Return Kombu's Redis transport options for a visibility timeout.
+
+    Kombu 5.7's Redis transport reads `visibility_timeout` from the transport
+    options only (celery/backends/redis.py reads result_backend_transport_options,
+    but there is no result backend here). Unacknowledged messages older than it
+    are restored by a sweep every `unacked_restore_interval` x
+    `unacked_restore_throttle` seconds (10 x 10 by default), so a short timeout
+    needs a short sweep or it would not take effect for minutes.
+    """
+    timeout = max(1, int(round(visibility_timeout_s)))
+    return {
+        "visibility_timeout": timeout,
+        "unacked_restore_interval": max(1, min(10, timeout // 4)),
+        "unacked_restore_throttle": 1 if timeout <= 300 else 10,
+    }
 
 
 def make_celery(config: dict[str, Any]) -> Celery:
     """Create the Celery app: JSON only, no result backend (the database holds job state)."""
     broker = config["CELERY_BROKER_URL"]
+    transport_options: dict[str, Any] = {}
     if broker.startswith("sqla+"):
         from kombu.transport import sqlalchemy as kombu_sqlalchemy
 
         kombu_sqlalchemy.Transport.polling_interval = SQLA_POLLING_INTERVAL_S
+    elif broker.startswith(("redis://", "rediss://", "redis+socket://")):
+        # A job outliving the visibility timeout is delivered again (celery#5935);
+        # harmless, since the second delivery finds the lease held and does not train.
+        transport_options = redis_transport_options(
+            float(config.get("VISIBILITY_TIMEOUT_S", DEFAULT_VISIBILITY_TIMEOUT_S)))
     app = Celery("backprop", broker=broker, set_as_current=False)
     app.conf.update(
+        # JSON only: a message is a job id, and nothing is ever unpickled.
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
@@ -30,9 +62,25 @@ def make_celery(config: dict[str, Any]) -> Celery:
         result_backend=None,
         task_default_queue="cpu",
         task_create_missing_queues=True,
-        # One job at a time per worker process: a training job is long and CPU-bound.
+        broker_transport_options=transport_options,
+        # Acknowledge after the task returns, so a worker killed mid-job leaves its
+        # message to be delivered again rather than lose it.
+        task_acks_late=True,
+        # ...and when the pool process dies (kill -9, OOM), hand the message back at
+        # once. A poison job cannot loop: the lease's attempt count stops it.
+        task_reject_on_worker_lost=True,
+        # One job at a time per worker process: a training job is long and CPU-bound,
+        # and a prefetched message would wait behind it while another worker idles.
         worker_prefetch_multiplier=1,
+        # On a lost broker connection, keep training: the job's state lives in the
+        # database, and a late duplicate delivery is refused by the lease. Cancelling
+        # (Celery 6's default) would throw away work on every Redis restart.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        # Start (and keep) retrying when the broker is not up yet, and never give up:
+        # a worker that exits while Redis restarts helps no one.
         broker_connection_retry_on_startup=True,
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
         timezone="UTC",
         enable_utc=True,
     )
@@ -50,8 +98,8 @@ class JobQueue(Protocol):
 class CeleryJobQueue:
     """Publish jobs with Celery's send_task, by name, carrying the job id only."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.celery = make_celery(config)
+    def __init__(self, config: dict[str, Any], app: Celery | None = None) -> None:
+        self.celery = app or make_celery(config)
 
     def publish(self, job_id: str, queue: str) -> None:
         """Send the train_job task for a committed job row to the cpu or gpu queue."""

@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
-from service.queue import TRAIN_TASK
-from workers import celery
+import logging
+
+from service.queue import TRAIN_TASK, CeleryJobQueue
+from workers import celery, shutdown_requested
+from workers.lease import default_sessions, fail_queued, record_delivery
+
+log = logging.getLogger(__name__)
 
 
 @celery.task(name=TRAIN_TASK, ignore_result=True)
 def train_job(job_id: str) -> str:
     """Train the job with this id (the message carries the id only)."""
-    # Imported here so that numpy (and CuPy on GPU hosts) load in the training process only.
-    from workers.training import run_job
-
-    return run_job(job_id)
+    publish = CeleryJobQueue({}, app=celery).publish
+    if shutdown_requested():
+        # A stopping worker may still be handed a message: pass it on untouched.
+        publish(job_id, train_job.request.delivery_info.get("routing_key") or "cpu")
+        return "queued"
+    sessions = default_sessions()
+    # Counted before anything that could fail to load: the reaper fails a job whose
+    # deliveries keep dying before the claim, instead of re-publishing it forever.
+    record_delivery(sessions, job_id)
+    try:
+        # Imported here so that numpy (and CuPy on GPU hosts) load in the training process only.
+        from workers.training import run_job
+    except Exception as error:
+        log.exception("job %s: the training code failed to load", job_id)
+        fail_queued(sessions, job_id, f"the worker could not load its training code "
+                                      f"({type(error).__name__}: {error}); the operator must fix "
+                                      f"the workers, then submit the job again")
+        return "failed"
+    return run_job(job_id, sessions=sessions, shutdown=shutdown_requested, publish=publish)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import backprop
@@ -14,21 +14,17 @@ import numpy as np
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.config import load_config
-from service.db import make_engine, make_session_factory
 from service.ids import new_id, utcnow
 from service.preprocessing import Preprocessor, fit
 from service.store import load_table
 from service.tables import Dataset, Job, JobCheckpoint, JobEpoch, TrainedModel
+from workers.lease import (JobSettings, Publish, as_utc, claim, default_owner, default_sessions,
+                           default_settings, hand_back, time_limit_error)
 
 log = logging.getLogger(__name__)
 
 # Reading the cancel flag costs a query; between batches, look at most this often.
 CANCEL_POLL_S = 0.25
-# Epochs can be long: between batches, renew the lease's heartbeat this often too.
-HEARTBEAT_S = 5.0
-
-_default_sessions: sessionmaker[Session] | None = None
 
 
 class JobDataError(Exception):
@@ -43,17 +39,12 @@ class WorkerGone(Exception):
     """The process that started this one died (e.g. kill -9 of the Celery worker); stop training."""
 
 
-def default_sessions() -> sessionmaker[Session]:
-    """Return this process's session factory for DATABASE_URL."""
-    global _default_sessions
-    if _default_sessions is None:
-        _default_sessions = make_session_factory(make_engine(load_config()["DATABASE_URL"]))
-    return _default_sessions
+class ShuttingDown(Exception):
+    """The worker is shutting down (SIGTERM): save a checkpoint and hand the job back."""
 
 
-def default_owner() -> str:
-    """Name this worker process for the job's lease."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+class TimeLimitExceeded(Exception):
+    """The job ran past JOB_TIME_LIMIT_S since it first started."""
 
 
 def json_safe(value: Any) -> Any:
@@ -72,19 +63,6 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def claim(sessions: sessionmaker[Session], job_id: str, owner: str) -> bool:
-    """Take a queued job with a conditional UPDATE; False when another delivery got it first."""
-    with sessions() as session:
-        now = utcnow()
-        result = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
-            .values(status="running", owner=owner, attempt=Job.attempt + 1, heartbeat_at=now,
-                    started_at=now, error=None))
-        session.commit()
-        return result.rowcount == 1
-
-
 def finish(sessions: sessionmaker[Session], job_id: str, owner: str, status: str,
            error: str | None = None) -> None:
     """Put a job this worker holds into a terminal state."""
@@ -95,23 +73,43 @@ def finish(sessions: sessionmaker[Session], job_id: str, owner: str, status: str
 
 
 class JobRecorder:
-    """The engine's callbacks: each epoch, heartbeat and checkpoint in a short transaction."""
+    """The engine's callbacks: each epoch, heartbeat and (throttled) checkpoint in short transactions."""
 
-    def __init__(self, sessions: sessionmaker[Session], job_id: str, owner: str) -> None:
+    def __init__(self, sessions: sessionmaker[Session], job_id: str, owner: str,
+                 settings: JobSettings | None = None, shutdown: Callable[[], bool] | None = None) -> None:
         self.sessions = sessions
         self.job_id = job_id
         self.owner = owner
+        self.settings = settings or JobSettings()
+        self.shutdown = shutdown or (lambda: False)
+        now = time.monotonic()
         self._next_cancel_check = 0.0
-        self._next_heartbeat = time.monotonic() + HEARTBEAT_S
+        self._next_heartbeat = now + self.settings.heartbeat_s
+        self._next_checkpoint = now + self.settings.checkpoint_interval_s
+        self._deadline: float | None = None
         self._cancelled = False
+        # The latest checkpoint the engine made, the epoch of the one last stored, and
+        # the last epoch whose record is stored (a checkpoint never gets ahead of it).
+        self.latest: backprop.Checkpoint | None = None
+        self.stored_epoch = -1
+        self.recorded_epoch = 0
         # A pool process outlives a killed Celery parent; it must not keep the lease alive.
         self._parent_pid = os.getppid()
+
+    def set_time_left(self, seconds: float | None) -> None:
+        """Stop training (TimeLimitExceeded) once this many seconds have passed; None: never."""
+        self._deadline = None if seconds is None else time.monotonic() + seconds
 
     def _held(self) -> Any:
         return (Job.id == self.job_id, Job.owner == self.owner, Job.status == "running")
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
-        """Store the epoch's record and move the job's progress and heartbeat."""
+        """Store the epoch's record, move the job's progress and heartbeat, and maybe checkpoint.
+
+        The engine offers the epoch's checkpoint just before; when one is due, it is
+        written in the same transaction as the record, so a resumed job's history
+        has no gap.
+        """
         record = json_safe(record)
         summary = {k: v for k, v in record.items() if k != "layers"}
         with self.sessions() as session:
@@ -121,19 +119,33 @@ class JobRecorder:
                 session.rollback()
                 raise LeaseLost(self.job_id)
             session.merge(JobEpoch(job_id=self.job_id, epoch=int(record["epoch"]), record=record))
+            now = time.monotonic()
+            stored = None
+            if now >= self._next_checkpoint and self.latest is not None and \
+                    int(self.latest.epoch) > self.stored_epoch:
+                self._next_checkpoint = now + self.settings.checkpoint_interval_s
+                stored = self._merge_checkpoint(session, self.latest)
             session.commit()
+        self.recorded_epoch = int(record["epoch"])
+        if stored is not None:
+            self.stored_epoch = stored
 
     def should_stop(self) -> bool:
         """Say whether a user asked to cancel (the flag on the row, read at most every 0.25 s).
 
-        Also renews the heartbeat every few seconds, and stops the worker when it
-        lost the lease or its parent process.
+        Also renews the heartbeat every few seconds, and stops training (by raising)
+        when the lease or the parent process is lost, the worker shuts down, or the
+        time limit passes.
         """
         if os.getppid() != self._parent_pid:
             raise WorkerGone(self.job_id)
+        if self.shutdown():
+            raise ShuttingDown(self.job_id)
         now = time.monotonic()
+        if self._deadline is not None and now >= self._deadline:
+            raise TimeLimitExceeded(self.job_id)
         if now >= self._next_heartbeat:
-            self._next_heartbeat = now + HEARTBEAT_S
+            self._next_heartbeat = now + self.settings.heartbeat_s
             with self.sessions() as session:
                 held = session.execute(update(Job).where(*self._held()).values(heartbeat_at=utcnow())).rowcount
                 session.commit()
@@ -147,12 +159,31 @@ class JobRecorder:
         return self._cancelled
 
     def on_checkpoint(self, checkpoint: backprop.Checkpoint) -> None:
-        """Keep the latest end-of-epoch checkpoint, so a re-delivered job can resume."""
-        data = checkpoint.to_bytes()
+        """Keep the latest end-of-epoch checkpoint; on_epoch_end stores it at most every CHECKPOINT_INTERVAL_S.
+
+        Serializing and writing every epoch would cost short epochs dearly; a
+        resumed job repeats at most that interval's work (bit for bit the same).
+        """
+        self.latest = checkpoint
+
+    def _merge_checkpoint(self, session: Session, checkpoint: backprop.Checkpoint) -> int:
+        session.merge(JobCheckpoint(job_id=self.job_id, epoch=int(checkpoint.epoch), data=checkpoint.to_bytes(),
+                                    updated_at=utcnow()))
+        return int(checkpoint.epoch)
+
+    def store_checkpoint(self) -> None:
+        """Write the latest checkpoint now if it is newer than the stored one and the lease is held."""
+        checkpoint = self.latest
+        if checkpoint is None or not self.stored_epoch < int(checkpoint.epoch) <= self.recorded_epoch:
+            return
         with self.sessions() as session:
-            session.merge(JobCheckpoint(job_id=self.job_id, epoch=int(checkpoint.epoch), data=data,
-                                        updated_at=utcnow()))
+            held = session.execute(update(Job).where(*self._held()).values(heartbeat_at=utcnow())).rowcount
+            if not held:
+                session.rollback()
+                raise LeaseLost(self.job_id)
+            stored = self._merge_checkpoint(session, checkpoint)
             session.commit()
+        self.stored_epoch = stored
 
 
 def _final_metrics(history: Any) -> dict[str, Any]:
@@ -191,10 +222,21 @@ def _prepare(session: Session, job: Job) -> tuple[Preprocessor, dict[str, Any], 
     return preprocessor, data, validation
 
 
-def _train(sessions: sessionmaker[Session], job_id: str, owner: str) -> None:
+def _time_left_s(job: Job, settings: JobSettings) -> float | None:
+    """Return the seconds left of JOB_TIME_LIMIT_S, counted from the job's first start."""
+    if not settings.time_limit_s or job.started_at is None:
+        return None
+    return settings.time_limit_s - (utcnow() - as_utc(job.started_at)).total_seconds()
+
+
+def _train(sessions: sessionmaker[Session], job_id: str, recorder: JobRecorder) -> None:
     with sessions() as session:
         job = session.get(Job, job_id)
         assert job is not None
+        time_left = _time_left_s(job, recorder.settings)
+        if time_left is not None and time_left <= 0:
+            raise TimeLimitExceeded(job_id)
+        recorder.set_time_left(time_left)
         preprocessor, data, validation = _prepare(session, job)
         saved = session.scalar(select(JobCheckpoint.data).where(JobCheckpoint.job_id == job_id))
     training = dict(job.training)
@@ -205,14 +247,18 @@ def _train(sessions: sessionmaker[Session], job_id: str, owner: str) -> None:
     except backprop.SpecError as error:
         raise JobDataError(f"the network does not fit the training data ({error}); the input "
                            f"width after one-hot encoding is {preprocessor.input_width}") from None
-    recorder = JobRecorder(sessions, job_id, owner)
     checkpoint = backprop.Checkpoint.from_bytes(saved) if saved is not None else None
+    if checkpoint is not None:
+        recorder.stored_epoch = recorder.recorded_epoch = int(checkpoint.epoch)
+        log.info("job %s: attempt %d resumes from its epoch %d checkpoint", job_id, job.attempt,
+                 checkpoint.epoch)
     history = backprop.train(network, data["X"], data["y"], validation_data=validation,
                              on_epoch_end=recorder.on_epoch_end, should_stop=recorder.should_stop,
                              on_checkpoint=recorder.on_checkpoint, checkpoint=checkpoint, **training)
     definition, weights = backprop.save(network)
     metrics = _final_metrics(history)
     parameter_count = int(sum(np.prod(p.shape) for p in network.parameters().values()))
+    owner = recorder.owner
     with sessions() as session:
         model = TrainedModel(id=new_id("mdl"), job_id=job_id, dataset_id=job.dataset_id,
                              task=preprocessor.task, loss=training["loss"], definition=definition,
@@ -220,6 +266,8 @@ def _train(sessions: sessionmaker[Session], job_id: str, owner: str) -> None:
                              classes=preprocessor.classes, metrics=metrics,
                              parameter_count=parameter_count)
         session.add(model)
+        # The model and the job's success commit together, only while the lease is held:
+        # a stale duplicate can never add a second model.
         done = session.execute(update(Job).where(Job.id == job_id, Job.owner == owner,
                                                  Job.status == "running").values(
             status="succeeded", model_id=model.id, metrics=metrics, finished_at=utcnow(),
@@ -231,21 +279,64 @@ def _train(sessions: sessionmaker[Session], job_id: str, owner: str) -> None:
         session.commit()
 
 
-def run_job(job_id: str, sessions: sessionmaker[Session] | None = None, owner: str | None = None) -> str:
-    """Train one job to a terminal state and return its status (domain errors become job states)."""
+def _publish_with_celery(job_id: str, queue: str) -> None:
+    from service.queue import CeleryJobQueue
+    from workers import celery
+
+    CeleryJobQueue({}, app=celery).publish(job_id, queue)
+
+
+def _hand_back(sessions: sessionmaker[Session], job_id: str, recorder: JobRecorder, publish: Publish) -> str:
+    """Store the latest checkpoint, return the job to the queue and publish it for another worker."""
+    try:
+        recorder.store_checkpoint()
+    except LeaseLost:
+        return "lost"
+    if not hand_back(sessions, job_id, recorder.owner):
+        return "lost"
+    with sessions() as session:
+        device = session.scalar(select(Job.device).where(Job.id == job_id)) or "cpu"
+    try:
+        publish(job_id, device)
+    except Exception:  # the reaper publishes a queued job again after REQUEUE_QUEUED_AFTER_S
+        log.exception("job %s: handed back but not published", job_id)
+    log.warning("job %s: handed back at epoch %d (worker shutting down)", job_id, recorder.stored_epoch)
+    return "queued"
+
+
+def run_job(job_id: str, sessions: sessionmaker[Session] | None = None, owner: str | None = None,
+            settings: JobSettings | None = None, shutdown: Callable[[], bool] | None = None,
+            publish: Publish | None = None) -> str:
+    """Train one job to a terminal state and return its status (domain errors become job states).
+
+    `shutdown` says when the worker is stopping: the job is then handed back with
+    `publish` (Celery's send_task by default) to finish on another worker.
+    """
     sessions = sessions or default_sessions()
     owner = owner or default_owner()
-    if not claim(sessions, job_id, owner):
+    settings = settings or default_settings()
+    if not claim(sessions, job_id, owner, settings):
         with sessions() as session:
             status = session.scalar(select(Job.status).where(Job.id == job_id))
         log.info("job %s not claimed (status %s)", job_id, status)
         return status or "missing"
+    recorder = JobRecorder(sessions, job_id, owner, settings, shutdown)
     try:
-        _train(sessions, job_id, owner)
+        _train(sessions, job_id, recorder)
         return "succeeded"
     except backprop.TrainingCancelled:
         finish(sessions, job_id, owner, "cancelled")
         return "cancelled"
+    except ShuttingDown:
+        return _hand_back(sessions, job_id, recorder, publish or _publish_with_celery)
+    except SystemExit:
+        # Billiard's SIGTERM handler in a pool process (a signal to the whole process
+        # group): hand the job back on the way out rather than wait for the lease to go stale.
+        _hand_back(sessions, job_id, recorder, publish or _publish_with_celery)
+        raise
+    except TimeLimitExceeded:
+        finish(sessions, job_id, owner, "failed", time_limit_error(settings.time_limit_s))
+        return "failed"
     except backprop.TrainingDiverged as error:
         finish(sessions, job_id, owner, "failed", str(error))
         return "failed"
@@ -261,7 +352,7 @@ def run_job(job_id: str, sessions: sessionmaker[Session] | None = None, owner: s
         log.warning("job %s: lease lost; another worker owns it now", job_id)
         return "lost"
     except WorkerGone:
-        # Leave the row as it is: its heartbeat goes stale and the job can be reclaimed.
+        # Leave the row as it is: its heartbeat goes stale and the reaper re-queues it.
         log.warning("job %s: the worker's parent process is gone; abandoning the job", job_id)
         return "abandoned"
     except MemoryError:

@@ -102,7 +102,7 @@ def create_job() -> tuple[dict[str, Any], int, dict[str, str]]:
         job = Job(id=new_id("job"), status="queued", dataset_id=dataset.id,
                   network_id=request_model.network_id, network=definition, training=training,
                   device=request_model.device, epochs=training["epochs"], epoch=0,
-                  cancel_requested=False, attempt=0)
+                  cancel_requested=False, attempt=0, deliveries=0, published_at=utcnow())
         session.add(job)
         session.commit()
     # Published only after the commit: a worker must always find the row it is handed.
@@ -161,7 +161,11 @@ def get_job_metrics(job_id: str) -> dict[str, Any]:
 
 @bp.post("/<job_id>/cancel")
 def cancel_job(job_id: str) -> tuple[dict[str, Any], int]:
-    """Cancel a queued job at once; ask a running one to stop between batches."""
+    """Cancel a queued job at once; ask a running one to stop between batches.
+
+    A running job whose worker is gone ends `cancelled` too: the reaper finishes it
+    once its lease goes stale (docs/jobs.md).
+    """
     with get_session() as session:
         changed = session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(
             status="cancelled", cancel_requested=True, finished_at=utcnow())).rowcount

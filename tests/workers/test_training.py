@@ -21,10 +21,10 @@ def submit(client, dataset_id: str, network: dict, **training) -> str:
     return response.get_json()["id"]
 
 
-def run(app, job_id: str, owner: str = "test-worker") -> str:
+def run(app, job_id: str, owner: str = "test-worker", **kwargs) -> str:
     from workers.training import run_job
 
-    return run_job(job_id, sessions=app.extensions["backprop.sessions"], owner=owner)
+    return run_job(job_id, sessions=app.extensions["backprop.sessions"], owner=owner, **kwargs)
 
 
 def test_classification_job_succeeds_with_metrics_model_and_predict(client, app, upload_csv):
@@ -277,12 +277,12 @@ def test_gpu_job_on_a_host_without_cupy_fails_with_what_to_do(client, app, uploa
 def test_heartbeat_between_batches_and_a_lost_lease_stops_the_worker(client, app, upload_csv, monkeypatch):
     from sqlalchemy import update
 
+    from workers.lease import JobSettings
     from service.tables import Job
     from workers import training
 
     dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(40))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=1000, batch_size=4)
-    monkeypatch.setattr(training, "HEARTBEAT_S", 0.0)
     original = training.JobRecorder.on_epoch_end
 
     def another_worker_takes_over(self, record):
@@ -292,6 +292,7 @@ def test_heartbeat_between_batches_and_a_lost_lease_stops_the_worker(client, app
             session.commit()
 
     monkeypatch.setattr(training.JobRecorder, "on_epoch_end", another_worker_takes_over)
-    assert run(app, job_id) == "lost"
+    # A lease of a millisecond: the heartbeat is renewed between every two batches.
+    assert run(app, job_id, settings=JobSettings(lease_timeout_s=0.001)) == "lost"
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["status"] == "running" and job["progress"]["epoch"] == 1  # nothing written after the loss

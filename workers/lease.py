@@ -1,0 +1,260 @@
+"""The job row's lease and the reaper that recovers lost jobs (docs/jobs.md).
+
+Every change of a job's state here is one conditional UPDATE whose WHERE clause
+says what the writer believes (queued; running and stale; held by me). SQLite
+runs one writer at a time, and PostgreSQL re-checks the WHERE clause of an
+UPDATE that waited for a row lock, so of two racing writers exactly one changes
+the row: no FOR UPDATE SKIP LOCKED needed. Timestamps come from the workers'
+clocks, which must agree to well within LEASE_TIMEOUT_S.
+
+This module imports no numpy: the Celery main process runs the reaper.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.config import load_config
+from service.db import make_engine, make_session_factory
+from service.ids import utcnow
+from service.tables import Job
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, str], None]
+
+_default_sessions: sessionmaker[Session] | None = None
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """The recovery settings of service.config.JOB_SETTINGS, in seconds unless named otherwise."""
+
+    lease_timeout_s: float = 60.0
+    reaper_interval_s: float = 10.0
+    requeue_queued_after_s: float = 300.0
+    max_attempts: int = 3
+    time_limit_s: float = 24 * 3600.0
+    checkpoint_interval_s: float = 30.0
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> JobSettings:
+        """Take the settings from a configuration made by load_config."""
+        return cls(lease_timeout_s=config["LEASE_TIMEOUT_S"], reaper_interval_s=config["REAPER_INTERVAL_S"],
+                   requeue_queued_after_s=config["REQUEUE_QUEUED_AFTER_S"],
+                   max_attempts=config["MAX_ATTEMPTS"], time_limit_s=config["JOB_TIME_LIMIT_S"],
+                   checkpoint_interval_s=config["CHECKPOINT_INTERVAL_S"])
+
+    @property
+    def heartbeat_s(self) -> float:
+        """Renew the heartbeat several times per lease timeout, so one slow write cannot lose it."""
+        return min(5.0, self.lease_timeout_s / 4)
+
+
+def default_settings() -> JobSettings:
+    """Return the settings of this process's environment."""
+    return JobSettings.from_config(load_config())
+
+
+def default_sessions() -> sessionmaker[Session]:
+    """Return this process's session factory for DATABASE_URL (made on first use, after any fork)."""
+    global _default_sessions
+    if _default_sessions is None:
+        _default_sessions = make_session_factory(make_engine(load_config()["DATABASE_URL"]))
+    return _default_sessions
+
+
+def default_owner() -> str:
+    """Name this worker process for the job's lease."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def time_limit_error(limit_s: float) -> str:
+    """Say why a job over its time limit failed, and what to do."""
+    return (f"the job ran longer than its time limit of {limit_s:g} s (JOB_TIME_LIMIT_S) and was "
+            f"stopped; train for fewer epochs or on less data, or ask the operator to raise the limit")
+
+
+def lost_error(attempts: int) -> str:
+    """Say why a job whose worker kept dying failed."""
+    return (f"the job's worker was lost {attempts} times (killed, out of memory, or crashed) and "
+            f"the job was not tried again (MAX_ATTEMPTS); try a smaller network, batch size or "
+            f"dataset, and see the worker logs")
+
+
+def undeliverable_error(deliveries: int) -> str:
+    """Say why a job that no worker could start failed."""
+    return (f"no worker could start the job after {deliveries} deliveries (the task failed before "
+            f"training; see the worker logs); the operator must fix the workers, then submit again")
+
+
+def claim(sessions: sessionmaker[Session], job_id: str, owner: str,
+          settings: JobSettings | None = None) -> bool:
+    """Take a job with one conditional UPDATE; False when another worker holds it or it is done.
+
+    A queued job is taken; so is a running one whose heartbeat is older than the
+    lease timeout (its worker is presumed dead), unless it used up its attempts.
+    """
+    settings = settings or JobSettings()
+    now = utcnow()
+    stale = now - timedelta(seconds=settings.lease_timeout_s)
+    with sessions() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.cancel_requested.is_(False),
+                   or_(Job.status == "queued",
+                       and_(Job.status == "running", Job.heartbeat_at < stale,
+                            Job.attempt < settings.max_attempts)))
+            .values(status="running", owner=owner, attempt=Job.attempt + 1, heartbeat_at=now,
+                    started_at=func.coalesce(Job.started_at, now), error=None))
+        session.commit()
+        return result.rowcount == 1
+
+
+def record_delivery(sessions: sessionmaker[Session], job_id: str) -> None:
+    """Count a delivery that found the job queued (before any code that could fail to load)."""
+    with sessions() as session:
+        session.execute(update(Job).where(Job.id == job_id, Job.status == "queued")
+                        .values(deliveries=Job.deliveries + 1))
+        session.commit()
+
+
+def fail_queued(sessions: sessionmaker[Session], job_id: str, error: str) -> bool:
+    """Fail a job that is still queued (nobody holds it); False when it was not queued."""
+    with sessions() as session:
+        changed = session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(
+            status="failed", error=error, finished_at=utcnow())).rowcount
+        session.commit()
+        return changed == 1
+
+
+def hand_back(sessions: sessionmaker[Session], job_id: str, owner: str) -> bool:
+    """Return a job this worker holds to the queue (the worker is shutting down).
+
+    A hand-back is not a failure: the attempt and the delivery it used are given
+    back, so rolling restarts cannot use up MAX_ATTEMPTS.
+    """
+    with sessions() as session:
+        changed = session.execute(
+            update(Job).where(Job.id == job_id, Job.owner == owner, Job.status == "running")
+            .values(status="queued", owner=None, heartbeat_at=None, published_at=utcnow(),
+                    attempt=Job.attempt - 1, deliveries=Job.deliveries - 1)).rowcount
+        session.commit()
+        return changed == 1
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Return an aware UTC datetime (SQLite gives naive UTC back)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _same(column: Any, value: Any) -> Any:
+    return column.is_(None) if value is None else column == value
+
+
+def reap(sessions: sessionmaker[Session], publish: Publish, settings: JobSettings,
+         now: datetime | None = None) -> dict[str, int]:
+    """Recover lost jobs once; return how many were re-queued, re-published, cancelled, failed.
+
+    - running with a stale heartbeat: cancelled if a user asked, failed when over
+      the time limit or out of attempts, else queued again and published;
+    - queued longer than REQUEUE_QUEUED_AFTER_S (its message may be gone):
+      published again, or failed when deliveries keep failing before the claim.
+
+    Each change is a compare-and-set on what was read, so several workers' reapers
+    can run at once and only one acts on a job. Publishing a job twice is harmless:
+    the claim lets one delivery train it.
+    """
+    now = now or utcnow()
+    stale = now - timedelta(seconds=settings.lease_timeout_s)
+    counts = {"requeued": 0, "republished": 0, "cancelled": 0, "failed": 0}
+    to_publish: list[tuple[str, str]] = []
+    with sessions() as session:
+        lost = session.execute(select(Job.id, Job.owner, Job.heartbeat_at, Job.attempt, Job.cancel_requested,
+                                      Job.started_at, Job.device)
+                               .where(Job.status == "running", Job.heartbeat_at < stale)).all()
+        for job in lost:
+            values: dict[str, Any]
+            if job.cancel_requested:
+                kind, values = "cancelled", {"status": "cancelled", "finished_at": now}
+            elif settings.time_limit_s and job.started_at is not None and \
+                    (now - as_utc(job.started_at)).total_seconds() > settings.time_limit_s:
+                kind, values = "failed", {"status": "failed", "finished_at": now,
+                                          "error": time_limit_error(settings.time_limit_s)}
+            elif job.attempt >= settings.max_attempts:
+                kind, values = "failed", {"status": "failed", "finished_at": now,
+                                          "error": lost_error(job.attempt)}
+            else:
+                kind, values = "requeued", {"status": "queued", "owner": None, "heartbeat_at": None,
+                                            "published_at": now}
+            changed = session.execute(update(Job).where(
+                Job.id == job.id, Job.status == "running", _same(Job.owner, job.owner),
+                _same(Job.heartbeat_at, job.heartbeat_at)).values(**values)).rowcount
+            session.commit()
+            if changed:
+                counts[kind] += 1
+                log.warning("job %s: lease of %s is stale (attempt %d): %s", job.id, job.owner,
+                            job.attempt, kind)
+                if kind == "requeued":
+                    to_publish.append((job.id, job.device))
+
+        waited = now - timedelta(seconds=settings.requeue_queued_after_s)
+        forgotten = session.execute(select(Job.id, Job.published_at, Job.deliveries, Job.attempt, Job.device)
+                                    .where(Job.status == "queued",
+                                           func.coalesce(Job.published_at, Job.created_at) < waited)).all()
+        for job in forgotten:
+            if job.deliveries - job.attempt >= settings.max_attempts:
+                if fail_queued(sessions, job.id, undeliverable_error(job.deliveries)):
+                    counts["failed"] += 1
+                continue
+            changed = session.execute(update(Job).where(
+                Job.id == job.id, Job.status == "queued", _same(Job.published_at, job.published_at))
+                .values(published_at=now)).rowcount
+            session.commit()
+            if changed:
+                counts["republished"] += 1
+                to_publish.append((job.id, job.device))
+    for job_id, device in to_publish:
+        try:
+            publish(job_id, device)
+        except Exception:  # the broker is down: the job stays queued; a pass after REQUEUE_QUEUED_AFTER_S retries
+            log.exception("job %s: could not publish it again", job_id)
+    return counts
+
+
+class Reaper:
+    """Run reap() every REAPER_INTERVAL_S in a daemon thread (one per worker; see docs/jobs.md)."""
+
+    def __init__(self, sessions: sessionmaker[Session], publish: Publish, settings: JobSettings) -> None:
+        self.sessions = sessions
+        self.publish = publish
+        self.settings = settings
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="backprop-reaper", daemon=True)
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to stop after its current pass."""
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings.reaper_interval_s):
+            try:
+                counts = reap(self.sessions, self.publish, self.settings)
+                if any(counts.values()):
+                    log.warning("reaper: %s", counts)
+            except Exception:  # the database is down: try again next interval
+                log.exception("reaper pass failed")
