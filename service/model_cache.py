@@ -74,6 +74,13 @@ class ModelCache:
                 self._entries.popitem(last=False)
         return predictor
 
+    def fresh(self, model_id: str) -> Predictor | None:
+        """Return a cached predictor confirmed within `recheck_s`, else None (no database work)."""
+        entry = self._entries.get(model_id)  # a dict read is atomic; get() does the bookkeeping
+        if entry is None or time.monotonic() - entry[1] >= self.recheck_s:
+            return None
+        return entry[0]
+
     def evict(self, model_id: str) -> None:
         """Forget a model (it was deleted)."""
         with self._lock:

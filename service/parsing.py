@@ -4,6 +4,11 @@ Numeric columns hold their values; string columns hold the index of the cell's
 value in the column's sorted `categories`. Two passes over the rows keep memory
 at the size of the final matrix: the first decides each column's kind and finds
 every bad cell, the second fills the matrix.
+
+A CSV file whose every column is numeric (the common large upload) is read by
+pyarrow's multi-threaded reader instead, about 10x faster; anything else that
+reader does not take cleanly (strings, empty cells, ragged rows, non-finite
+numbers) goes through the csv-module path above, which reports the errors.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import hashlib
 import io
 import json
 import math
+import os
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +31,8 @@ MAX_CATEGORIES = 10_000
 MAX_CLASSIFICATION_INTEGER_LABELS = 20
 MAX_ERRORS = 20
 CHUNK_ROWS = 8192
+# The fast CSV path parses this much text at a time.
+CSV_BLOCK_BYTES = 4 << 20
 
 # A row as the parser sees it: (1-based data row, where it is for humans, cells).
 Row = tuple[int, str, list[str]]
@@ -51,9 +60,11 @@ class ParsedTable:
 
     def to_npz(self) -> bytes:
         """Serialize the table as .npz bytes (deterministic, so they can be hashed)."""
-        buffer = io.BytesIO()
-        np.savez(buffer, values=self.values, columns=np.array(json.dumps(self.columns)))
-        return buffer.getvalue()
+        # Through a temporary file: a growing BytesIO would hold up to twice the bytes at its peak.
+        with tempfile.TemporaryFile() as handle:
+            np.savez(handle, values=self.values, columns=np.array(json.dumps(self.columns)))
+            handle.seek(0)
+            return handle.read()
 
     @classmethod
     def from_npz(cls, data: bytes) -> ParsedTable:
@@ -128,7 +139,70 @@ def _csv_rows(path: Path, field: str) -> tuple[list[str], Callable[[], Iterator[
 def parse_csv(path: str | Path, field: str = "file") -> ParsedTable:
     """Parse a CSV file with a header row."""
     header, rows = _csv_rows(Path(path), field)
+    table = _parse_numeric_csv(Path(path), header)
+    if table is not None:
+        return table
     return parse_rows(header, rows, field=field, row_field=None)
+
+
+def _parse_numeric_csv(path: Path, header: list[str]) -> ParsedTable | None:
+    """Read an all-numeric CSV with pyarrow; None when the table needs the csv-module path.
+
+    That path defines the rules; this one only takes files on which both agree:
+    the same stripped header, no quotes, every column int64 or double, every value
+    finite, at least one data row. The file is read in blocks of whole lines into a
+    matrix sized by its line count, so memory stays near the matrix itself.
+    """
+    if not header or any(not name for name in header) or len(set(header)) != len(header):
+        return None
+    import pyarrow as pa  # noqa: PLC0415 - only uploads need it; workers never load it
+    import pyarrow.csv as pa_csv  # noqa: PLC0415
+
+    # No null markers: an empty cell or "NA" makes a string column, hence the slow path.
+    convert = pa_csv.ConvertOptions(null_values=[], strings_can_be_null=False,
+                                    quoted_strings_can_be_null=False)
+    read = pa_csv.ReadOptions(column_names=header)  # the header row is skipped below
+    pool = pa.system_memory_pool()
+    with path.open("rb") as handle:
+        lines = sum(block.count(b"\n") for block in iter(lambda: handle.read(CSV_BLOCK_BYTES), b"")) + 1
+        handle.seek(0)
+        while (line := handle.readline()) and not line.strip():  # blank lines, then the header row
+            pass
+        values = np.empty((lines, len(header)), dtype=np.float32)
+        n_rows = 0
+        while block := handle.read(CSV_BLOCK_BYTES):
+            cut = len(block)
+            if cut == CSV_BLOCK_BYTES:  # end on a whole line; the rest is read again next time
+                cut = block.rfind(b"\n") + 1
+                if cut == 0:
+                    return None
+                handle.seek(cut - len(block), os.SEEK_CUR)
+            if block.find(b'"', 0, cut) != -1:
+                return None  # a quoted field may hold a newline: leave it to the csv module
+            text = memoryview(block)[:cut]
+            try:
+                table = pa_csv.read_csv(pa.BufferReader(text), read_options=read, convert_options=convert,
+                                        memory_pool=pool)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                if not bytes(text).strip():
+                    continue  # only blank lines
+                return None
+            if n_rows + table.num_rows > lines or not all(
+                    pa.types.is_int64(t) or pa.types.is_float64(t) for t in table.schema.types):
+                return None  # (more rows than newlines: lines end in a lone CR)
+            for j in range(table.num_columns):
+                # Through float64, as float(cell) does, so both paths round alike.
+                column = table.column(j).to_numpy().astype(np.float64, copy=False)
+                if not np.isfinite(column).all():
+                    return None
+                values[n_rows:n_rows + table.num_rows, j] = column
+            n_rows += table.num_rows
+            del table
+            pool.release_unused()  # hand the block's memory back to the OS, not to the next peak
+    if n_rows == 0:
+        return None
+    return ParsedTable(columns=[{"name": name, "kind": "numeric"} for name in header],
+                       values=values[:n_rows])
 
 
 def _json_cell(value: Any) -> str:

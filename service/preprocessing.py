@@ -9,6 +9,8 @@ the model.
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from typing import Any
 
@@ -18,6 +20,16 @@ from service.parsing import ParsedTable, parse_number
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _csv_text(body: bytes) -> str:
+    """Decode a CSV body (UTF-8, a BOM dropped, any line ends) or raise InputError."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError([{"field": "csv", "message": f"the body is not UTF-8 text ({exc.reason} at "
+                                                      f"byte {exc.start})"}]) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n").lstrip("\n")
 
 
 class InputError(Exception):
@@ -166,8 +178,13 @@ class Preprocessor:
             value = repr(value)
         return float(self._category_index[k].get(str(value).strip(), -1))
 
-    def encode_inputs(self, inputs: list[Any]) -> np.ndarray:
-        """Encode raw rows given as lists in feature order."""
+    def encode_inputs(self, inputs: list[Any], may_hold_booleans: bool = True) -> np.ndarray:
+        """Encode raw rows given as lists in feature order.
+
+        `may_hold_booleans=False` (the body has no `true`/`false` anywhere) skips the
+        per-value check that JSON booleans are not taken for numbers, the slowest part
+        of a large all-numeric request.
+        """
         width = len(self.features)
         if self.all_numeric:
             try:
@@ -176,7 +193,8 @@ class Preprocessor:
                 matrix = None
             if (matrix is not None and matrix.ndim == 2 and matrix.shape[1] == width
                     and np.isfinite(matrix).all()
-                    and not any(isinstance(v, bool) for row in inputs for v in row)):
+                    and not (may_hold_booleans
+                             and any(isinstance(v, bool) for row in inputs for v in row))):
                 return self._encode(matrix)
         errors: list[dict[str, Any]] = []
         matrix = np.zeros((len(inputs), width), dtype=np.float32)
@@ -194,30 +212,90 @@ class Preprocessor:
             raise InputError(errors[:20])
         return self._encode(matrix)
 
-    def encode_records(self, records: list[Any]) -> np.ndarray:
+    def encode_records(self, records: list[Any], field: str = "records") -> np.ndarray:
         """Encode raw rows given as {column: value}; target columns are ignored."""
         errors: list[dict[str, Any]] = []
         known = set(self.feature_names) | set(self.target["names"])
         matrix = np.zeros((len(records), len(self.features)), dtype=np.float32)
         for i, record in enumerate(records):
             if not isinstance(record, dict):
-                errors.append({"field": f"records[{i}]", "message": "expected an object"})
+                errors.append({"field": f"{field}[{i}]", "message": "expected an object"})
                 continue
             for key in record:
                 if key not in known:
-                    errors.append({"field": f"records[{i}].{key}",
+                    errors.append({"field": f"{field}[{i}].{key}",
                                    "message": f"unknown column {key!r}; the model takes "
                                               f"{', '.join(self.feature_names)}"})
             for k, name in enumerate(self.feature_names):
                 if name not in record:
-                    errors.append({"field": f"records[{i}].{name}", "message": f"missing column {name!r}"})
+                    errors.append({"field": f"{field}[{i}].{name}", "message": f"missing column {name!r}"})
                 else:
-                    matrix[i, k] = self._cell(k, record[name], f"records[{i}].{name}", errors)
+                    matrix[i, k] = self._cell(k, record[name], f"{field}[{i}].{name}", errors)
             if len(errors) >= 20:
                 break
         if errors:
             raise InputError(errors[:20])
         return self._encode(matrix)
+
+    def encode_csv(self, body: bytes, max_rows: int) -> np.ndarray:
+        """Encode raw rows given as CSV text: a header row naming the feature columns, then rows.
+
+        Target columns are ignored, as in records. An all-numeric model reads clean
+        numeric text with pyarrow; anything else goes cell by cell through the rules
+        of `records`, with errors on `csv[i].column` (i counts data rows from 0).
+        """
+        text = _csv_text(body)
+        header_line, _, _rest = text.partition("\n")
+        header = [name.strip() for name in next(csv.reader([header_line]), [])]
+        known = set(self.feature_names) | set(self.target["names"])
+        problems = [f"unknown column {name!r}" for name in header if name not in known]
+        problems += [f"missing column {name!r}" for name in self.feature_names if name not in header]
+        if not header_line.strip() or problems:
+            expected = f"the header row must name the columns {', '.join(self.feature_names)}"
+            raise InputError([{"field": "csv", "message": "; ".join(problems + [expected])}])
+        matrix = self._numeric_csv(body, header) if self.all_numeric else None
+        if matrix is not None:
+            if len(matrix) > max_rows:
+                raise InputError([{"field": "csv", "message": f"at most {max_rows:,} rows per request"}])
+            return self._encode(matrix)
+        records = []
+        for i, cells in enumerate(row for row in csv.reader(io.StringIO(text)) if row):
+            if i == 0:
+                continue
+            if i > max_rows:
+                raise InputError([{"field": "csv", "message": f"at most {max_rows:,} rows per request"}])
+            if len(cells) != len(header):
+                raise InputError([{"field": f"csv[{i - 1}]", "message":
+                                   f"expected {len(header)} fields ({', '.join(header)}), got {len(cells)}"}])
+            records.append(dict(zip(header, cells)))
+        if not records:
+            raise InputError([{"field": "csv", "message": "give at least one row after the header"}])
+        return self.encode_records(records, field="csv")
+
+    def _numeric_csv(self, body: bytes, header: list[str]) -> np.ndarray | None:
+        """Read clean numeric CSV in feature order with pyarrow; None when it needs the careful path."""
+        import pyarrow as pa  # noqa: PLC0415 - loaded on the first CSV request only
+        import pyarrow.csv as pa_csv  # noqa: PLC0415
+
+        convert = pa_csv.ConvertOptions(null_values=[], strings_can_be_null=False,
+                                        quoted_strings_can_be_null=False)
+        try:
+            table = pa_csv.read_csv(io.BytesIO(body), convert_options=convert)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
+        if ([name.strip() for name in table.column_names] != header or table.num_rows == 0
+                or len(set(header)) != len(header)):
+            return None
+        matrix = np.empty((table.num_rows, len(self.features)), dtype=np.float32)
+        for k, name in enumerate(self.feature_names):
+            column = table.column(header.index(name))
+            if not (pa.types.is_int64(column.type) or pa.types.is_float64(column.type)):
+                return None
+            values = column.to_numpy().astype(np.float64, copy=False)
+            if not np.isfinite(values).all() or (np.abs(values) > FLOAT32_MAX).any():
+                return None
+            matrix[:, k] = values
+        return matrix
 
     # Decoding -------------------------------------------------------------
 

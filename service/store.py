@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, delete, exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.config import load_config
 from service.ids import new_id
 from service.parsing import ParsedTable, sha256
 from service.tables import Dataset, DatasetPayload
@@ -45,12 +49,47 @@ def save_dataset(sessions: sessionmaker[Session], table: ParsedTable, descriptio
     raise RuntimeError("could not store the dataset payload")
 
 
-def load_table(session: Session, dataset: Dataset) -> ParsedTable:
-    """Read a dataset's table from the database (no pickle)."""
-    npz = session.scalar(select(DatasetPayload.npz).where(DatasetPayload.sha256 == dataset.payload_sha256))
+def dataset_cache_dir() -> Path:
+    """Return this host's dataset cache, DATA_DIR/dataset-cache."""
+    return Path(load_config()["DATA_DIR"]) / "dataset-cache"
+
+
+def load_table(session: Session, dataset: Dataset, cache_dir: Path | None = None) -> ParsedTable:
+    """Read a dataset's table, from this host's cache when it has it, else from the database.
+
+    Payloads are immutable and named by their sha256, so a cached file never goes
+    stale: a second job on the same dataset reads `<sha256>.npz` from local disk.
+    A file whose bytes do not hash to its name (a crash mid-copy, a bad disk) is
+    fetched again. Nothing is unpickled either way.
+    """
+    digest = dataset.payload_sha256
+    path = (dataset_cache_dir() if cache_dir is None else cache_dir) / f"{digest}.npz"
+    try:
+        cached = path.read_bytes()
+    except OSError:
+        cached = None
+    if cached is not None and sha256(cached) == digest:
+        return ParsedTable.from_npz(cached)
+    npz = session.scalar(select(DatasetPayload.npz).where(DatasetPayload.sha256 == digest))
     if npz is None:
         raise LookupError(f"the payload of dataset {dataset.id} is missing")
+    _write_atomically(path, npz)
     return ParsedTable.from_npz(npz)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write a cache file under a temporary name and rename it, so readers never see half of it."""
+    temporary: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=".tmp-", delete=False) as handle:
+            temporary = handle.name
+            handle.write(data)
+        os.replace(temporary, path)
+    except OSError:
+        # A full or read-only disk only costs the next job a fetch from the database.
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
 
 
 def delete_dataset(session: Session, dataset: Dataset) -> None:

@@ -1,0 +1,247 @@
+"""Jobs as users feel them: dispatch latency and the service's overhead on a training run.
+
+Real processes, as compose and ``make run`` start them: the API under gunicorn
+and one Celery worker (``--concurrency 1``), in two modes:
+
+- ``embedded``: SQLite and Kombu's SQLAlchemy transport in a temporary DATA_DIR;
+- ``redis``: PostgreSQL (a database of its own at 127.0.0.1:5432) and Redis (an
+  empty database number from 8 to 14), skipped when they are unreachable.
+
+Dispatch: POST /v1/jobs of a tiny job to an idle worker, until the job is
+`running` (its ``started_at``, written by the worker's claim, minus the moment
+the POST was sent). Median of ``--jobs`` (10). Targets: <= 50 ms with Redis,
+<= 0.5 s embedded.
+
+Overhead (``--overhead``, about two minutes per mode): a training job of about
+``--seconds`` (30) through the service, from ``started_at`` to ``finished_at``
+(loading the dataset, preprocessing, training with per-epoch progress,
+heartbeats and checkpoints, saving the model), against the same
+``backprop.train`` call on the same encoded data in one process, timed before and
+after the job (their mean). Target <= 1.05x.
+
+Run: ``python benchmarks/jobs.py [--modes embedded,redis] [--overhead] [--no-readme]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modes", default="embedded,redis")
+    parser.add_argument("--jobs", type=int, default=10)
+    parser.add_argument("--overhead", action="store_true", help="also the ~30 s training run")
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--blas-threads", type=int, help="BLAS threads of the worker and of this process "
+                                                         "(default: the worker's own choice, cores // concurrency)")
+    parser.add_argument("--no-readme", action="store_true")
+    return parser.parse_args()
+
+
+ARGS = parse_args()
+if ARGS.blas_threads:
+    # Before numpy loads, here and (inherited) in the worker.
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = str(ARGS.blas_threads)
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks._report import append_row, machine  # noqa: E402
+from benchmarks._servers import api_server, celery_worker  # noqa: E402
+
+SECTION = "Jobs (benchmarks/jobs.py)"
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS = "redis://127.0.0.1:6379"
+TINY = {"layers": [{"type": "dense", "units": 4, "activation": "relu"}, {"type": "dense", "units": 2}]}
+# The overhead workload: 20,000 rows x 32 features, 256-256 relu, batch 64, adam.
+OVERHEAD_NETWORK = {"layers": [{"type": "dense", "units": 256, "activation": "relu"},
+                               {"type": "dense", "units": 256, "activation": "relu"},
+                               {"type": "dense", "units": 2}]}
+
+
+@contextmanager
+def backends(mode: str) -> Iterator[tuple[str | None, str | None]]:
+    """Yield (DATABASE_URL, CELERY_BROKER_URL): None, None for embedded; fresh ones for redis."""
+    if mode == "embedded":
+        yield None, None
+        return
+    import psycopg
+    import redis
+
+    admin = psycopg.connect(POSTGRES_ADMIN, autocommit=True, connect_timeout=3)
+    name = f"backprop_bench_{uuid.uuid4().hex[:10]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    client = None
+    try:
+        for number in range(14, 7, -1):
+            client = redis.Redis.from_url(f"{REDIS}/{number}", socket_connect_timeout=3)
+            if client.dbsize() == 0:
+                break
+            client.close()
+        else:
+            raise RuntimeError("Redis databases 8 to 14 are all in use")
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", f"{REDIS}/{number}"
+    finally:
+        if client is not None:
+            client.flushdb()
+            client.close()
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def reachable(mode: str) -> bool:
+    import socket
+
+    if mode == "embedded":
+        return True
+    try:
+        for port in (5432, 6379):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def table(rows: int, features: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, bytes]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(rows, features))
+    y = (X[:, 0] + X[:, 1] * X[:, 2] > 0).astype(int)
+    header = ",".join(f"x{i}" for i in range(features)) + ",label\n"
+    text = header + "\n".join(",".join(f"{v:.5f}" for v in row) + f",{label}" for row, label in zip(X, y))
+    return X, y, text.encode()
+
+
+def upload(session, base: str, data: bytes) -> str:
+    response = session.post(f"{base}/v1/datasets", files={"file": ("data.csv", io.BytesIO(data), "text/csv")})
+    response.raise_for_status()
+    return response.json()["id"]
+
+
+def wait(session, base: str, job_id: str, until: tuple[str, ...], timeout: float = 600,
+         poll_s: float = 0.005) -> dict:
+    """Poll a job until its status is one of `until` (often for dispatch; rarely for a long job,
+    whose polling would take CPU from the training it measures)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = session.get(f"{base}/v1/jobs/{job_id}").json()
+        if job["status"] in until:
+            return job
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} is still {job['status']}")
+        time.sleep(poll_s)
+
+
+def stamp(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def dispatch(session, base: str, jobs: int) -> list[float]:
+    """Seconds from sending POST /v1/jobs to the worker's claim, per job, one at a time."""
+    _X, _y, data = table(200, 4)
+    dataset_id = upload(session, base, data)
+    body = {"dataset_id": dataset_id, "network": TINY, "training": {"epochs": 1}}
+    wait(session, base, session.post(f"{base}/v1/jobs", json=body).json()["id"], ("succeeded",))  # warm-up
+    latencies = []
+    for _ in range(jobs):
+        time.sleep(0.3)  # the worker is idle, polling its queue
+        sent = time.time()
+        job = session.post(f"{base}/v1/jobs", json=body).json()
+        job = wait(session, base, job["id"], ("succeeded", "failed"))
+        latencies.append(stamp(job["started_at"]) - sent)
+    return latencies
+
+
+def overhead(session, base: str, seconds: float) -> tuple[float, float, int]:
+    """Return (service seconds, in-process seconds, epochs) of the same training run."""
+    import backprop
+    from service.parsing import describe_target, parse_csv
+    from service.preprocessing import Preprocessor, fit
+
+    X, y, data = table(20_000, 32, seed=1)
+    training = {"epochs": 1, "batch_size": 64, "optimizer": "adam", "learning_rate": 0.001,
+                "validation_split": 0.2, "early_stopping_patience": 0, "seed": 0}
+    # The same preprocessing as the worker's, on the same table.
+    with tempfile.NamedTemporaryFile(suffix=".csv") as handle:
+        handle.write(data)
+        handle.flush()
+        parsed = parse_csv(handle.name)
+    described = describe_target(parsed, None, None)
+    train_rows, val_rows = backprop.train_validation_split(parsed.n_rows, training["validation_split"], 0)
+    preprocessor = Preprocessor(fit(parsed, described["features"], described["targets"], described["task"],
+                                    described["classes"], train_rows))
+    X_train, y_train = preprocessor.encode_table(parsed, train_rows), preprocessor.targets_from_table(parsed, train_rows)
+    validation = (preprocessor.encode_table(parsed, val_rows), preprocessor.targets_from_table(parsed, val_rows))
+
+    def in_process(epochs: int) -> float:
+        network = backprop.build(OVERHEAD_NETWORK, input_dim=X_train.shape[1], seed=0)
+        started = time.perf_counter()
+        backprop.train(network, X_train, y_train, validation_data=validation, **{**training, "epochs": epochs})
+        return time.perf_counter() - started
+
+    in_process(1)  # warm-up
+    epochs = max(1, round(seconds / (in_process(2) / 2)))
+    # The machine may be shared: time the in-process run before and after the job, and compare
+    # the job with their mean.
+    before = in_process(epochs)
+    dataset_id = upload(session, base, data)
+    body = {"dataset_id": dataset_id, "network": OVERHEAD_NETWORK, "training": {**training, "epochs": epochs}}
+    job = wait(session, base, session.post(f"{base}/v1/jobs", json=body).json()["id"], ("succeeded", "failed"),
+               poll_s=1.0)
+    if job["status"] != "succeeded":
+        raise RuntimeError(f"the overhead job failed: {job['error']}")
+    service_s = stamp(job["finished_at"]) - stamp(job["started_at"])
+    after = in_process(epochs)
+    print(f"in one process: {before:.1f} s before the job, {after:.1f} s after it")
+    return service_s, (before + after) / 2, epochs
+
+
+def main() -> None:
+    args = ARGS
+    import requests
+
+    where = machine()
+    targets = {"embedded": 0.5, "redis": 0.05}
+    for mode in args.modes.split(","):
+        if not reachable(mode):
+            print(f"{mode}: skipped, PostgreSQL or Redis is not reachable at 127.0.0.1")
+            continue
+        with tempfile.TemporaryDirectory() as data_dir, backends(mode) as (database_url, broker_url), \
+                api_server(data_dir, 1, database_url, broker_url) as base, \
+                celery_worker(data_dir, database_url, broker_url), requests.Session() as session:
+            latencies = dispatch(session, base, args.jobs)
+            median = statistics.median(latencies)
+            target = targets[mode]
+            print(f"{mode}: POST /v1/jobs to running: median {median * 1e3:.0f} ms, max "
+                  f"{max(latencies) * 1e3:.0f} ms over {len(latencies)} jobs (target <= {target * 1e3:.0f} ms: "
+                  f"{median / target:.2f}x of it)")
+            if not args.no_readme:
+                append_row(SECTION, f"dispatch to running, {mode}, median ms", f"{median * 1e3:.0f}", "target",
+                           f"{target * 1e3:.0f}", median / target, "<= 1x", where)
+            if args.overhead:
+                service_s, direct_s, epochs = overhead(session, base, args.seconds)
+                ratio = service_s / direct_s
+                print(f"{mode}: {epochs}-epoch job: {service_s:.1f} s in the service (started to finished), "
+                      f"{direct_s:.1f} s for backprop.train in one process: {ratio:.3f}x (target <= 1.05x)")
+                if not args.no_readme:
+                    threads = f", BLAS threads {args.blas_threads}" if args.blas_threads else ""
+                    append_row(SECTION, f"training job through the service, {mode}{threads}, s", f"{service_s:.1f}",
+                               "backprop.train in one process", f"{direct_s:.1f}", ratio, "<= 1.05x", where)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    main()

@@ -1,0 +1,174 @@
+"""/predict as users feel it: one-row latency and throughput under gunicorn, and 10,000-row batches.
+
+The service's API runs under gunicorn with compose's settings (``--threads 4``)
+on SQLite in a temporary DATA_DIR, with a model (12 numeric features, 64 relu
+units, 3 classes) trained in this process first. Its peer is a bare Flask
+endpoint under the same gunicorn settings that reads the JSON body and answers
+the same JSON shape without a model (benchmarks/_bare_app.py). Load comes from
+wrk (Debian package ``wrk``), a separate process.
+
+- one client (wrk -t1 -c1): median and p99 latency of a one-row predict;
+  targets median <= 1 ms, p99 <= 5 ms;
+- two gunicorn workers, four connections (wrk -t2 -c4): requests/s of the
+  service against the bare endpoint; target >= 0.85x;
+- 10,000 rows in one request as JSON ``inputs`` and as ``text/csv``, answered in
+  JSON or CSV: the median round trip seen by the client (an upper bound of the
+  server's time); target <= 100 ms.
+
+Run: ``python benchmarks/predict.py [--seconds S] [--no-readme]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks._report import append_row, machine, print_ratio  # noqa: E402
+from benchmarks._servers import api_server, gunicorn, service_env  # noqa: E402
+
+SECTION = "/predict (benchmarks/predict.py)"
+FEATURES = 12
+
+
+def train_model(data_dir: str) -> tuple[str, np.ndarray]:
+    """Upload a dataset and train a small model in this process; return its id and sample rows."""
+    import io
+    import os
+
+    os.environ["DATA_DIR"] = data_dir
+    from service import create_app
+    from workers.training import run_job
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2000, FEATURES))
+    y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0.5)
+    header = ",".join(f"x{i}" for i in range(FEATURES)) + ",label\n"
+    text = header + "\n".join(",".join(f"{v:.4f}" for v in row) + f",{label}" for row, label in zip(X, y))
+
+    class NoQueue:
+        def publish(self, job_id: str, queue: str) -> None:
+            pass
+
+        def ping(self) -> None:
+            pass
+
+    app = create_app({"DATA_DIR": data_dir, "QUEUE": NoQueue()})
+    client = app.test_client()
+    dataset = client.post("/v1/datasets", data={"file": (io.BytesIO(text.encode()), "d.csv")},
+                          content_type="multipart/form-data").get_json()
+    network = {"layers": [{"type": "dense", "units": 64, "activation": "relu"}, {"type": "dense", "units": 3}]}
+    job = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "network": network,
+                                        "training": {"epochs": 3}}).get_json()
+    run_job(job["id"], sessions=app.extensions["backprop.sessions"])
+    model_id = client.get(f"/v1/jobs/{job['id']}").get_json()["model_id"]
+    app.extensions["backprop.engine"].dispose()
+    return model_id, X.round(4)
+
+
+def wrk(url: str, body: str, threads: int, connections: int, seconds: float, workdir: Path) -> dict[str, float]:
+    """Run wrk POSTing `body`; return requests/s, median and p99 latency in ms."""
+    script = workdir / "post.lua"
+    script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n'
+                      'wrk.headers["Content-Type"] = "application/json"\n')
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
+                          "-s", str(script), url], capture_output=True, text=True, check=True).stdout
+    if "Non-2xx" in out:
+        raise RuntimeError(f"wrk saw errors from {url}:\n{out}")
+
+    def latency(label: str) -> float:
+        value, unit = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return {"rps": rate, "p50": latency("50%"), "p99": latency("99%")}
+
+
+def batch_times(base: str, model_id: str, rows: np.ndarray, repeats: int = 7) -> dict[str, float]:
+    """Median client round trip (ms) of 10,000 rows: JSON and CSV bodies, JSON and CSV answers."""
+    import requests
+
+    url = f"{base}/v1/models/{model_id}/predict"
+    json_body = json.dumps({"inputs": rows.tolist()})
+    csv_body = (",".join(f"x{i}" for i in range(FEATURES)) + "\n"
+                + "\n".join(",".join(f"{v:.4f}" for v in row) for row in rows) + "\n")
+    cases = {"JSON in, JSON out": (json_body, "application/json", "application/json"),
+             "CSV in, JSON out": (csv_body, "text/csv", "application/json"),
+             "CSV in, CSV out": (csv_body, "text/csv", "text/csv"),
+             "JSON in, CSV out": (json_body, "application/json", "text/csv")}
+    results = {}
+    with requests.Session() as session:
+        for name, (body, content_type, accept) in cases.items():
+            times = []
+            for _ in range(repeats + 1):
+                started = time.perf_counter()
+                response = session.post(url, data=body, headers={"Content-Type": content_type, "Accept": accept})
+                times.append((time.perf_counter() - started) * 1e3)
+                response.raise_for_status()
+            results[name] = statistics.median(times[1:])
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5, help="length of each wrk run")
+    parser.add_argument("--no-readme", action="store_true")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("benchmarks/predict.py: skipped: wrk is not installed (apt-get install wrk)")
+        return
+    where = machine()
+    with tempfile.TemporaryDirectory() as data_dir:
+        workdir = Path(data_dir)
+        model_id, X = train_model(data_dir)
+        one_row = json.dumps({"inputs": [X[0].tolist()]})
+        results: dict[str, dict[str, float]] = {}
+        seconds = int(max(1, args.seconds))
+        bare_env = service_env(data_dir)
+        for workers in (1, 2):
+            with api_server(data_dir, workers=workers) as base:
+                url = f"{base}/v1/models/{model_id}/predict"
+                wrk(url, one_row, 1, 2, 1, workdir)  # warm every worker's model cache
+                if workers == 1:
+                    results["service 1 client"] = wrk(url, one_row, 1, 1, seconds, workdir)
+                    batches = batch_times(base, model_id, X[np.random.default_rng(1).integers(0, len(X), 10_000)])
+                else:
+                    results["service 2 workers"] = wrk(url, one_row, 2, 4, seconds, workdir)
+            with gunicorn("benchmarks._bare_app:create_app()", bare_env, workers) as base:
+                url = f"{base}/predict"
+                wrk(url, one_row, 1, 2, 1, workdir)
+                key = "bare 1 client" if workers == 1 else "bare 2 workers"
+                results[key] = wrk(url, one_row, *((1, 1) if workers == 1 else (2, 4)), seconds, workdir)
+
+    one, bare_one = results["service 1 client"], results["bare 1 client"]
+    print(f"one client: service median {one['p50']:.2f} ms, p99 {one['p99']:.2f} ms "
+          f"(bare Flask: {bare_one['p50']:.2f} ms, {bare_one['p99']:.2f} ms)")
+    ratio = print_ratio("2 workers, 4 connections: service", results["service 2 workers"]["rps"],
+                        "bare Flask", results["bare 2 workers"]["rps"], "req/s")
+    for name, ms in batches.items():
+        print(f"10,000 rows, {name}: {ms:.1f} ms round trip")
+    if not args.no_readme:
+        append_row(SECTION, "one row, 1 client, median ms", f"{one['p50']:.2f}", "bare Flask",
+                   f"{bare_one['p50']:.2f}", one["p50"] / bare_one["p50"], "<= 1 ms", where)
+        append_row(SECTION, "one row, 1 client, p99 ms", f"{one['p99']:.2f}", "bare Flask",
+                   f"{bare_one['p99']:.2f}", one["p99"] / bare_one["p99"], "<= 5 ms", where)
+        append_row(SECTION, "one row, 2 workers x 4 conns, req/s", f"{results['service 2 workers']['rps']:,.0f}",
+                   "bare Flask", f"{results['bare 2 workers']['rps']:,.0f}", ratio, ">= 0.85x", where)
+        for name, ms in batches.items():
+            append_row(SECTION, f"10,000 rows, {name}, ms", f"{ms:.1f}", "target", "100", ms / 100,
+                       "<= 1x", where)
+
+
+if __name__ == "__main__":
+    main()
