@@ -19,6 +19,13 @@ POSTGRES_ADMIN_URL = os.environ.get("BACKPROP_TEST_POSTGRES_URL",
 REDIS_URL = os.environ.get("BACKPROP_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
 
+@pytest.fixture(autouse=True)
+def _data_dir_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point DATA_DIR at a temporary folder: nothing a test runs (run_job's dataset cache,
+    say) writes under the checkout's var/."""
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+
+
 def services_required() -> bool:
     """Say whether a missing PostgreSQL/Redis is a failure (CI) rather than a skip."""
     return os.environ.get("BACKPROP_REQUIRE_SERVICES") == "1"

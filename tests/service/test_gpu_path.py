@@ -35,12 +35,6 @@ NETWORK = {"nodes": [
 TRANSFERS = {"asarray", "array", "ascontiguousarray"}
 
 
-@pytest.fixture(autouse=True)
-def _worker_data_dir(tmp_path, monkeypatch):
-    """Keep run_job's dataset cache (under DATA_DIR) out of the working tree's var/."""
-    monkeypatch.setenv("DATA_DIR", str(tmp_path))
-
-
 class DeviceArray(np.ndarray):
     """A numpy array standing for a CuPy array: host operands in its operations raise TypeError."""
 

@@ -16,12 +16,6 @@ pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 MLP = {"layers": [{"type": "dense", "units": 8, "activation": "tanh"}, {"type": "dense", "units": 2}]}
 
 
-@pytest.fixture(autouse=True)
-def _worker_data_dir(tmp_path, monkeypatch):
-    """Keep run_job's dataset cache (under DATA_DIR) out of the working tree's var/."""
-    monkeypatch.setenv("DATA_DIR", str(tmp_path))
-
-
 def trained(client, app, upload_csv, header, rows, network=MLP) -> str:
     from workers.training import run_job
 

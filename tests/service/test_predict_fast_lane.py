@@ -16,12 +16,6 @@ from tests.service.test_predict_csv import trained
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
 
-@pytest.fixture(autouse=True)
-def _worker_data_dir(tmp_path, monkeypatch):
-    """Keep run_job's dataset cache (under DATA_DIR) out of the working tree's var/."""
-    monkeypatch.setenv("DATA_DIR", str(tmp_path))
-
-
 @pytest.fixture
 def model_id(client, app, upload_csv) -> str:
     return trained(client, app, upload_csv, ["a", "b", "c", "d", "label"], blobs_rows(60))
