@@ -39,8 +39,10 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import backprop  # noqa: E402
+from benchmarks._report import append_row, machine  # noqa: E402
 
 LEARNING_RATE = 0.01
+PEER_NAMES = {"numpy": "hand-written numpy", "pytorch": "PyTorch CPU", "sklearn": "scikit-learn MLPClassifier"}
 
 
 def best_rate(run, rows_per_run: int, repeats: int) -> float:
@@ -193,8 +195,11 @@ def main() -> None:
     print()
     print("| workload | peer | backprop samples/s | peer samples/s | ratio | target | |")
     print("|---|---|---:|---:|---:|---:|---|")
+    machine_text = machine(f"{ARGS.threads} threads, best of {ARGS.repeats}")
     for name, peer, ours, theirs, ratio, target, verdict in rows:
         print(f"| {name} | {peer} | {ours:,.0f} | {theirs:,.0f} | {ratio:.2f}x | >= {target}x | {verdict} |")
+        append_row("Engine (benchmarks/engine.py)", f"{name} training, backprop samples/s", f"{ours:,.0f}",
+                   PEER_NAMES[peer], f"{theirs:,.0f}", ratio, f">= {target}x", machine_text)
 
 
 if __name__ == "__main__":

@@ -115,9 +115,13 @@ def _paths() -> dict[str, Any]:
                                  parameters=[_id("model_id")]),
         },
         "/v1/models/{model_id}/predict": {
-            "post": _operation("Predict from raw rows",
-                               _ok("{predictions, probabilities, classes} or {predictions, targets}"),
-                               requestBody=_json_body("PredictRequest"), parameters=[_id("model_id")]),
+            "post": _operation("Predict from raw rows (JSON inputs or records, or a CSV body with a header row)",
+                               _ok("{predictions, probabilities, classes} or {predictions, targets}; "
+                                   "CSV when Accept prefers text/csv"),
+                               requestBody={"required": True, "content": {
+                                   "application/json": {"schema": _ref("PredictRequest")},
+                                   "text/csv": {"schema": {"type": "string"}}}},
+                               parameters=[_id("model_id")]),
         },
         "/v1/models/{model_id}/export": {
             "get": _operation("Download the model as ONNX (preprocessing included) or as a backprop .npz",
