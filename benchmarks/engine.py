@@ -45,11 +45,20 @@ LEARNING_RATE = 0.01
 PEER_NAMES = {"numpy": "hand-written numpy", "pytorch": "PyTorch CPU", "sklearn": "scikit-learn MLPClassifier"}
 
 
-def best_rate(run, rows_per_run: int, repeats: int) -> float:
-    """Samples per second of the fastest of ``repeats`` runs (after one warm-up)."""
-    run()
-    best = min(_timed(run) for _ in range(repeats))
-    return rows_per_run / best
+def best_rates(runs: dict, rows_per_run: int, repeats: int) -> dict[str, float]:
+    """Samples per second of each peer's fastest of ``repeats`` runs, after one warm-up each.
+
+    The peers take turns (one run each, ``repeats`` rounds) so that a slow
+    spell of a shared or virtual machine hits them all alike instead of
+    whichever peer happened to be running.
+    """
+    for run in runs.values():
+        run()
+    best = {peer: float("inf") for peer in runs}
+    for _ in range(repeats):
+        for peer, run in runs.items():
+            best[peer] = min(best[peer], _timed(run))
+    return {peer: rows_per_run / seconds for peer, seconds in best.items()}
 
 
 def _timed(run) -> float:
@@ -184,7 +193,7 @@ def main() -> None:
         }
         if "sklearn" in w["targets"]:
             peers["sklearn"] = sklearn_runner(X, y, sizes, batch, epochs)
-        rates = {peer: best_rate(run, samples, ARGS.repeats) for peer, run in peers.items()}
+        rates = best_rates(peers, samples, ARGS.repeats)
         for peer, rate in rates.items():
             if peer == "backprop":
                 continue
