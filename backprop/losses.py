@@ -34,12 +34,12 @@ def cross_entropy(Z: Any, y: Any, xp: Any) -> tuple[float, Any]:
     """Mean of -log softmax(Z)[i, y_i]; ``y`` holds integer classes (n,)."""
     n = Z.shape[0]
     rows = xp.arange(n)
-    labels = y.reshape(-1).astype(np.int64, copy=False)
+    labels = y if y.ndim == 1 and y.dtype == np.int64 else y.reshape(-1).astype(np.int64)
     shifted = Z - Z.max(axis=1, keepdims=True)
     dZ = xp.exp(shifted)
     totals = dZ.sum(axis=1)
     # -log softmax(z)[y] = log(sum(exp(shifted))) - shifted[y], exact for large logits.
-    loss = float(xp.log(totals).sum() - shifted[rows, labels].sum()) / n
+    loss = float((xp.log(totals) - shifted[rows, labels]).sum()) / n
     dZ /= totals[:, None]  # softmax probabilities
     dZ[rows, labels] -= 1.0
     dZ /= n

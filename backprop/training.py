@@ -92,6 +92,9 @@ def train(
     network.rng = rng  # dropout masks come from the same stream as the shuffles
     nodes = network.dense_nodes
     params = list(network.parameters().values())
+    # The gradient arrays are new every batch: fetch them by (node, attribute), in params' order.
+    grad_slots = [(node, name) for node in nodes
+                  for name in ("weight_grad", "bias_grad") if name == "weight_grad" or node.bias is not None]
     weights = [node.weight for node in nodes]
     optimizer = make_optimizer(config.optimizer, params, config.learning_rate, xp, config.momentum, config.nesterov)
     schedule = LearningRateSchedule(
@@ -140,7 +143,7 @@ def train(
                 if config.weight_decay:
                     for node in nodes:
                         node.weight_grad += config.weight_decay * node.weight
-                grads = list(network.gradients().values())
+                grads = [getattr(node, name) for node, name in grad_slots]
                 if config.gradient_clip_norm is not None:
                     _clip(grads, config.gradient_clip_norm, xp)
                 optimizer.update(params, grads)
