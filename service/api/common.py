@@ -7,9 +7,12 @@ from typing import Any, TypeVar
 from flask import current_app, request
 from pydantic import BaseModel, ValidationError
 
-from service.errors import ApiError, from_validation_error, invalid
+from sqlalchemy.orm import Session
+
+from service.errors import ApiError, from_validation_error, invalid, not_found
 
 M = TypeVar("M", bound=BaseModel)
+Row = TypeVar("Row")
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 1000
@@ -65,3 +68,15 @@ def page(items: list[dict[str, Any]], next_cursor: str | None) -> dict[str, Any]
 def config(key: str) -> Any:
     """Return a configuration value of the current app."""
     return current_app.config[key]
+
+
+def get_or_404(session: Session, table: type[Row], row_id: str, kind: str, **options: Any) -> Row:
+    """Return the row of `table` with this id, or raise the 404 problem naming its kind.
+
+    Every lookup by id goes through here, so a rule about who may see a row
+    has one place to live.
+    """
+    row = session.get(table, row_id, **options)
+    if row is None:
+        raise not_found(kind, row_id)
+    return row

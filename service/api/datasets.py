@@ -8,9 +8,9 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request, url_for
 from sqlalchemy import exists, select
 
-from service.api.common import json_body, page, page_args, validate_body
+from service.api.common import get_or_404, json_body, page, page_args, validate_body
 from service.db import get_session, get_session_factory
-from service.errors import ApiError, invalid, not_found
+from service.errors import ApiError, invalid
 from service.ids import isoformat
 from service.parsing import ParsedTable, TableError, describe_target, parse_csv, parse_json_rows
 from service.schemas import DatasetJson
@@ -117,9 +117,7 @@ def list_datasets() -> dict[str, Any]:
 def get_dataset(dataset_id: str) -> dict[str, Any]:
     """Read one dataset."""
     with get_session() as session:
-        dataset = session.get(Dataset, dataset_id)
-        if dataset is None:
-            raise not_found("dataset", dataset_id)
+        dataset = get_or_404(session, Dataset, dataset_id, "dataset")
         size = session.scalar(select(DatasetPayload.size_bytes)
                               .where(DatasetPayload.sha256 == dataset.payload_sha256))
         return dataset_json(dataset, size)
@@ -129,9 +127,7 @@ def get_dataset(dataset_id: str) -> dict[str, Any]:
 def remove_dataset(dataset_id: str) -> Response:
     """Delete a dataset unless a queued or running job still needs it."""
     with get_session() as session:
-        dataset = session.get(Dataset, dataset_id)
-        if dataset is None:
-            raise not_found("dataset", dataset_id)
+        dataset = get_or_404(session, Dataset, dataset_id, "dataset")
         busy = session.scalar(select(exists().where(Job.dataset_id == dataset_id,
                                                     Job.status.in_(("queued", "running")))))
         if busy:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from flask import Blueprint, Response, request
 
 from service import export
+from service.api.common import get_or_404
 from service.db import get_session
-from service.errors import invalid, not_found
+from service.errors import invalid
 from service.tables import TrainedModel
 
 bp = Blueprint("export", __name__, url_prefix="/v1/models")
@@ -20,9 +21,7 @@ def export_model(model_id: str) -> Response:
         raise invalid([{"field": "format", "message": f"must be one of {', '.join(export.FORMATS)}, "
                                                       f"not {format_[:50]!r}"}])
     with get_session() as session:
-        model = session.get(TrainedModel, model_id)
-        if model is None:
-            raise not_found("model", model_id)
+        model = get_or_404(session, TrainedModel, model_id, "model")
         data = export.to_onnx(model) if format_ == "onnx" else export.to_npz(model)
     return Response(data, mimetype=export.MEDIA_TYPES[format_], headers={
         "Content-Disposition": f'attachment; filename="{model_id}.{format_}"'})

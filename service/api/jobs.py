@@ -10,10 +10,10 @@ from backprop.config import TrainingConfig
 from flask import Blueprint, current_app, request, url_for
 from sqlalchemy import select, update
 
-from service.api.common import json_body, page, page_args, validate_body
+from service.api.common import get_or_404, json_body, page, page_args, validate_body
 from service.api.networks import check_definition, problem_entries
 from service.db import get_session
-from service.errors import ApiError, invalid, not_found
+from service.errors import ApiError, invalid
 from service.ids import isoformat, new_id, utcnow
 from service.queue import JobQueue
 from service.schemas import JOB_LOSS_FOR_TASK, JobCreate
@@ -141,9 +141,7 @@ def list_jobs() -> dict[str, Any]:
 def get_job(job_id: str) -> dict[str, Any]:
     """Read a job from the database (never from a Celery result backend)."""
     with get_session() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            raise not_found("job", job_id)
+        job = get_or_404(session, Job, job_id, "job")
         return job_json(job)
 
 
@@ -151,9 +149,7 @@ def get_job(job_id: str) -> dict[str, Any]:
 def get_job_metrics(job_id: str) -> dict[str, Any]:
     """Return the per-epoch history with per-layer diagnostics."""
     with get_session() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            raise not_found("job", job_id)
+        job = get_or_404(session, Job, job_id, "job")
         records = session.scalars(select(JobEpoch.record).where(JobEpoch.job_id == job_id)
                                   .order_by(JobEpoch.epoch))
         return {"job_id": job_id, "status": job.status, "epochs": list(records)}
@@ -173,9 +169,7 @@ def cancel_job(job_id: str) -> tuple[dict[str, Any], int]:
             changed = session.execute(update(Job).where(Job.id == job_id, Job.status == "running")
                                       .values(cancel_requested=True)).rowcount
         session.commit()
-        job = session.get(Job, job_id)
-        if job is None:
-            raise not_found("job", job_id)
+        job = get_or_404(session, Job, job_id, "job")
         if not changed and job.status != "cancelled":  # cancelling twice is harmless
             raise ApiError(409, "Conflict", f"job {job_id} has already {job.status}; "
                                             f"only queued or running jobs can be cancelled",

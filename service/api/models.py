@@ -14,7 +14,7 @@ from flask.blueprints import BlueprintSetupState
 from sqlalchemy import exists, select
 from sqlalchemy.orm import defer
 
-from service.api.common import json_body, page, page_args, validate_body
+from service.api.common import get_or_404, json_body, page, page_args, validate_body
 from service.db import get_session
 from service.errors import invalid, not_found
 from service.ids import isoformat
@@ -70,9 +70,7 @@ def list_models() -> dict[str, Any]:
 def get_model(model_id: str) -> dict[str, Any]:
     """Read one model."""
     with get_session() as session:
-        model = session.get(TrainedModel, model_id, options=[defer(TrainedModel.weights)])
-        if model is None:
-            raise not_found("model", model_id)
+        model = get_or_404(session, TrainedModel, model_id, "model", options=[defer(TrainedModel.weights)])
         return model_json(model)
 
 
@@ -80,9 +78,7 @@ def get_model(model_id: str) -> dict[str, Any]:
 def remove_model(model_id: str) -> Response:
     """Delete a model."""
     with get_session() as session:
-        model = session.get(TrainedModel, model_id, options=[defer(TrainedModel.weights)])
-        if model is None:
-            raise not_found("model", model_id)
+        model = get_or_404(session, TrainedModel, model_id, "model", options=[defer(TrainedModel.weights)])
         session.delete(model)
         session.commit()
     model_cache().evict(model_id)

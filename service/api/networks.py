@@ -9,9 +9,9 @@ import backprop
 from flask import Blueprint, Response, request, url_for
 from sqlalchemy import select
 
-from service.api.common import int_arg, json_body, page, page_args, validate_body
+from service.api.common import get_or_404, int_arg, json_body, page, page_args, validate_body
 from service.db import get_session
-from service.errors import invalid, not_found
+from service.errors import invalid
 from service.ids import isoformat, new_id
 from service.schemas import NetworkDefinition
 from service.store import dataset_input_width, paginate
@@ -121,9 +121,7 @@ def get_network(network_id: str) -> dict[str, Any]:
     """Read a network; `?input_dim=` or `?dataset_id=` adds its parameter count."""
     input_dim, _ = _width_args()
     with get_session() as session:
-        network = session.get(Network, network_id)
-        if network is None:
-            raise not_found("network", network_id)
+        network = get_or_404(session, Network, network_id, "network")
         return network_json(network, input_dim)
 
 
@@ -131,9 +129,7 @@ def get_network(network_id: str) -> dict[str, Any]:
 def remove_network(network_id: str) -> Response:
     """Delete a stored network (jobs keep their own copy of the definition)."""
     with get_session() as session:
-        network = session.get(Network, network_id)
-        if network is None:
-            raise not_found("network", network_id)
+        network = get_or_404(session, Network, network_id, "network")
         session.delete(network)
         session.commit()
     return Response(status=204)
