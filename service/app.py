@@ -39,14 +39,17 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     upload_dir.mkdir(parents=True, exist_ok=True)
     app.request_class = type("AppUploadRequest", (UploadRequest,), {"upload_dir": str(upload_dir)})
 
-    from service import db, errors
+    from service import db, errors, logs, metrics
     from service.api import init_app as init_api
     from service.model_cache import ModelCache
     from service.queue import CeleryJobQueue
 
+    logs.configure()
+    logs.init_app(app)
     errors.init_app(app)
     db.init_app(app)
     app.extensions["backprop.queue"] = app.config.get("QUEUE") or CeleryJobQueue(app.config)
     app.extensions["backprop.models"] = ModelCache(int(app.config.get("MODEL_CACHE_SIZE", 32)))
     init_api(app)
+    metrics.init_app(app)
     return app

@@ -43,6 +43,9 @@ class ModelCache:
         self.recheck_s = recheck_s
         self._entries: OrderedDict[str, tuple[Predictor, float]] = OrderedDict()
         self._lock = threading.Lock()
+        # Read by /metrics (service/metrics.py); counted under the lock so no increment is lost.
+        self.hits = 0
+        self.misses = 0
 
     def get(self, model_id: str, exists: Callable[[], bool],
             load: Callable[[], TrainedModel | None]) -> Predictor | None:
@@ -52,6 +55,9 @@ class ModelCache:
             entry = self._entries.get(model_id)
             if entry is not None:
                 self._entries.move_to_end(model_id)
+                self.hits += 1
+            else:
+                self.misses += 1
         if entry is not None:
             predictor, checked_at = entry
             if now - checked_at < self.recheck_s:
@@ -78,7 +84,9 @@ class ModelCache:
         """Return a cached predictor confirmed within `recheck_s`, else None (no database work)."""
         entry = self._entries.get(model_id)  # a dict read is atomic; get() does the bookkeeping
         if entry is None or time.monotonic() - entry[1] >= self.recheck_s:
-            return None
+            return None  # not counted: get() follows and counts
+        with self._lock:
+            self.hits += 1
         return entry[0]
 
     def evict(self, model_id: str) -> None:

@@ -40,7 +40,7 @@ import logging  # noqa: E402
 import multiprocessing  # noqa: E402
 from typing import Any  # noqa: E402
 
-from celery.signals import worker_process_init, worker_ready, worker_shutting_down  # noqa: E402
+from celery.signals import setup_logging, worker_process_init, worker_ready, worker_shutting_down  # noqa: E402
 
 from service.config import load_config  # noqa: E402  (after the BLAS threads are set)
 from service.queue import CeleryJobQueue, make_celery  # noqa: E402
@@ -61,6 +61,15 @@ def shutdown_requested() -> bool:
 
 
 from workers import tasks  # noqa: E402,F401  (registers train_job)
+
+
+@setup_logging.connect
+def _configure_logging(loglevel: int | str | None = None, **_kwargs: object) -> None:
+    """Log as the API does (service/logs.py) instead of Celery's own format."""
+    from service import logs
+
+    celery_level = logging.getLevelName(loglevel) if isinstance(loglevel, int) else loglevel
+    logs.configure(level=os.environ.get("LOG_LEVEL") or celery_level)
 
 # The main process's reaper (started when the worker is ready) and its database engine.
 _reaper: Any = None

@@ -15,6 +15,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.ids import new_id, utcnow
+from service.logs import job_context
 from service.preprocessing import Preprocessor, fit
 from service.store import load_table
 from service.tables import Dataset, Job, JobCheckpoint, JobEpoch, TrainedModel
@@ -310,8 +311,16 @@ def run_job(job_id: str, sessions: sessionmaker[Session] | None = None, owner: s
     """Train one job to a terminal state and return its status (domain errors become job states).
 
     `shutdown` says when the worker is stopping: the job is then handed back with
-    `publish` (Celery's send_task by default) to finish on another worker.
+    `publish` (Celery's send_task by default) to finish on another worker. Every
+    log line written meanwhile carries the job id.
     """
+    with job_context(job_id):
+        return _run_job(job_id, sessions, owner, settings, shutdown, publish)
+
+
+def _run_job(job_id: str, sessions: sessionmaker[Session] | None, owner: str | None,
+             settings: JobSettings | None, shutdown: Callable[[], bool] | None,
+             publish: Publish | None) -> str:
     sessions = sessions or default_sessions()
     owner = owner or default_owner()
     settings = settings or default_settings()

@@ -102,6 +102,15 @@ def _paths() -> dict[str, Any]:
             "get": _operation("Per-epoch history with per-layer diagnostics", _ok("{job_id, epochs}"),
                               parameters=[_id("job_id")]),
         },
+        "/v1/jobs/{job_id}/events": {
+            "get": _operation("Live events (Server-Sent Events): one `epoch` event per epoch, then a `status` "
+                              "event when the job ends; Last-Event-ID resumes after that epoch",
+                              {"200": {"description": "text/event-stream",
+                                       "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+                              parameters=[_id("job_id"), {"name": "last_event_id", "in": "query",
+                                                          "schema": {"type": "integer", "minimum": 0},
+                                                          "description": "as the Last-Event-ID header"}]),
+        },
         "/v1/jobs/{job_id}/cancel": {
             "post": _operation("Cancel a queued job, or ask a running one to stop", _ok("the job", "202"),
                                parameters=[_id("job_id")]),
@@ -130,6 +139,8 @@ def _paths() -> dict[str, Any]:
                               parameters=[_id("model_id"), {"name": "format", "in": "query", "schema": {
                                   "type": "string", "enum": list(export.FORMATS), "default": "onnx"}}]),
         },
+        "/metrics": {"get": _operation("Prometheus metrics (text exposition format)", {"200": {
+            "description": "the metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}})},
         "/healthz": {"get": _operation("Liveness", _ok("{status: ok}"))},
         "/readyz": {"get": _operation("Readiness: the database and the broker answer", _ok("{status, checks}"))},
     }

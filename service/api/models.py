@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import re
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,6 +19,7 @@ from service.api.common import get_or_404, json_body, page, page_args, validate_
 from service.db import get_session
 from service.errors import invalid, not_found
 from service.ids import isoformat
+from service.logs import REQUEST_ID_HEADER, request_id_from
 from service.model_cache import ModelCache, Predictor
 from service.preprocessing import InputError
 from service.schemas import PredictRequest
@@ -173,6 +175,7 @@ class PredictFastLane:
 
     MAX_BODY = 64 * 1024
     PATH = re.compile(r"/v1/models/([^/]+)/predict")
+    ROUTE = "/v1/models/<model_id>/predict"  # the view's URL rule, so /metrics shows one route
 
     def __init__(self, wsgi_app: Callable[..., Iterable[bytes]], app: Flask) -> None:
         self.wsgi_app = wsgi_app
@@ -182,8 +185,14 @@ class PredictFastLane:
         if environ.get("REQUEST_METHOD") == "POST":
             match = self.PATH.fullmatch(environ.get("PATH_INFO", ""))
             if match is not None:
+                started = time.perf_counter()
                 answer = self._answer(match.group(1), environ)
                 if answer is not None:
+                    # What Flask's hooks do for the view: echo a request id, count the request.
+                    answer.headers[REQUEST_ID_HEADER] = request_id_from(environ.get("HTTP_X_REQUEST_ID"))
+                    http = self.app.extensions.get("backprop.metrics.http")
+                    if http is not None:
+                        http.observe("POST", self.ROUTE, answer.status_code, time.perf_counter() - started)
                     return answer(environ, start_response)
         return self.wsgi_app(environ, start_response)
 
