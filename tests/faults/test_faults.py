@@ -76,12 +76,14 @@ def test_a_job_longer_than_the_visibility_timeout_is_delivered_again_but_not_tra
         faulty: FaultStack, blobs_csv):
     faulty.env["VISIBILITY_TIMEOUT_S"] = "2"
     faulty.start(workers=2)
-    job_id = submit(faulty, blobs_csv, epochs=40)
+    # Long enough on a fast, idle machine (~65 ms an epoch) to outlast the 2 s timeout
+    # and the 1 s restore sweep several times over.
+    job_id = submit(faulty, blobs_csv, epochs=120)
     job = assert_trained_once(faulty, job_id, attempt=1)
     logs = "".join(faulty.log_of(name) for name in faulty.workers)
     # Redis did hand the message out again while the job trained; the lease refused it.
     assert f"job {job_id} not claimed (status running)" in logs, logs
-    assert job["progress"]["epoch"] == 40
+    assert job["progress"]["epoch"] == 120
 
 
 # 3 ----------------------------------------------------------------------------------------------
