@@ -108,7 +108,7 @@ def test_redis_restarts_while_a_job_runs_and_while_idle(faulty: FaultStack, blob
 @pytest.mark.parametrize("backend_name", ["postgres"], indirect=True)
 def test_flushed_redis_loses_queued_messages_and_the_reaper_publishes_them_again(faulty: FaultStack, blobs_csv):
     faulty.start(workers=1)
-    running = submit(faulty, blobs_csv, epochs=20)
+    running = submit(faulty, blobs_csv, epochs=60)  # still running after the flush, on a fast machine too
     faulty.wait_job(running, until=("running",), min_epoch=1)
     waiting = submit(faulty, blobs_csv, epochs=3)  # queued behind it: its message sits in Redis
     assert faulty.request("GET", f"/v1/jobs/{waiting}")["status"] == "queued"
@@ -206,7 +206,9 @@ def test_two_workers_racing_to_claim_a_job_on_sqlite_exactly_one_wins(tmp_path, 
 
 def test_sigterm_hands_the_job_back_promptly_and_it_finishes_elsewhere(faulty: FaultStack, blobs_csv):
     faulty.start(workers=1)
-    job_id = submit(faulty, blobs_csv, epochs=60)  # still running once the second worker is up
+    # Still running once the second worker is up (it takes seconds to start), even at
+    # ~65 ms an epoch on a fast, idle machine.
+    job_id = submit(faulty, blobs_csv, epochs=150)
     faulty.wait_job(job_id, until=("running",), min_epoch=3)
     second = faulty.start_worker()
     faulty.wait_worker_ready(second)
