@@ -30,10 +30,12 @@ def free_port() -> int:
 
 def service_env(data_dir: str, database_url: str | None = None, broker_url: str | None = None,
                 **extra: str) -> dict[str, str]:
-    """The environment of the stack: DATA_DIR, and the database and broker when not embedded."""
+    """The environment of the stack: DATA_DIR, AUTH on (as compose sets it), and the database and
+    broker when not embedded."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "DATA_DIR", "PORT", "MAX_UPLOAD_MB")}
+           if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "DATA_DIR", "PORT", "MAX_UPLOAD_MB", "AUTH")}
     env["DATA_DIR"] = data_dir
+    env["AUTH"] = "on"
     env["PYTHONPATH"] = str(ROOT)
     if database_url:
         env["DATABASE_URL"] = database_url
@@ -96,6 +98,24 @@ def api_server(data_dir: str, workers: int = 1, database_url: str | None = None,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with gunicorn("service:create_app()", env, workers, log=Path(data_dir) / "api.log") as base:
         yield base
+
+
+def create_api_key(env: dict[str, str], tenant: str = "bench") -> str:
+    """Create an API key as an operator does (`flask --app service keys create`); return it.
+
+    Send it as `Authorization: Bearer KEY` (auth_headers): the benchmarks measure the
+    service with authentication on, as it runs in production.
+    """
+    done = subprocess.run([str(BIN / "flask"), "--app", "service", "keys", "create", "--tenant", tenant],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0 or not done.stdout.strip():
+        raise RuntimeError(f"flask keys create failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    return done.stdout.strip().splitlines()[-1].strip()
+
+
+def auth_headers(key: str | None) -> dict[str, str]:
+    """Return the Authorization header of a key (none for None)."""
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 @contextmanager

@@ -61,7 +61,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks._report import append_row, machine  # noqa: E402
-from benchmarks._servers import api_server, celery_worker  # noqa: E402
+from benchmarks._servers import api_server, auth_headers, celery_worker, create_api_key, service_env  # noqa: E402
 
 SECTION = "Jobs (benchmarks/jobs.py)"
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -222,6 +222,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as data_dir, backends(mode) as (database_url, broker_url), \
                 api_server(data_dir, 1, database_url, broker_url) as base, \
                 celery_worker(data_dir, database_url, broker_url), requests.Session() as session:
+            session.headers.update(auth_headers(create_api_key(service_env(data_dir, database_url, broker_url))))
             latencies = dispatch(session, base, args.jobs)
             median = statistics.median(latencies)
             target = targets[mode]

@@ -36,19 +36,21 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks._report import append_row, machine, print_ratio  # noqa: E402
-from benchmarks._servers import api_server, gunicorn, service_env  # noqa: E402
+from benchmarks._servers import api_server, auth_headers, gunicorn, service_env  # noqa: E402
 
 SECTION = "/predict (benchmarks/predict.py)"
 FEATURES = 12
 
 
-def train_model(data_dir: str) -> tuple[str, np.ndarray]:
-    """Upload a dataset and train a small model in this process; return its id and sample rows."""
+def train_model(data_dir: str) -> tuple[str, np.ndarray, str]:
+    """Upload a dataset and train a small model in this process; return its id, sample rows and
+    an API key of its tenant (the served API runs with AUTH on, as in production)."""
     import io
     import os
 
     os.environ["DATA_DIR"] = data_dir
     from service import create_app
+    from service.auth import create_key
     from workers.training import run_job
 
     rng = np.random.default_rng(0)
@@ -64,8 +66,12 @@ def train_model(data_dir: str) -> tuple[str, np.ndarray]:
         def ping(self) -> None:
             pass
 
-    app = create_app({"DATA_DIR": data_dir, "QUEUE": NoQueue()})
+    app = create_app({"DATA_DIR": data_dir, "QUEUE": NoQueue(), "AUTH": "on"})
+    with app.extensions["backprop.sessions"]() as session:
+        key = create_key(session, "bench")[1]
+        session.commit()
     client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
     dataset = client.post("/v1/datasets", data={"file": (io.BytesIO(text.encode()), "d.csv")},
                           content_type="multipart/form-data").get_json()
     network = {"layers": [{"type": "dense", "units": 64, "activation": "relu"}, {"type": "dense", "units": 3}]}
@@ -74,14 +80,16 @@ def train_model(data_dir: str) -> tuple[str, np.ndarray]:
     run_job(job["id"], sessions=app.extensions["backprop.sessions"])
     model_id = client.get(f"/v1/jobs/{job['id']}").get_json()["model_id"]
     app.extensions["backprop.engine"].dispose()
-    return model_id, X.round(4)
+    return model_id, X.round(4), key
 
 
-def wrk(url: str, body: str, threads: int, connections: int, seconds: float, workdir: Path) -> dict[str, float]:
-    """Run wrk POSTing `body`; return requests/s, median and p99 latency in ms."""
+def wrk(url: str, body: str, threads: int, connections: int, seconds: float, workdir: Path,
+        key: str | None = None) -> dict[str, float]:
+    """Run wrk POSTing `body` (with `Authorization: Bearer key`); return requests/s, median and p99 latency in ms."""
     script = workdir / "post.lua"
     script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n'
-                      'wrk.headers["Content-Type"] = "application/json"\n')
+                      'wrk.headers["Content-Type"] = "application/json"\n'
+                      + (f'wrk.headers["Authorization"] = {json.dumps("Bearer " + key)}\n' if key else ""))
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
                           "-s", str(script), url], capture_output=True, text=True, check=True).stdout
     if "Non-2xx" in out:
@@ -95,7 +103,7 @@ def wrk(url: str, body: str, threads: int, connections: int, seconds: float, wor
     return {"rps": rate, "p50": latency("50%"), "p99": latency("99%")}
 
 
-def batch_times(base: str, model_id: str, rows: np.ndarray, repeats: int = 7) -> dict[str, float]:
+def batch_times(base: str, model_id: str, rows: np.ndarray, key: str, repeats: int = 7) -> dict[str, float]:
     """Median client round trip (ms) of 10,000 rows: JSON and CSV bodies, JSON and CSV answers."""
     import requests
 
@@ -109,6 +117,7 @@ def batch_times(base: str, model_id: str, rows: np.ndarray, repeats: int = 7) ->
              "JSON in, CSV out": (json_body, "application/json", "text/csv")}
     results = {}
     with requests.Session() as session:
+        session.headers.update(auth_headers(key))
         for name, (body, content_type, accept) in cases.items():
             times = []
             for _ in range(repeats + 1):
@@ -131,7 +140,7 @@ def main() -> None:
     where = machine()
     with tempfile.TemporaryDirectory() as data_dir:
         workdir = Path(data_dir)
-        model_id, X = train_model(data_dir)
+        model_id, X, key = train_model(data_dir)
         one_row = json.dumps({"inputs": [X[0].tolist()]})
         results: dict[str, dict[str, float]] = {}
         seconds = int(max(1, args.seconds))
@@ -139,17 +148,19 @@ def main() -> None:
         for workers in (1, 2):
             with api_server(data_dir, workers=workers) as base:
                 url = f"{base}/v1/models/{model_id}/predict"
-                wrk(url, one_row, 1, 2, 1, workdir)  # warm every worker's model cache
+                wrk(url, one_row, 1, 2, 1, workdir, key)  # warm every worker's model cache
                 if workers == 1:
-                    results["service 1 client"] = wrk(url, one_row, 1, 1, seconds, workdir)
-                    batches = batch_times(base, model_id, X[np.random.default_rng(1).integers(0, len(X), 10_000)])
+                    results["service 1 client"] = wrk(url, one_row, 1, 1, seconds, workdir, key)
+                    batches = batch_times(base, model_id, X[np.random.default_rng(1).integers(0, len(X), 10_000)],
+                                          key)
                 else:
-                    results["service 2 workers"] = wrk(url, one_row, 2, 4, seconds, workdir)
+                    results["service 2 workers"] = wrk(url, one_row, 2, 4, seconds, workdir, key)
             with gunicorn("benchmarks._bare_app:create_app()", bare_env, workers) as base:
                 url = f"{base}/predict"
-                wrk(url, one_row, 1, 2, 1, workdir)
-                key = "bare 1 client" if workers == 1 else "bare 2 workers"
-                results[key] = wrk(url, one_row, *((1, 1) if workers == 1 else (2, 4)), seconds, workdir)
+                # The same header, so both sides parse the same request.
+                wrk(url, one_row, 1, 2, 1, workdir, key)
+                name = "bare 1 client" if workers == 1 else "bare 2 workers"
+                results[name] = wrk(url, one_row, *((1, 1) if workers == 1 else (2, 4)), seconds, workdir, key)
 
     one, bare_one = results["service 1 client"], results["bare 1 client"]
     print(f"one client: service median {one['p50']:.2f} ms, p99 {one['p99']:.2f} ms "

@@ -3,7 +3,9 @@
 `make run` calls this. It migrates the schema, then starts the API (gunicorn,
 one process, on 127.0.0.1:$PORT) and one Celery worker on queue `cpu`, both
 on SQLite and Kombu's SQLAlchemy transport unless DATABASE_URL and
-CELERY_BROKER_URL say otherwise. Ctrl-C (or SIGTERM) stops both: the API at
+CELERY_BROKER_URL say otherwise. It runs with AUTH=off (no API keys; everything
+belongs to tenant `default`) unless the caller sets AUTH, which is why the API
+listens on 127.0.0.1 only. Ctrl-C (or SIGTERM) stops both: the API at
 once, the worker after its current task or WORKER_GRACE_S seconds (default 10),
 whichever comes first; a second Ctrl-C stops it at once.
 """
@@ -88,6 +90,8 @@ def main() -> int:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
     port = env.setdefault("PORT", "8000")
+    # One user on one machine: no keys, unless the caller asks for them (AUTH=on).
+    auth = env.setdefault("AUTH", "off")
     grace = float(env.get("WORKER_GRACE_S", "10"))
     Path(env.setdefault("DATA_DIR", str(ROOT / "var"))).mkdir(parents=True, exist_ok=True)
 
@@ -120,7 +124,13 @@ def main() -> int:
     procs = {"api": api, "worker": worker}
 
     if _wait_healthy(f"http://127.0.0.1:{port}/healthz", api):
-        print(f"\n[run] serving on http://127.0.0.1:{port}  (docs: /docs; Ctrl-C stops API and worker)\n", flush=True)
+        if auth.strip().lower() == "off":
+            print("\n[run] AUTH=off: requests are not authenticated; every resource belongs to tenant "
+                  "'default'. Listening on 127.0.0.1 only.", flush=True)
+        else:
+            print("\n[run] AUTH=on: send 'Authorization: Bearer KEY'; create a key with "
+                  "`flask --app service keys create --tenant NAME`.", flush=True)
+        print(f"[run] serving on http://127.0.0.1:{port}  (docs: /docs; Ctrl-C stops API and worker)\n", flush=True)
 
     exit_code = 0
     while not stopping:

@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Any
 
 DEVICES = ("cpu", "gpu")
+# Trainable scalars a network may have (weights and biases): 200 MB of float32, a few
+# times that with gradients and Adam's moments. Checked before anything is allocated.
+DEFAULT_MAX_PARAMETERS = 50_000_000
 
 # Job recovery settings (docs/jobs.md): name -> default. Seconds unless named otherwise.
 JOB_SETTINGS: dict[str, float] = {
@@ -46,6 +49,33 @@ def _job_settings(env: Any) -> dict[str, Any]:
     return settings
 
 
+def _positive_int(env: Any, name: str, default: int) -> int:
+    """Read a positive integer setting; a bad value is an error at start, not later."""
+    raw = env.get(name)
+    try:
+        value = int(raw) if raw else default  # int() reads 50_000_000 too
+    except ValueError:
+        raise ValueError(f"{name} must be a positive integer, not {env.get(name)!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, not {env.get(name)!r}")
+    return value
+
+
+AUTH_MODES = ("on", "off")
+# Per-tenant limits (docs/service.md); a tenant row may override each.
+DEFAULT_TENANT_MAX_CONCURRENT_JOBS = 8
+DEFAULT_TENANT_MAX_STORED_MB = 10240
+
+
+def _auth_mode(env: Any) -> str:
+    """Read AUTH (on or off); anything else is an error at start, never a silently open API."""
+    raw = env.get("AUTH")
+    mode = (raw or "on").strip().lower()
+    if mode not in AUTH_MODES:
+        raise ValueError(f"AUTH must be on or off, not {raw!r}")
+    return mode
+
+
 def load_config(environ: dict[str, str] | None = None) -> dict[str, Any]:
     """Return the configuration, with embedded-mode defaults for what is unset."""
     env = os.environ if environ is None else environ
@@ -59,7 +89,12 @@ def load_config(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "CELERY_BROKER_URL": env.get("CELERY_BROKER_URL") or f"sqla+sqlite:///{data_dir / 'broker.db'}",
         "PORT": int(env.get("PORT") or 8000),
         "MAX_UPLOAD_MB": int(env.get("MAX_UPLOAD_MB") or 512),
+        "MAX_PARAMETERS": _positive_int(env, "MAX_PARAMETERS", DEFAULT_MAX_PARAMETERS),
         "WORKER_DEVICE": device,
+        "AUTH": _auth_mode(env),
+        "TENANT_MAX_CONCURRENT_JOBS": _positive_int(env, "TENANT_MAX_CONCURRENT_JOBS",
+                                                    DEFAULT_TENANT_MAX_CONCURRENT_JOBS),
+        "TENANT_MAX_STORED_MB": _positive_int(env, "TENANT_MAX_STORED_MB", DEFAULT_TENANT_MAX_STORED_MB),
         **_job_settings(env),
     }
 

@@ -20,6 +20,7 @@ class Predictor:
 
     def __init__(self, model: TrainedModel) -> None:
         self.model_id = model.id
+        self.tenant_id = model.tenant_id  # whose it is: /predict checks it on every hit
         self.loss = model.loss
         self.network = backprop.load(model.definition, model.weights)
         self.preprocessor = Preprocessor(model.preprocessing)

@@ -8,11 +8,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from service.ids import utcnow
 
+# The tenant of everything when AUTH=off, and of rows stored before tenancy (migration 0003).
+DEFAULT_TENANT = "default"
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
@@ -21,15 +23,54 @@ class Base(DeclarativeBase):
     """Declarative base of the service's tables."""
 
 
+class Tenant(Base):
+    """A tenant: the owner of datasets, networks, jobs and models, with its own limits.
+
+    The limits are overrides: None means the setting's value (TENANT_MAX_*).
+    """
+
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the name
+    max_concurrent_jobs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_stored_mb: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key of a tenant, stored as the sha256 of the key; the key itself is never stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 class DatasetPayload(Base):
     """A parsed table stored once, addressed by the sha256 of its .npz bytes."""
 
     __tablename__ = "dataset_payloads"
 
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The whole .npz in one value: payloads stored before migration 0005 only. Newer ones
+    # hold b"" here and live in dataset_payload_chunks, so no process holds all of it at once.
+    # (Empty rather than NULL: making the column nullable would rebuild the table on SQLite.)
     npz: Mapped[bytes] = mapped_column(LargeBinary)
     size_bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DatasetPayloadChunk(Base):
+    """One piece of a payload's .npz bytes; the pieces in `seq` order are the whole file."""
+
+    __tablename__ = "dataset_payload_chunks"
+
+    sha256: Mapped[str] = mapped_column(ForeignKey("dataset_payloads.sha256"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Dataset(Base):
@@ -38,6 +79,7 @@ class Dataset(Base):
     __tablename__ = "datasets"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True, server_default=DEFAULT_TENANT)
     name: Mapped[str] = mapped_column(String(200))
     payload_sha256: Mapped[str] = mapped_column(ForeignKey("dataset_payloads.sha256"), index=True)
     n_rows: Mapped[int] = mapped_column(Integer)
@@ -57,6 +99,7 @@ class Network(Base):
     __tablename__ = "networks"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True, server_default=DEFAULT_TENANT)
     name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     definition: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -68,6 +111,7 @@ class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True, server_default=DEFAULT_TENANT)
     status: Mapped[str] = mapped_column(String(20), index=True)
     dataset_id: Mapped[str] = mapped_column(String(40), index=True)
     network_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
@@ -90,6 +134,10 @@ class Job(Base):
     # Deliveries that found the job queued; more of them than attempts means the task
     # failed before it could claim the job (docs/jobs.md).
     deliveries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The job's own wall-clock limit (the smaller of it and JOB_TIME_LIMIT_S applies), and
+    # the model a warm start takes its weights and preprocessing from (migration 0004).
+    time_limit_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    init_from_model: Mapped[str | None] = mapped_column(String(40), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -123,6 +171,7 @@ class TrainedModel(Base):
     __tablename__ = "models"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True, server_default=DEFAULT_TENANT)
     job_id: Mapped[str] = mapped_column(String(40), index=True)
     dataset_id: Mapped[str] = mapped_column(String(40))
     task: Mapped[str] = mapped_column(String(20))

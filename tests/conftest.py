@@ -148,15 +148,53 @@ def app(tmp_path: Path, queue: RecordingQueue, backend: str, request: pytest.Fix
         shutil.copy(template, tmp_path / "backprop.db")
         url = f"sqlite:///{tmp_path / 'backprop.db'}"
     app = create_app({"TESTING": True, "DATA_DIR": str(tmp_path), "DATABASE_URL": url,
-                      "QUEUE": queue, "UPGRADE_ON_START": False, "MAX_UPLOAD_MB": 2})
+                      "QUEUE": queue, "UPGRADE_ON_START": False, "MAX_UPLOAD_MB": 2, "AUTH": "on"})
     yield app
     app.extensions["backprop.engine"].dispose()
 
 
+TENANTS = ("alice", "bob")
+
+
 @pytest.fixture
-def client(app: Any) -> Any:
-    """Flask's test client for the app."""
-    return app.test_client()
+def api_keys(app: Any) -> dict[str, str]:
+    """Tenants alice and bob with a key each, made the way `keys create` makes them: {tenant: key}."""
+    from service.auth import create_key
+    from service.db import make_session_factory
+
+    sessions = make_session_factory(app.extensions["backprop.engine"])
+    keys = {}
+    with sessions() as session:
+        for tenant in TENANTS:
+            keys[tenant] = create_key(session, tenant)[1]
+        session.commit()
+    return keys
+
+
+def client_with_key(app: Any, key: str | None) -> Any:
+    """Return a test client that sends `Authorization: Bearer KEY` with every request (none: no header)."""
+    test_client = app.test_client()
+    if key is not None:
+        test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    return test_client
+
+
+@pytest.fixture
+def client(app: Any, api_keys: dict[str, str]) -> Any:
+    """Flask's test client for the app, sending tenant alice's key."""
+    return client_with_key(app, api_keys["alice"])
+
+
+@pytest.fixture
+def bob_client(app: Any, api_keys: dict[str, str]) -> Any:
+    """A test client of tenant bob."""
+    return client_with_key(app, api_keys["bob"])
+
+
+@pytest.fixture
+def anonymous_client(app: Any) -> Any:
+    """A test client that sends no key at all."""
+    return client_with_key(app, None)
 
 
 def csv_text(header: list[str], rows: list[list[Any]], newline: str = "\n") -> str:

@@ -8,7 +8,9 @@ from flask import current_app, request
 from pydantic import BaseModel, ValidationError
 
 from sqlalchemy.orm import Session
+from werkzeug.exceptions import BadRequest
 
+from service.auth import current_tenant
 from service.errors import ApiError, from_validation_error, invalid, not_found
 
 M = TypeVar("M", bound=BaseModel)
@@ -23,9 +25,17 @@ def json_body() -> Any:
     if not request.is_json:
         raise ApiError(415, "Unsupported Media Type",
                        f"send application/json (got {request.mimetype or 'no content type'})")
-    body = request.get_json(silent=True)
-    if body is None:
-        raise ApiError(400, "Bad Request", "the body is not valid JSON", slug="invalid-json")
+    try:
+        body = request.get_json()
+    except BadRequest as error:
+        # Say where the syntax breaks ("Expecting ',' delimiter: line 1 column 12"): Werkzeug's
+        # error has it, and Flask outside debug mode raises a bare one from it.
+        cause = error.__cause__ if isinstance(error.__cause__, BadRequest) else error
+        reason = str(cause.description).removeprefix("Failed to decode JSON object: ")
+        raise ApiError(400, "Bad Request", f"the body is not valid JSON: {reason}"[:300],
+                       slug="invalid-json") from None
+    if body is None:  # the literal null
+        raise invalid([{"field": "", "message": "the body must be a JSON object, not null"}])
     return body
 
 
@@ -70,13 +80,24 @@ def config(key: str) -> Any:
     return current_app.config[key]
 
 
-def get_or_404(session: Session, table: type[Row], row_id: str, kind: str, **options: Any) -> Row:
-    """Return the row of `table` with this id, or raise the 404 problem naming its kind.
+def find_owned(session: Session, table: type[Row], row_id: str, **options: Any) -> Row | None:
+    """Return the row of `table` with this id when it belongs to the request's tenant, else None.
 
-    Every lookup by id goes through here, so a rule about who may see a row
-    has one place to live.
+    Every lookup by id goes through here (or get_or_404), so the rule about who may
+    see a row has one place to live: another tenant's row is as absent as a missing one.
     """
     row = session.get(table, row_id, **options)
+    if row is None or getattr(row, "tenant_id") != current_tenant():
+        return None
+    return row
+
+
+def get_or_404(session: Session, table: type[Row], row_id: str, kind: str, **options: Any) -> Row:
+    """Return the tenant's row of `table` with this id, or raise the 404 problem naming its kind.
+
+    Another tenant's row gets the very same 404 as a missing id.
+    """
+    row = find_owned(session, table, row_id, **options)
     if row is None:
         raise not_found(kind, row_id)
     return row

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request, url_for
 from sqlalchemy import exists, select
 
+from service import limits
 from service.api.common import get_or_404, json_body, page, page_args, validate_body
+from service.auth import current_tenant
 from service.db import get_session, get_session_factory
 from service.errors import ApiError, invalid
 from service.ids import isoformat
@@ -73,8 +76,18 @@ def _from_csv() -> tuple[ParsedTable, dict[str, Any], str]:
         raise _table_error(error) from None
     finally:
         upload.close()
-    name = request.form.get("name") or upload.filename or "dataset"
+    name = request.form.get("name") or name_from_filename(upload.filename)
     return table, description, name[:200]
+
+
+def name_from_filename(filename: str | None) -> str:
+    """Return a dataset name from a client's file name: its last part only, never a path.
+
+    The name is a label; nothing is ever written or read under it.
+    """
+    last = re.split(r"[/\\]", filename or "")[-1]
+    last = "".join(c for c in last if c.isprintable()).strip()
+    return last if last not in ("", ".", "..") else "dataset"
 
 
 def _from_json() -> tuple[ParsedTable, dict[str, Any], str]:
@@ -99,7 +112,17 @@ def create_dataset() -> tuple[dict[str, Any], int, dict[str, str]]:
     else:
         raise ApiError(415, "Unsupported Media Type",
                        "send multipart/form-data with a 'file' field, or application/json")
-    dataset = save_dataset(get_session_factory(), table, description, name, source)
+    tenant = current_tenant()
+    sessions = get_session_factory()
+
+    def within_storage_limit(digest: str, size: int) -> None:
+        with sessions() as session:
+            # A payload the tenant already has costs it nothing more.
+            if not limits.has_payload(session, tenant, digest):
+                limits.check_storage(session, tenant, current_app.config, size)
+
+    dataset = save_dataset(sessions, table, description, name, source, tenant_id=tenant,
+                           before_store=within_storage_limit)
     location = url_for("datasets.get_dataset", dataset_id=dataset.id)
     return dataset_json(dataset), 201, {"Location": location}
 
@@ -109,7 +132,8 @@ def list_datasets() -> dict[str, Any]:
     """List datasets, newest first."""
     limit, cursor = page_args()
     with get_session() as session:
-        rows, next_cursor = paginate(session, select(Dataset), Dataset.id, limit, cursor)
+        statement = select(Dataset).where(Dataset.tenant_id == current_tenant())
+        rows, next_cursor = paginate(session, statement, Dataset.id, limit, cursor)
         return page([dataset_json(d) for d in rows], next_cursor)
 
 

@@ -16,8 +16,9 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import defer
 
 from service.api.common import get_or_404, json_body, page, page_args, validate_body
+from service.auth import authenticate, current_tenant
 from service.db import get_session
-from service.errors import invalid, not_found
+from service.errors import ApiError, invalid, not_found
 from service.ids import isoformat
 from service.logs import REQUEST_ID_HEADER, request_id_from
 from service.model_cache import ModelCache, Predictor
@@ -63,7 +64,8 @@ def list_models() -> dict[str, Any]:
     """List trained models, newest first."""
     limit, cursor = page_args()
     with get_session() as session:
-        statement = select(TrainedModel).options(defer(TrainedModel.weights))
+        statement = (select(TrainedModel).options(defer(TrainedModel.weights))
+                     .where(TrainedModel.tenant_id == current_tenant()))
         rows, next_cursor = paginate(session, statement, TrainedModel.id, limit, cursor)
         return page([model_json(m) for m in rows], next_cursor)
 
@@ -138,7 +140,8 @@ def predict(model_id: str) -> Any:
 def _predictor(model_id: str) -> Predictor:
     predictor = model_cache().get(model_id, exists=lambda: _model_exists(model_id),
                                   load=lambda: _load_model(model_id))
-    if predictor is None:
+    # Cached for every tenant alike: the entry says whose it is, and another tenant's is missing.
+    if predictor is None or predictor.tenant_id != current_tenant():
         raise not_found("model", model_id)
     return predictor
 
@@ -169,8 +172,10 @@ class PredictFastLane:
     cost of a one-row predict. Anything else (records, CSV, errors, a model
     to load or re-check, another Accept) goes on to the view unchanged, which
     stays the one place where problems are reported. Any check the view makes
-    before scoring (authentication and tenancy, when they come) must be made
-    here too, or the lane must step aside.
+    before scoring must be made here too, or the lane must step aside: the key
+    is checked by the same function as Flask's hook (service.auth.authenticate),
+    and a request without a good key, or for another tenant's model, goes on to
+    the view, which answers its 401 or 404.
     """
 
     MAX_BODY = 64 * 1024
@@ -208,6 +213,12 @@ class PredictFastLane:
             return None
         predictor = self.app.extensions["backprop.models"].fresh(model_id)
         if predictor is None:
+            return None
+        try:
+            tenant = authenticate(self.app, environ.get("HTTP_AUTHORIZATION"))
+        except ApiError:
+            return None
+        if predictor.tenant_id != tenant:
             return None
         raw = environ["wsgi.input"].read(length)
         environ["wsgi.input"] = io.BytesIO(raw)  # the view can read it again

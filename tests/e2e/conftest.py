@@ -45,7 +45,8 @@ JOB_TIMEOUT_S = float(os.environ.get("BACKPROP_E2E_JOB_TIMEOUT", "240"))
 # What the compose file's ${VAR:-default}s become here: a 2-core machine.
 COMPOSE_VARIABLES = {"API_WORKERS": "2", "WORKER_CONCURRENCY": "1"}
 # Variables of the caller's environment that must not leak into the stack.
-STACK_VARIABLES = ("DATABASE_URL", "CELERY_BROKER_URL", "DATA_DIR", "PORT", "MAX_UPLOAD_MB", "WORKER_DEVICE")
+STACK_VARIABLES = ("DATABASE_URL", "CELERY_BROKER_URL", "DATA_DIR", "PORT", "MAX_UPLOAD_MB", "WORKER_DEVICE",
+                   "AUTH", "BACKPROP_API_KEY")
 
 
 @pytest.fixture(scope="session")
@@ -143,7 +144,10 @@ class Stack:
     def __init__(self, backend: str, workdir: Path, env: dict[str, str]) -> None:
         self.backend = backend
         self.workdir = workdir
+        # Keys required, as compose sets it for the api and worker services.
+        env.setdefault("AUTH", "on")
         self.env = env
+        self.api_key: str | None = None  # created by start() when AUTH is on
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.http = requests.Session()
@@ -175,6 +179,7 @@ class Stack:
             rc = None
         if rc != 0:
             raise RuntimeError(f"migrate exited {rc}\n{self.log_text()}")
+        self.create_key()
 
         worker = compose_command("worker")
         # A node name of its own: several test runs may share this host.
@@ -185,6 +190,24 @@ class Stack:
         api[api.index("--bind") + 1] = f"127.0.0.1:{self.port}"
         self._spawn("api", api)
         self.wait_ready()
+
+    def create_key(self, tenant: str = "e2e") -> str | None:
+        """With AUTH on, create a key as an operator does (`flask --app service keys create`) and
+        send it with every request from now on: self.http, and BACKPROP_API_KEY for the CLI."""
+        if self.env.get("AUTH") == "off":
+            return None
+        argv = [str(BIN / "flask"), "--app", "service", "keys", "create", "--tenant", tenant]
+        result = subprocess.run(argv, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise RuntimeError(f"keys create exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+        self.api_key = result.stdout.strip()
+        self.http.headers["Authorization"] = f"Bearer {self.api_key}"
+        self.env["BACKPROP_API_KEY"] = self.api_key
+        return self.api_key
+
+    def auth_headers(self) -> dict[str, str]:
+        """Return the Authorization header of the stack's key (none when AUTH is off)."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def wait_ready(self, timeout: float = 90) -> None:
         """Poll /readyz until it answers 200; fail with the logs if a process dies first."""
@@ -295,15 +318,14 @@ _running_stacks: list[Stack] = []
 _ACCESS_OK = re.compile(r'^\S+ - \S+ \[[^]]+\] "[A-Z]+ [^"]*" 2\d\d ')
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgres"])
-def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A running API and worker on one backend: `sqlite` or `postgres` (with Redis)."""
-    backend = request.param
-    workdir = tmp_path_factory.mktemp(f"stack-{backend}")
+@contextmanager
+def _running_stack(backend: str, tmp_path_factory: pytest.TempPathFactory, auth: str) -> Iterator[Stack]:
+    """Start a stack on a backend with AUTH on (a key created and sent) or off; stop it at the end."""
+    workdir = tmp_path_factory.mktemp(f"stack-{backend}-auth-{auth}")
     env = {key: value for key, value in os.environ.items() if key not in STACK_VARIABLES}
     # PYTHONPATH as in the Dockerfile: the code runs from the checkout, installed or not.
     env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1",
-               DATA_DIR=str(workdir / "data"), MAX_UPLOAD_MB="64")
+               DATA_DIR=str(workdir / "data"), MAX_UPLOAD_MB="64", AUTH=auth)
     with ExitStack() as resources:
         if backend == "postgres":
             env["DATABASE_URL"] = resources.enter_context(_postgres_database())
@@ -316,13 +338,29 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         yield running
 
 
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A running API and worker on one backend, `sqlite` or `postgres` (with Redis), as compose
+    runs them: AUTH on, with a key of tenant `e2e` that every request of the stack sends."""
+    with _running_stack(request.param, tmp_path_factory, "on") as running:
+        yield running
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def open_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack with AUTH off, as `make run` serves on 127.0.0.1: no key needed."""
+    with _running_stack(request.param, tmp_path_factory, "off") as running:
+        yield running
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """Attach the logs of the processes a failing test used to its report."""
     outcome = yield
     report = outcome.get_result()
     if report.failed:
-        used = getattr(item, "funcargs", {}).get("stack")
+        funcargs = getattr(item, "funcargs", {})
+        used = funcargs.get("stack") or funcargs.get("open_stack")
         for running in [used] if used else list(_running_stacks):
             report.sections.append((f"service logs ({running.backend})", running.log_text()))
 

@@ -36,7 +36,8 @@ MLP = {"layers": [{"type": "dense", "units": 8, "activation": "tanh"}, {"type": 
 
 def cli(stack: Any, *args: str, code: int = 0) -> Any:
     """Run `backprop --url STACK ARGS...`; check the exit code; return the result."""
-    result = CliRunner().invoke(main, ["--url", stack.base_url, *args], catch_exceptions=False)
+    key = ["--api-key", stack.api_key] if stack.api_key else []
+    result = CliRunner().invoke(main, ["--url", stack.base_url, *key, *args], catch_exceptions=False)
     assert result.exit_code == code, f"exit {result.exit_code}, expected {code}:\n{result.output}"
     return result
 
@@ -200,7 +201,7 @@ def test_the_bar_redraws_in_place_in_a_terminal(stack, tmp_path, request):
     dataset_id, network = saturating(stack, tmp_path, 1500)
     # The installed console script where `pip install -e .` made one, else the module.
     command = [str(BIN / "backprop")] if (BIN / "backprop").exists() else [sys.executable, "-m", "service.cli"]
-    command += ["--url", stack.base_url, "train", "--dataset", dataset_id, "--network", network,
+    command += ["--url", stack.base_url, "--api-key", stack.api_key, "train", "--dataset", dataset_id, "--network", network,
                 "--epochs", "30", "--batch-size", "16", "--optimizer", "sgd", "--learning-rate", "0.001",
                 "--poll", "0.1", "--watch"]
     done = tmp_path / "exit-code"
@@ -283,3 +284,14 @@ def test_url_and_api_key_come_from_the_environment():
     finally:
         server.shutdown()
     assert seen == [("/v1/jobs?limit=50", "Bearer s3cret"), ("/v1/datasets?limit=1000", "Bearer other")]
+
+
+@SQLITE
+def test_a_missing_or_refused_key_says_how_to_get_one(stack):
+    for key, says in [([], "pass --api-key KEY or set BACKPROP_API_KEY"),
+                      (["--api-key", "bp_wrong"], "the API key was refused")]:
+        result = CliRunner().invoke(main, ["--url", stack.base_url, *key, "datasets", "list"],
+                                    env={"BACKPROP_API_KEY": None})
+        assert result.exit_code == 1, result.output
+        assert "401 Unauthorized" in result.output and says in result.output, result.output
+        assert "flask --app service keys create --tenant NAME" in result.output

@@ -80,6 +80,13 @@ def test_services_share_one_image_and_the_deployment_urls(config: dict[str, Any]
     assert services["worker-gpu"]["build"]["args"]["WITH_GPU"] == "true"
 
 
+def test_deployment_requires_api_keys(config: dict[str, Any]) -> None:
+    for name in ("migrate", "api", "worker", "worker-gpu"):
+        env = config["services"][name]["environment"]
+        assert env["AUTH"] == "on", name  # the string, not YAML's boolean
+        assert int(env["TENANT_MAX_CONCURRENT_JOBS"]) >= 1 and int(env["TENANT_MAX_STORED_MB"]) >= 1, name
+
+
 def test_api_runs_gunicorn_with_several_workers(config: dict[str, Any]) -> None:
     api = config["services"]["api"]
     command = api["command"]

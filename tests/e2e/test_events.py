@@ -33,7 +33,7 @@ def test_events_stream_a_training_job_to_its_end_and_metrics_count_it(stack, pet
         "training": {"epochs": 5, "seed": 0},
     })
     with requests.get(stack.url(f"/v1/jobs/{job['id']}/events"), stream=True, timeout=120,
-                      headers={"X-Request-ID": "e2e-events"}) as response:
+                      headers={"X-Request-ID": "e2e-events", **stack.auth_headers()}) as response:
         assert response.status_code == 200 and response.headers["X-Request-ID"] == "e2e-events"
         events = read_events(response)
     assert [e["id"] for e in events if e["event"] == "epoch"] == ["1", "2", "3", "4", "5"]

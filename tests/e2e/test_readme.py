@@ -44,7 +44,9 @@ def test_readme_marks_the_whole_walkthrough() -> None:
         assert step in script, step
 
 
-def test_readme_walkthrough_runs(stack, tool: Callable[[str, str], str]) -> None:
+def test_readme_walkthrough_runs(open_stack, tool: Callable[[str, str], str]) -> None:
+    """The walkthrough follows `make run`, which serves on 127.0.0.1 with AUTH=off: no key."""
+    stack = open_stack
     tool("jq", "apt-get install jq")
     tool("curl", "apt-get install curl")
     script = PREAMBLE + "\n".join(walkthrough_blocks(README.read_text()))

@@ -90,6 +90,10 @@ def launcher(tmp_path: Path) -> Iterator[Launcher]:
 
 def test_trains_then_ctrl_c_during_a_job_stops_api_and_worker(launcher: Launcher) -> None:
     launcher.wait_healthy()
+    # Embedded mode: no keys, said at start-up, on the loopback interface only.
+    output = launcher.output()
+    assert "AUTH=off: requests are not authenticated; every resource belongs to tenant 'default'" in output
+    assert f"--bind 127.0.0.1:{launcher.port} " in output
     with (ROOT / "examples" / "iris.csv").open("rb") as csv:
         dataset = launcher.api("POST", "/v1/datasets", 201, files={"file": ("iris.csv", csv)},
                                data={"target": "species"})

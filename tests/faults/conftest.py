@@ -93,6 +93,8 @@ class FaultStack(Stack):
         migrate = self._spawn("migrate", compose_command("migrate"))
         if migrate.wait(timeout=120) != 0:
             raise RuntimeError(f"migrate failed\n{self.log_text()}")
+        if self.api_key is None:
+            self.create_key()  # AUTH on, as compose runs it
         self.start_api()
         for _ in range(workers):
             self.start_worker()

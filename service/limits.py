@@ -1,0 +1,98 @@
+"""Per-tenant limits: jobs queued or running (429) and bytes stored (413).
+
+The settings TENANT_MAX_CONCURRENT_JOBS and TENANT_MAX_STORED_MB apply to every
+tenant; a tenant's row may override either (`flask --app service tenants
+set-limits`). Both are checked when a request would add to the count (a job
+created, a dataset uploaded), never afterwards: a refused request changes
+nothing, and what is already stored stays (docs/service.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from service.errors import ApiError
+from service.tables import Dataset, DatasetPayload, Job, Tenant, TrainedModel
+
+ACTIVE_STATUSES = ("queued", "running")
+MB = 1024 * 1024
+# A job slot frees up when a job ends; a client may try again after this many seconds.
+RETRY_AFTER_S = 30
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The limits that apply to one tenant."""
+
+    max_concurrent_jobs: int
+    max_stored_mb: int
+
+
+def tenant_limits(session: Session, tenant: str, config: Any) -> Limits:
+    """Return a tenant's limits: its row's overrides, else the settings."""
+    row = session.get(Tenant, tenant)
+    jobs = row.max_concurrent_jobs if row is not None and row.max_concurrent_jobs else None
+    stored = row.max_stored_mb if row is not None and row.max_stored_mb else None
+    return Limits(jobs or int(config["TENANT_MAX_CONCURRENT_JOBS"]),
+                  stored or int(config["TENANT_MAX_STORED_MB"]))
+
+
+def active_jobs(session: Session, tenant: str) -> int:
+    """Count a tenant's jobs that are queued or running."""
+    return session.scalar(select(func.count()).select_from(Job).where(
+        Job.tenant_id == tenant, Job.status.in_(ACTIVE_STATUSES))) or 0
+
+
+def stored_bytes(session: Session, tenant: str) -> int:
+    """Return the bytes a tenant stores: its datasets' payloads (each payload once) and its models' weights.
+
+    A payload shared with another tenant counts for both: each would need it alone.
+    """
+    payloads = select(Dataset.payload_sha256).where(Dataset.tenant_id == tenant).distinct().subquery()
+    data = session.scalar(select(func.coalesce(func.sum(DatasetPayload.size_bytes), 0)).where(
+        DatasetPayload.sha256.in_(select(payloads.c.payload_sha256)))) or 0
+    weights = session.scalar(select(func.coalesce(func.sum(func.length(TrainedModel.weights)), 0)).where(
+        TrainedModel.tenant_id == tenant)) or 0
+    return int(data) + int(weights)
+
+
+def has_payload(session: Session, tenant: str, digest: str) -> bool:
+    """Say whether one of the tenant's datasets already uses this payload (storing it again is free)."""
+    return session.scalar(select(Dataset.id).where(Dataset.tenant_id == tenant,
+                                                   Dataset.payload_sha256 == digest).limit(1)) is not None
+
+
+def check_job_slot(session: Session, tenant: str, config: Any) -> None:
+    """Raise the 429 problem when the tenant already has as many active jobs as it may."""
+    limit = tenant_limits(session, tenant, config).max_concurrent_jobs
+    active = active_jobs(session, tenant)
+    if active >= limit:
+        message = (f"tenant {tenant} has {active} jobs queued or running; the limit "
+                   f"(TENANT_MAX_CONCURRENT_JOBS) is {limit}")
+        raise ApiError(429, "Too Many Requests", f"{message}; wait for one to finish or cancel one",
+                       [{"field": "TENANT_MAX_CONCURRENT_JOBS", "message": message}],
+                       slug="tenant-job-limit", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def check_storage(session: Session, tenant: str, config: Any, adding: int) -> None:
+    """Raise the 413 problem when storing `adding` more bytes would take the tenant over its limit.
+
+    With `adding` 0 (a job, whose model's size is not known yet) it refuses a tenant at or over it.
+    """
+    limit_mb = tenant_limits(session, tenant, config).max_stored_mb
+    stored = stored_bytes(session, tenant)
+    limit = limit_mb * MB
+    if stored + adding <= limit and stored < limit:
+        return
+    if adding:
+        message = (f"tenant {tenant} stores {stored:,} bytes; {adding:,} more would exceed the limit "
+                   f"(TENANT_MAX_STORED_MB) of {limit_mb} MB ({limit:,} bytes)")
+    else:  # a job: its model will add weights to a tenant already out of room
+        message = (f"tenant {tenant} stores {stored:,} bytes, the limit (TENANT_MAX_STORED_MB) of "
+                   f"{limit_mb} MB ({limit:,} bytes); a job's model would add more")
+    raise ApiError(413, "Content Too Large", f"{message}; delete datasets or models first",
+                   [{"field": "TENANT_MAX_STORED_MB", "message": message}], slug="tenant-storage-limit")
