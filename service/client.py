@@ -164,13 +164,22 @@ class Client:
 
     def create_job(self, dataset_id: str, network: dict[str, Any] | None = None, *,
                    network_id: str | None = None, training: dict[str, Any] | None = None,
-                   device: str = "cpu") -> dict[str, Any]:
-        """Start training `network` (a definition) or `network_id` on a dataset; return the job."""
+                   device: str = "cpu", init_from_model: str | None = None,
+                   time_limit_s: float | None = None) -> dict[str, Any]:
+        """Start training `network` (a definition) or `network_id` on a dataset; return the job.
+
+        `init_from_model` starts from a model's weights (its network when neither
+        network is given); `time_limit_s` ends the job `failed` once it has run that long.
+        """
         body: dict[str, Any] = {"dataset_id": dataset_id, "training": training or {}, "device": device}
         if network_id is not None:
             body["network_id"] = network_id
-        else:
+        elif network is not None or init_from_model is None:
             body["network"] = network
+        if init_from_model is not None:
+            body["init_from_model"] = init_from_model
+        if time_limit_s is not None:
+            body["time_limit_s"] = time_limit_s
         return self.request("POST", "/v1/jobs", json=body)
 
     def list_jobs(self, status: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:

@@ -7,14 +7,24 @@ from typing import Annotated, Any, Literal, Optional
 
 import backprop
 from backprop.config import TrainingConfig
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, create_model, model_validator
 
 Cell = Annotated[float | str | None, Field(description="a number, a string, or null (missing)")]
 Task = Literal["classification", "regression"]
 Device = Literal["cpu", "gpu"]
 
-_TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "bool": bool,
-                          "int | None": Optional[int], "float | None": Optional[float]}
+
+def _json_number(value: Any) -> Any:
+    """Refuse what pydantic's lax mode would take for a number: true/false and numeric strings."""
+    if isinstance(value, (bool, str)):
+        raise ValueError(f"must be a number, not {'a boolean' if isinstance(value, bool) else 'a string'}")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_json_number)]
+Float = Annotated[float, BeforeValidator(_json_number)]
+_TYPES: dict[str, Any] = {"int": Int, "float": Float, "str": str, "bool": Annotated[bool, Strict()],
+                          "int | None": Optional[Int], "float | None": Optional[Float]}
 
 
 def _training_field(spec: dataclasses.Field) -> tuple[Any, Any]:
@@ -82,8 +92,12 @@ class DatasetUpload(BaseModel):
     task: Task | None = Field(default=None, description="inferred when absent")
 
 
+# The longest a job may ask to run (time_limit_s): a week.
+MAX_JOB_TIME_LIMIT_S = 7 * 24 * 3600
+
+
 class JobCreate(BaseModel):
-    """A training job: a dataset, a network (inline or by id), training fields, a device."""
+    """A training job: a dataset, a network (inline, by id, or a model's), training fields, a device."""
 
     model_config = ConfigDict(extra="forbid", title="JobCreate")
 
@@ -92,11 +106,23 @@ class JobCreate(BaseModel):
     network_id: str | None = None
     training: TrainingSchema = Field(default_factory=TrainingSchema)  # type: ignore[valid-type]
     device: Device = "cpu"
+    time_limit_s: float | None = Field(
+        default=None, gt=0, le=MAX_JOB_TIME_LIMIT_S, allow_inf_nan=False, strict=True,
+        description="wall-clock limit of this job in seconds, from its first start; the job ends "
+                    "failed past it. The service's JOB_TIME_LIMIT_S applies too: the smaller wins")
+    init_from_model: str | None = Field(
+        default=None, min_length=1,
+        description="warm start: a model id whose weights (and preprocessing) the job starts from; "
+                    "without network and network_id the model's network is used")
 
     @model_validator(mode="after")
     def _one_network(self) -> "JobCreate":
-        if (self.network is None) == (self.network_id is None):
-            raise ValueError("give exactly one of network and network_id")
+        given = (self.network is not None) + (self.network_id is not None)
+        if given > 1:
+            raise ValueError("give at most one of network and network_id")
+        if given == 0 and self.init_from_model is None:
+            raise ValueError("give exactly one of network and network_id (or init_from_model to "
+                             "continue training a model with its network)")
         return self
 
 

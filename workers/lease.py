@@ -79,10 +79,33 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def time_limit_error(limit_s: float) -> str:
-    """Say why a job over its time limit failed, and what to do."""
-    return (f"the job ran longer than its time limit of {limit_s:g} s (JOB_TIME_LIMIT_S) and was "
+def time_limit_error(limit_s: float, per_job: bool = False, asked_s: float | None = None) -> str:
+    """Say why a job over its time limit failed, which limit it was, and what to do.
+
+    `per_job`: the limit is the job's own time_limit_s; otherwise it is JOB_TIME_LIMIT_S
+    (`asked_s`: the larger time_limit_s the job asked for).
+    """
+    if per_job:
+        return (f"the job ran longer than its time limit, the job's time_limit_s of {limit_s:g} s, and "
+                f"was stopped; train for fewer epochs or on less data, or submit it again with a "
+                f"larger time_limit_s")
+    asked = f", lower than the job's time_limit_s of {asked_s:g} s" if asked_s is not None else ""
+    return (f"the job ran longer than its time limit of {limit_s:g} s (JOB_TIME_LIMIT_S{asked}) and was "
             f"stopped; train for fewer epochs or on less data, or ask the operator to raise the limit")
+
+
+def time_limit(job_limit_s: float | None, settings: JobSettings) -> tuple[float, str] | None:
+    """Return (seconds, error) of the limit that applies to a job, or None when none does.
+
+    Both the job's own time_limit_s and the service's JOB_TIME_LIMIT_S (0: none)
+    apply, so the smaller wins; the error names the one that did.
+    """
+    service_s = settings.time_limit_s or None
+    if job_limit_s is not None and (service_s is None or job_limit_s <= service_s):
+        return job_limit_s, time_limit_error(job_limit_s, per_job=True)
+    if service_s is None:
+        return None
+    return service_s, time_limit_error(service_s, asked_s=job_limit_s)
 
 
 def lost_error(attempts: int) -> str:
@@ -181,16 +204,16 @@ def reap(sessions: sessionmaker[Session], publish: Publish, settings: JobSetting
     to_publish: list[tuple[str, str]] = []
     with sessions() as session:
         lost = session.execute(select(Job.id, Job.owner, Job.heartbeat_at, Job.attempt, Job.cancel_requested,
-                                      Job.started_at, Job.device)
+                                      Job.started_at, Job.device, Job.time_limit_s)
                                .where(Job.status == "running", Job.heartbeat_at < stale)).all()
         for job in lost:
             values: dict[str, Any]
+            limit = time_limit(job.time_limit_s, settings)
             if job.cancel_requested:
                 kind, values = "cancelled", {"status": "cancelled", "finished_at": now}
-            elif settings.time_limit_s and job.started_at is not None and \
-                    (now - as_utc(job.started_at)).total_seconds() > settings.time_limit_s:
-                kind, values = "failed", {"status": "failed", "finished_at": now,
-                                          "error": time_limit_error(settings.time_limit_s)}
+            elif limit is not None and job.started_at is not None and \
+                    (now - as_utc(job.started_at)).total_seconds() > limit[0]:
+                kind, values = "failed", {"status": "failed", "finished_at": now, "error": limit[1]}
             elif job.attempt >= settings.max_attempts:
                 kind, values = "failed", {"status": "failed", "finished_at": now,
                                           "error": lost_error(job.attempt)}

@@ -20,7 +20,7 @@ from service.preprocessing import Preprocessor, fit
 from service.store import load_table
 from service.tables import Dataset, Job, JobCheckpoint, JobEpoch, TrainedModel
 from workers.lease import (JobSettings, Publish, as_utc, claim, default_owner, default_sessions,
-                           default_settings, hand_back, time_limit_error)
+                           default_settings, hand_back, time_limit)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class ShuttingDown(Exception):
 
 
 class TimeLimitExceeded(Exception):
-    """The job ran past JOB_TIME_LIMIT_S since it first started."""
+    """The job ran past its time limit since it first started; the message says which limit."""
 
 
 def json_safe(value: Any) -> Any:
@@ -88,6 +88,7 @@ class JobRecorder:
         self._next_heartbeat = now + self.settings.heartbeat_s
         self._next_checkpoint = now + self.settings.checkpoint_interval_s
         self._deadline: float | None = None
+        self._limit_error = ""
         self._cancelled = False
         # The latest checkpoint the engine made, the epoch of the one last stored, and
         # the last epoch whose record is stored (a checkpoint never gets ahead of it).
@@ -97,9 +98,10 @@ class JobRecorder:
         # A pool process outlives a killed Celery parent; it must not keep the lease alive.
         self._parent_pid = os.getppid()
 
-    def set_time_left(self, seconds: float | None) -> None:
-        """Stop training (TimeLimitExceeded) once this many seconds have passed; None: never."""
+    def set_time_left(self, seconds: float | None, error: str = "") -> None:
+        """Stop training (TimeLimitExceeded(error)) once this many seconds have passed; None: never."""
         self._deadline = None if seconds is None else time.monotonic() + seconds
+        self._limit_error = error
 
     def _held(self) -> Any:
         return (Job.id == self.job_id, Job.owner == self.owner, Job.status == "running")
@@ -144,7 +146,7 @@ class JobRecorder:
             raise ShuttingDown(self.job_id)
         now = time.monotonic()
         if self._deadline is not None and now >= self._deadline:
-            raise TimeLimitExceeded(self.job_id)
+            raise TimeLimitExceeded(self._limit_error)
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.settings.heartbeat_s
             with self.sessions() as session:
@@ -198,8 +200,24 @@ def _final_metrics(history: Any) -> dict[str, Any]:
     return json_safe(metrics)
 
 
-def _prepare(session: Session, job: Job) -> tuple[Preprocessor, dict[str, Any], tuple[Any, Any] | None]:
-    """Load the dataset, split it, fit the preprocessing and encode both splits."""
+def _source_model(session: Session, job: Job) -> TrainedModel | None:
+    """Return the model a warm-started job starts from (None for a cold start)."""
+    if job.init_from_model is None:
+        return None
+    model = session.get(TrainedModel, job.init_from_model)
+    if model is None:
+        raise JobDataError(f"model {job.init_from_model} (init_from_model) was deleted before the job "
+                           f"ran; submit the job again without it or from another model")
+    return model
+
+
+def _prepare(session: Session, job: Job,
+             source: TrainedModel | None = None) -> tuple[Preprocessor, dict[str, Any], tuple[Any, Any] | None]:
+    """Load the dataset, split it, fit the preprocessing and encode both splits.
+
+    A warm start keeps the source model's preprocessing instead of fitting its own
+    (docs/jobs.md): its weights only mean something on inputs encoded the same way.
+    """
     dataset = session.get(Dataset, job.dataset_id)
     if dataset is None:
         raise JobDataError(f"dataset {job.dataset_id} was deleted before the job ran; "
@@ -208,7 +226,8 @@ def _prepare(session: Session, job: Job) -> tuple[Preprocessor, dict[str, Any], 
     training = job.training
     train_rows, val_rows = backprop.train_validation_split(table.n_rows, training["validation_split"],
                                                            training["seed"])
-    state = fit(table, dataset.features, dataset.targets, dataset.task, dataset.classes, train_rows)
+    state = source.preprocessing if source is not None else \
+        fit(table, dataset.features, dataset.targets, dataset.task, dataset.classes, train_rows)
     preprocessor = Preprocessor(state)
     loss = training["loss"]
 
@@ -223,23 +242,29 @@ def _prepare(session: Session, job: Job) -> tuple[Preprocessor, dict[str, Any], 
     return preprocessor, data, validation
 
 
-def _time_left_s(job: Job, settings: JobSettings) -> float | None:
-    """Return the seconds left of JOB_TIME_LIMIT_S, counted from the job's first start."""
-    if not settings.time_limit_s or job.started_at is None:
+def _time_left_s(job: Job, settings: JobSettings) -> tuple[float, str] | None:
+    """Return (seconds left, error) of the job's time limit, counted from its first start; None: no limit.
+
+    The limit is the smaller of the job's time_limit_s and JOB_TIME_LIMIT_S.
+    """
+    limit = time_limit(job.time_limit_s, settings)
+    if limit is None or job.started_at is None:
         return None
-    return settings.time_limit_s - (utcnow() - as_utc(job.started_at)).total_seconds()
+    return limit[0] - (utcnow() - as_utc(job.started_at)).total_seconds(), limit[1]
 
 
 def _train(sessions: sessionmaker[Session], job_id: str, recorder: JobRecorder) -> None:
     with sessions() as session:
         job = session.get(Job, job_id)
         assert job is not None
-        time_left = _time_left_s(job, recorder.settings)
-        if time_left is not None and time_left <= 0:
-            raise TimeLimitExceeded(job_id)
-        recorder.set_time_left(time_left)
-        preprocessor, data, validation = _prepare(session, job)
+        seconds, error = _time_left_s(job, recorder.settings) or (None, "")
+        if seconds is not None and seconds <= 0:
+            raise TimeLimitExceeded(error)
+        recorder.set_time_left(seconds, error)
+        source = _source_model(session, job)
+        preprocessor, data, validation = _prepare(session, job, source)
         saved = session.scalar(select(JobCheckpoint.data).where(JobCheckpoint.job_id == job_id))
+        initial = (source.definition, source.weights) if source is not None and saved is None else None
     training = dict(job.training)
     spec = job.network
     try:
@@ -248,6 +273,14 @@ def _train(sessions: sessionmaker[Session], job_id: str, recorder: JobRecorder) 
     except backprop.SpecError as error:
         raise JobDataError(f"the network does not fit the training data ({error}); the input "
                            f"width after one-hot encoding is {preprocessor.input_width}") from None
+    if initial is not None:
+        # A warm start: the model's weights replace the initializer's. Not on a resume:
+        # the checkpoint holds the weights trained since.
+        try:
+            network.set_parameters(backprop.load(*initial).parameters())
+        except ValueError as error:
+            raise JobDataError(f"the network does not fit the weights of model {job.init_from_model} "
+                               f"(init_from_model): {error}") from None
     checkpoint = backprop.Checkpoint.from_bytes(saved) if saved is not None else None
     if checkpoint is not None:
         recorder.stored_epoch = recorder.recorded_epoch = int(checkpoint.epoch)
@@ -261,7 +294,8 @@ def _train(sessions: sessionmaker[Session], job_id: str, recorder: JobRecorder) 
     parameter_count = int(sum(np.prod(p.shape) for p in network.parameters().values()))
     owner = recorder.owner
     with sessions() as session:
-        model = TrainedModel(id=new_id("mdl"), job_id=job_id, dataset_id=job.dataset_id,
+        # The model is the tenant's whose job made it.
+        model = TrainedModel(id=new_id("mdl"), tenant_id=job.tenant_id, job_id=job_id, dataset_id=job.dataset_id,
                              task=preprocessor.task, loss=training["loss"], definition=definition,
                              weights=weights, preprocessing=preprocessor.state,
                              classes=preprocessor.classes, metrics=metrics,
@@ -343,8 +377,8 @@ def _run_job(job_id: str, sessions: sessionmaker[Session] | None, owner: str | N
         # group): hand the job back on the way out rather than wait for the lease to go stale.
         _hand_back(sessions, job_id, recorder, publish or _publish_with_celery)
         raise
-    except TimeLimitExceeded:
-        finish(sessions, job_id, owner, "failed", time_limit_error(settings.time_limit_s))
+    except TimeLimitExceeded as error:
+        finish(sessions, job_id, owner, "failed", str(error))
         return "failed"
     except backprop.TrainingDiverged as error:
         finish(sessions, job_id, owner, "failed", str(error))

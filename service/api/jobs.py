@@ -9,16 +9,19 @@ import backprop
 from backprop.config import TrainingConfig
 from flask import Blueprint, current_app, request, url_for
 from sqlalchemy import select, update
+from sqlalchemy.orm import defer
 
-from service.api.common import get_or_404, json_body, page, page_args, validate_body
+from service import limits, warm_start
+from service.api.common import find_owned, get_or_404, json_body, page, page_args, validate_body
 from service.api.networks import check_definition, problem_entries
+from service.auth import current_tenant
 from service.db import get_session
 from service.errors import ApiError, invalid
 from service.ids import isoformat, new_id, utcnow
 from service.queue import JobQueue
 from service.schemas import JOB_LOSS_FOR_TASK, JobCreate
 from service.store import dataset_input_width, paginate
-from service.tables import JOB_STATUSES, Dataset, Job, JobEpoch, Network
+from service.tables import JOB_STATUSES, Dataset, Job, JobEpoch, Network, TrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,8 @@ def job_json(job: Job) -> dict[str, Any]:
         "network": job.network,
         "training": job.training,
         "device": job.device,
+        "time_limit_s": job.time_limit_s,
+        "init_from_model": job.init_from_model,
         "progress": {"epoch": job.epoch, "epochs": job.epochs},
         "metrics": job.metrics,
         "model_id": job.model_id,
@@ -52,13 +57,19 @@ def job_queue() -> JobQueue:
     return current_app.extensions["backprop.queue"]
 
 
-def _training_fields(request_model: JobCreate, dataset: Dataset) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Return the full training config (the loss following the task when not given) and its problems."""
+def _training_fields(request_model: JobCreate, dataset: Dataset,
+                     source: TrainedModel | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Return the full training config (the loss following the task when not given) and its problems.
+
+    A warm start (`source`, the model of init_from_model) continues with the model's
+    loss and classes.
+    """
+    warm = source is not None and source.task == dataset.task
     training = request_model.training.model_dump()
     if "loss" not in request_model.training.model_fields_set:
-        training["loss"] = JOB_LOSS_FOR_TASK[dataset.task]
+        training["loss"] = source.loss if warm else JOB_LOSS_FOR_TASK[dataset.task]
     loss = training["loss"]
-    n_classes = len(dataset.classes or [])
+    n_classes = len((source.classes if warm else dataset.classes) or [])
     if backprop.TASK_OF_LOSS[loss] != dataset.task:
         good = ", ".join(k for k, v in backprop.TASK_OF_LOSS.items() if v == dataset.task)
         return training, [{"field": "training.loss",
@@ -79,30 +90,50 @@ def create_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     request_model = validate_body(JobCreate, json_body())
     body = request.get_json()
     with get_session() as session:
-        dataset = session.get(Dataset, request_model.dataset_id)
+        tenant = current_tenant()
+        dataset = find_owned(session, Dataset, request_model.dataset_id)
         if dataset is None:
             raise invalid([{"field": "dataset_id",
                             "message": f"no dataset with id {request_model.dataset_id!r}"}])
+        source = None
+        if request_model.init_from_model is not None:
+            source = get_or_404(session, TrainedModel, request_model.init_from_model, "model",
+                                options=[defer(TrainedModel.weights)])
         if request_model.network_id is not None:
-            network = session.get(Network, request_model.network_id)
+            network = find_owned(session, Network, request_model.network_id)
             if network is None:
                 raise invalid([{"field": "network_id",
                                 "message": f"no network with id {request_model.network_id!r}"}])
             definition = network.definition
-        else:
+        elif request_model.network is not None:
             definition = {k: v for k, v in body["network"].items() if k != "name"}
-        training, errors = _training_fields(request_model, dataset)
+        else:  # a warm start without a network: the model's own
+            definition = warm_start.model_network(source)
+        warm = [] if source is None else warm_start.check_data(source, dataset)
+        training, errors = _training_fields(request_model, dataset, source)
+        if source is not None and not errors:
+            warm += warm_start.check_loss(source, training["loss"])
+        # A warm start encodes the data with the model's preprocessing: the model's widths apply.
+        input_dim = dataset_input_width(dataset) if source is None else warm_start.model_input_width(source)
+        classes = dataset.classes if source is None else source.classes
         # Without a valid loss the output width is unknown; check the rest of the network anyway.
-        output_dim = None if errors else backprop.output_width(
-            training["loss"], n_classes=len(dataset.classes or []) or None, n_targets=len(dataset.targets))
-        errors += problem_entries(check_definition(definition, dataset_input_width(dataset), output_dim),
-                                  "network")
+        output_dim = None if errors or warm else backprop.output_width(
+            training["loss"], n_classes=len(classes or []) or None, n_targets=len(dataset.targets))
+        network_problems = check_definition(definition, input_dim, output_dim)
+        errors += problem_entries(network_problems, "network")
+        if source is not None and not network_problems:
+            warm += warm_start.check_parameters(source, definition)
+        errors += warm
         if errors:
             raise invalid(errors)
-        job = Job(id=new_id("job"), status="queued", dataset_id=dataset.id,
+        # A valid job may still be one too many, or add a model to a tenant out of room.
+        limits.check_job_slot(session, tenant, current_app.config)
+        limits.check_storage(session, tenant, current_app.config, 0)
+        job = Job(id=new_id("job"), tenant_id=tenant, status="queued", dataset_id=dataset.id,
                   network_id=request_model.network_id, network=definition, training=training,
                   device=request_model.device, epochs=training["epochs"], epoch=0,
-                  cancel_requested=False, attempt=0, deliveries=0, published_at=utcnow())
+                  cancel_requested=False, attempt=0, deliveries=0, published_at=utcnow(),
+                  time_limit_s=request_model.time_limit_s, init_from_model=request_model.init_from_model)
         session.add(job)
         session.commit()
     # Published only after the commit: a worker must always find the row it is handed.
@@ -127,7 +158,7 @@ def list_jobs() -> dict[str, Any]:
     """List jobs, newest first, optionally with one `status`."""
     limit, cursor = page_args()
     status = request.args.get("status")
-    statement = select(Job)
+    statement = select(Job).where(Job.tenant_id == current_tenant())
     if status:
         if status not in JOB_STATUSES:
             raise invalid([{"field": "status", "message": f"must be one of {', '.join(JOB_STATUSES)}"}])
@@ -163,13 +194,14 @@ def cancel_job(job_id: str) -> tuple[dict[str, Any], int]:
     once its lease goes stale (docs/jobs.md).
     """
     with get_session() as session:
+        job = get_or_404(session, Job, job_id, "job")  # another tenant's job is not there to cancel
         changed = session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(
             status="cancelled", cancel_requested=True, finished_at=utcnow())).rowcount
         if not changed:
             changed = session.execute(update(Job).where(Job.id == job_id, Job.status == "running")
                                       .values(cancel_requested=True)).rowcount
         session.commit()
-        job = get_or_404(session, Job, job_id, "job")
+        session.refresh(job)
         if not changed and job.status != "cancelled":  # cancelling twice is harmless
             raise ApiError(409, "Conflict", f"job {job_id} has already {job.status}; "
                                             f"only queued or running jobs can be cancelled",

@@ -1,0 +1,94 @@
+"""`backprop train --init-from-model / --time-limit` against the Flask test app (no processes).
+
+requests is routed into Flask's test client by a transport adapter, so the real
+Client and the real command build and send the request.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+from click.testing import CliRunner
+from requests.adapters import BaseAdapter
+from requests.structures import CaseInsensitiveDict
+
+from tests.conftest import blobs_rows, csv_text
+
+MLP = {"layers": [{"type": "dense", "units": 8, "activation": "relu"}, {"type": "dense", "units": 2}]}
+
+
+class FlaskAdapter(BaseAdapter):
+    """Answer requests' requests with a Flask test client."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__()
+        self.client = client
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        url = urlsplit(request.url)
+        answer = self.client.open(url.path, method=request.method, query_string=url.query,
+                                  data=request.body, headers=dict(request.headers))
+        response = requests.Response()
+        response.status_code = answer.status_code
+        response.reason = answer.status.partition(" ")[2]
+        response.headers = CaseInsensitiveDict(answer.headers)
+        response._content = answer.get_data()
+        response.url, response.request = request.url, request
+        return response
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def backprop_cli(client, monkeypatch):
+    """Run `backprop ARGS...` against the test app; return (exit code, output)."""
+    from service import cli
+    from service.client import Client
+
+    def make(url: str, api_key: str | None = None) -> Client:
+        session = requests.Session()
+        session.mount("http://", FlaskAdapter(client))
+        return Client(url, api_key=api_key, session=session)
+
+    monkeypatch.setattr(cli, "Client", make)
+
+    def run(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(cli.main, ["--url", "http://testserver", *args])
+        return result.exit_code, result.output
+
+    return run
+
+
+def test_train_sends_init_from_model_and_time_limit(client, app, upload_csv, tmp_path, backprop_cli):
+    from workers.training import run_job
+
+    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(40))).get_json()
+    network = tmp_path / "mlp.json"
+    network.write_text(json.dumps(MLP))
+    code, output = backprop_cli("train", "--dataset", dataset["id"], "--network", str(network),
+                                "--epochs", "2", "--time-limit", "120")
+    assert code == 0, output
+    job_id = output.split()[1]
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["time_limit_s"] == 120 and job["init_from_model"] is None
+    assert run_job(job_id, sessions=app.extensions["backprop.sessions"], owner="t") == "succeeded"
+    model_id = client.get(f"/v1/jobs/{job_id}").get_json()["model_id"]
+
+    # No --network: the model's own network.
+    code, output = backprop_cli("train", "--dataset", dataset["id"], "--init-from-model", model_id)
+    assert code == 0, output
+    warm = client.get(f"/v1/jobs/{output.split()[1]}").get_json()
+    assert warm["init_from_model"] == model_id and warm["network"] == MLP and warm["time_limit_s"] is None
+
+    code, output = backprop_cli("train", "--dataset", dataset["id"], "--init-from-model", "mdl_missing")
+    assert code == 1 and "404" in output
+    code, output = backprop_cli("train", "--dataset", dataset["id"])
+    assert code == 2 and "--init-from-model" in output
+    code, output = backprop_cli("train", "--dataset", dataset["id"], "--network", str(network),
+                                "--time-limit", "0")
+    assert code == 2 and "--time-limit" in output
