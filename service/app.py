@@ -7,14 +7,39 @@ from pathlib import Path
 from typing import IO, Any
 
 from flask import Flask, Request
+from werkzeug.formparser import FormDataParser, MultiPartParser
 
 from service.config import load_config
+
+# How much of a multipart body werkzeug's decoder takes per step (its default: 64 KiB).
+# Each step costs a fixed amount of Python work: a 100 MB CSV took ~0.46 s of CPU to
+# receive at 64 KiB, ~0.28 s at 256 KiB (docs/performance.md, "Uploads").
+MULTIPART_READ_BYTES = 256 * 1024
+
+
+class UploadFormDataParser(FormDataParser):
+    """werkzeug's form parser, reading multipart bodies in larger steps."""
+
+    def _parse_multipart(self, stream: IO[bytes], mimetype: str, content_length: int | None,
+                         options: dict[str, str]) -> tuple[IO[bytes], Any, Any]:
+        # The decoder refuses (413) a step that would take its buffer past max_form_memory_size:
+        # keep a step at most half of it.
+        limit = self.max_form_memory_size
+        step = MULTIPART_READ_BYTES if limit is None else max(min(MULTIPART_READ_BYTES, limit // 2), 1024)
+        parser = MultiPartParser(stream_factory=self.stream_factory, max_form_memory_size=limit,
+                                 max_form_parts=self.max_form_parts, cls=self.cls, buffer_size=step)
+        boundary = options.get("boundary", "").encode("ascii")
+        if not boundary:
+            raise ValueError("Missing boundary")
+        form, files = parser.parse(stream, boundary, content_length)
+        return stream, form, files
 
 
 class UploadRequest(Request):
     """A request whose file uploads stream to DATA_DIR/tmp on disk, never into memory."""
 
     upload_dir: str | None = None
+    form_data_parser_class = UploadFormDataParser
 
     def _get_file_stream(self, total_content_length: int | None, content_type: str | None,
                          filename: str | None = None, content_length: int | None = None) -> IO[bytes]:
@@ -39,7 +64,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     upload_dir.mkdir(parents=True, exist_ok=True)
     app.request_class = type("AppUploadRequest", (UploadRequest,), {"upload_dir": str(upload_dir)})
 
-    from service import db, errors, logs, metrics
+    from service import auth, db, errors, logs, metrics, ui
     from service.api import init_app as init_api
     from service.model_cache import ModelCache
     from service.queue import CeleryJobQueue
@@ -51,5 +76,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["backprop.queue"] = app.config.get("QUEUE") or CeleryJobQueue(app.config)
     app.extensions["backprop.models"] = ModelCache(int(app.config.get("MODEL_CACHE_SIZE", 32)))
     init_api(app)
+    app.register_blueprint(ui.bp)  # the dashboard: page shells that read the API
     metrics.init_app(app)
+    auth.init_app(app)  # after the request id and the timer: a 401 is logged and counted too
     return app

@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -58,18 +58,26 @@ class ParsedTable:
         """Return the number of data rows."""
         return int(self.values.shape[0])
 
+    def write_npz(self, handle: IO[bytes]) -> None:
+        """Write the table as .npz to a seekable binary file (deterministic bytes, so they can be hashed).
+
+        Uncompressed (np.savez): deflate gains little on float32 data and costs more
+        than the whole parse (docs/performance.md, "Uploads").
+        """
+        np.savez(handle, values=self.values, columns=np.array(json.dumps(self.columns)))
+
     def to_npz(self) -> bytes:
-        """Serialize the table as .npz bytes (deterministic, so they can be hashed)."""
+        """Serialize the table as .npz bytes."""
         # Through a temporary file: a growing BytesIO would hold up to twice the bytes at its peak.
         with tempfile.TemporaryFile() as handle:
-            np.savez(handle, values=self.values, columns=np.array(json.dumps(self.columns)))
+            self.write_npz(handle)
             handle.seek(0)
             return handle.read()
 
     @classmethod
-    def from_npz(cls, data: bytes) -> ParsedTable:
-        """Load a table saved by to_npz, never unpickling anything."""
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+    def from_npz(cls, data: bytes | str | Path) -> ParsedTable:
+        """Load a table saved by to_npz, from its bytes or a file's path, never unpickling anything."""
+        with np.load(io.BytesIO(data) if isinstance(data, bytes) else data, allow_pickle=False) as npz:
             return cls(columns=json.loads(str(npz["columns"])), values=npz["values"])
 
 
@@ -85,6 +93,14 @@ def parse_number(cell: str) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) else None
+
+
+def _float_or_none(cell: str) -> float | None:
+    """Return the cell's float value, finite or not (nan, inf), or None when it is not a number."""
+    try:
+        return float(cell)
+    except ValueError:
+        return None
 
 
 def _csv_rows(path: Path, field: str) -> tuple[list[str], Callable[[], Iterator[Row]]]:
@@ -136,9 +152,19 @@ def _csv_rows(path: Path, field: str) -> tuple[list[str], Callable[[], Iterator[
     return header, rows
 
 
+# Separators a file of one column may really use: refused with a hint, since one column
+# cannot hold both a feature and a target.
+OTHER_SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "vertical bars"}
+
+
 def parse_csv(path: str | Path, field: str = "file") -> ParsedTable:
     """Parse a CSV file with a header row."""
     header, rows = _csv_rows(Path(path), field)
+    if len(header) == 1:
+        for separator, word in OTHER_SEPARATORS.items():
+            if separator in header[0]:
+                raise TableError([{"field": field, "message": f"the file has one column, whose name "
+                                                              f"holds {word}; send comma-separated values"}])
     table = _parse_numeric_csv(Path(path), header)
     if table is not None:
         return table
@@ -248,6 +274,9 @@ def parse_rows(header: list[str], rows: Callable[[], Iterable[Row]], field: str,
     for index, name in enumerate(header):
         if not name:
             errors.append({"field": field, "message": f"column {index + 1} has an empty name"})
+        elif "\x00" in name:
+            errors.append({"field": field, "message": f"column {index + 1}'s name holds a NUL byte; "
+                                                      f"is this a binary file?"})
         elif name in seen:
             errors.append({"field": field, "message": f"column name {name!r} appears twice"})
         seen.add(name)
@@ -276,13 +305,20 @@ def parse_rows(header: list[str], rows: Callable[[], Iterable[Row]], field: str,
                     first_missing[j] = (number, place)
                 continue
             filled_count[j] += 1
-            if parse_number(cell) is not None:
+            value = _float_or_none(cell)
+            if value is not None:
+                # nan, inf and 1e999 count too: numbers, if not finite ones (errors in a numeric column).
                 numeric_count[j] += 1
-            else:
-                if first_not_number[j] is None:
-                    first_not_number[j] = (number, place, cell)
-                if len(strings[j]) <= MAX_CATEGORIES:
-                    strings[j].add(cell)
+                if math.isfinite(value):
+                    continue
+            elif "\x00" in cell and len(errors) < MAX_ERRORS:
+                errors.append({"field": where(number, j), "row": number, "column": header[j],
+                               "message": f"{place}, column {header[j]!r}: a NUL byte; "
+                                          f"is this a binary file?"})
+            if first_not_number[j] is None:
+                first_not_number[j] = (number, place, cell)
+            if len(strings[j]) <= MAX_CATEGORIES:
+                strings[j].add(cell)
     if n_rows == 0 and not errors:
         raise TableError([{"field": row_field or field,
                            "message": "the table has a header but no data rows"}])
@@ -296,8 +332,9 @@ def parse_rows(header: list[str], rows: Callable[[], Iterable[Row]], field: str,
                            "message": f"{place}, column {name!r}: missing value"})
         if kinds[j] == "numeric" and first_not_number[j] is not None:
             number, place, cell = first_not_number[j]  # type: ignore[misc]
+            what = "a number" if _float_or_none(cell) is None else "a finite number"
             errors.append({"field": where(number, j), "row": number, "column": name,
-                           "message": f"{place}, column {name!r}: {cell[:50]!r} is not a number "
+                           "message": f"{place}, column {name!r}: {cell[:50]!r} is not {what} "
                                       f"(the column is numeric)"})
         if kinds[j] == "string" and len(strings[j]) > MAX_CATEGORIES:
             errors.append({"field": field, "column": name,
