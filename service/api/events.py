@@ -28,6 +28,9 @@ EVENT_SETTINGS: dict[str, float] = {
 }
 
 
+MAX_EVENT_ID = 2**31 - 1
+
+
 def _setting(name: str) -> float:
     raw = current_app.config.get(name, os.environ.get(name) or EVENT_SETTINGS[name])
     try:
@@ -45,7 +48,8 @@ def _resume_after() -> int:
         raise invalid([{"field": "last_event_id", "message": f"must be an epoch number, not {raw[:50]!r}"}]) from None
     if value < 0:
         raise invalid([{"field": "last_event_id", "message": "must be 0 or more"}])
-    return value
+    # Past the last epoch any value means the same; a huge one must not overflow the database's integer.
+    return min(value, MAX_EVENT_ID)
 
 
 def _event(kind: str, data: dict[str, Any], event_id: int | None = None) -> str:

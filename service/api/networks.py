@@ -6,10 +6,13 @@ import logging
 from typing import Any
 
 import backprop
-from flask import Blueprint, Response, request, url_for
+from backprop.spec import node_parameters, parse
+from flask import Blueprint, Response, current_app, request, url_for
 from sqlalchemy import select
 
-from service.api.common import get_or_404, int_arg, json_body, page, page_args, validate_body
+from service.api.common import find_owned, get_or_404, int_arg, json_body, page, page_args, validate_body
+from service.auth import current_tenant
+from service.config import DEFAULT_MAX_PARAMETERS
 from service.db import get_session
 from service.errors import invalid
 from service.ids import isoformat, new_id
@@ -38,13 +41,39 @@ def problem_entries(problems: list[backprop.Problem], prefix: str = "") -> list[
 
 def check_definition(definition: Any, input_dim: int | None = None,
                      output_dim: int | None = None) -> list[backprop.Problem]:
-    """Run backprop.validate; a definition so odd that the check itself fails is one problem."""
+    """Run backprop.validate, then the parameter budget; a definition so odd that the check
+    itself fails is one problem."""
     try:
-        return backprop.validate(definition, input_dim=input_dim, output_dim=output_dim)
+        problems = backprop.validate(definition, input_dim=input_dim, output_dim=output_dim)
+        return problems or budget_problems(definition, input_dim)
     except Exception as error:  # the engine's checker must not turn bad input into a 500
         log.warning("backprop.validate raised %r", error)
         return [backprop.Problem("", f"the definition could not be checked: {type(error).__name__}: "
                                      f"{error}")]
+
+
+def budget_problems(definition: Any, input_dim: int | None) -> list[backprop.Problem]:
+    """Refuse a valid definition with more parameters than MAX_PARAMETERS.
+
+    Counted from the definition alone, before anything is allocated. Without the input
+    width the count for one input column is a lower bound (parameters only grow with
+    the width), which already catches two huge hidden layers in a row.
+    """
+    budget = current_app.config.get("MAX_PARAMETERS", DEFAULT_MAX_PARAMETERS)
+    try:
+        network = parse(definition, input_dim or 1)
+    except backprop.SpecError:
+        return []  # widths that fit only the real input: the check at job creation counts
+    counts = node_parameters(network)
+    total = sum(count for _node, count in counts)
+    if total <= budget:
+        return []
+    node, largest = max(counts, key=lambda item: item[1])
+    bound = "" if input_dim else "at least "
+    return [backprop.Problem(f"{node.path}.units",
+                             f"the network has {bound}{total:,} parameters, more than the budget of "
+                             f"{budget:,} (MAX_PARAMETERS); node {node.name!r} alone has {largest:,}",
+                             node.name)]
 
 
 def definition_from_body(body: Any) -> tuple[str | None, dict[str, Any]]:
@@ -61,7 +90,7 @@ def _width_args() -> tuple[int | None, int | None]:
     dataset_id = request.args.get("dataset_id")
     if dataset_id and input_dim is None:
         with get_session() as session:
-            dataset = session.get(Dataset, dataset_id)
+            dataset = find_owned(session, Dataset, dataset_id)
             if dataset is None:
                 raise invalid([{"field": "dataset_id", "message": f"no dataset with id {dataset_id!r}"}])
             input_dim = dataset_input_width(dataset)
@@ -71,7 +100,8 @@ def _width_args() -> tuple[int | None, int | None]:
 def network_json(network: Network, input_dim: int | None = None) -> dict[str, Any]:
     """Render a network, with its parameter count when the input width is known."""
     count = None
-    if input_dim is not None and not check_definition(network.definition, input_dim):
+    # Shown even over MAX_PARAMETERS: the count is what tells the user how far over it is.
+    if input_dim is not None and not backprop.validate(network.definition, input_dim):
         count = backprop.count_parameters(network.definition, input_dim)
     return {"id": network.id, "name": network.name, "definition": network.definition,
             "input_dim": input_dim, "parameter_count": count,
@@ -99,7 +129,7 @@ def create_network() -> tuple[dict[str, Any], int, dict[str, str]]:
     problems = check_definition(definition, input_dim, output_dim)
     if problems:
         raise invalid(problem_entries(problems))
-    network = Network(id=new_id("net"), name=name, definition=definition)
+    network = Network(id=new_id("net"), tenant_id=current_tenant(), name=name, definition=definition)
     with get_session() as session:
         session.add(network)
         session.commit()
@@ -112,7 +142,8 @@ def list_networks() -> dict[str, Any]:
     """List stored networks, newest first."""
     limit, cursor = page_args()
     with get_session() as session:
-        rows, next_cursor = paginate(session, select(Network), Network.id, limit, cursor)
+        statement = select(Network).where(Network.tenant_id == current_tenant())
+        rows, next_cursor = paginate(session, statement, Network.id, limit, cursor)
         return page([network_json(n) for n in rows], next_cursor)
 
 
