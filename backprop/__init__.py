@@ -23,11 +23,12 @@ from .initializers import INITIALIZERS
 from .losses import LOSSES, TASK_OF_LOSS, output_width
 from .network import Network, build
 from .spec import count_parameters, validate
-from .training import History, train, train_validation_split
+from .training import FLAG_EXPLANATIONS, History, train, train_validation_split
 
 __all__ = [
     "ACTIVATIONS",
     "DERIVATIVES",
+    "FLAG_EXPLANATIONS",
     "INITIALIZERS",
     "LOSSES",
     "TASK_OF_LOSS",

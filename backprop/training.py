@@ -24,6 +24,16 @@ VANISHING_ABSOLUTE = 1e-8
 EXPLODING_GLOBAL_NORM = 1e3
 EXPLODING_UPDATE_RATIO = 1.0
 SATURATION_FRACTION = 0.5
+# What each flag means and what to try, in a sentence: the one table the CLI, the dashboard
+# and docs/dashboard.md show.
+FLAG_EXPLANATIONS: dict[str, str] = {
+    "vanishing_gradients": "some layer's gradient is a thousandth of the largest layer's or less, so it "
+                           "barely learns; try relu with he init, fewer layers or a skip connection.",
+    "exploding_gradients": "gradients or weight updates are huge next to the weights, so training may "
+                           "diverge; lower the learning rate or set gradient_clip_norm.",
+    "saturation": "over half of a sigmoid/tanh layer's outputs sit at the activation's bounds, where "
+                  "its gradient is nearly zero; standardize inputs, use glorot init or relu.",
+}
 
 
 class History(list):

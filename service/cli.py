@@ -19,6 +19,7 @@ from typing import Any, NoReturn, TextIO
 import click
 import requests
 
+from backprop import FLAG_EXPLANATIONS
 from service.client import DEFAULT_URL, TERMINAL, ApiError, Client
 
 EXIT_ERROR, EXIT_FAILED, EXIT_CANCELLED, EXIT_INTERRUPTED = 1, 3, 4, 130
@@ -26,14 +27,6 @@ PREDICT_CHUNK_ROWS = 10_000
 
 # What the last line of a watch shows, of the job's final metrics (the best epoch's).
 FINAL_METRICS = ("loss", "val_loss", "accuracy", "val_accuracy", "epoch", "epochs_run", "stopped_early")
-FLAG_EXPLANATIONS = {
-    "vanishing_gradients": "some layer's gradient is a thousandth of the largest layer's or less, so it "
-                           "barely learns; try relu with he init, fewer layers or a skip connection.",
-    "exploding_gradients": "gradients or weight updates are huge next to the weights, so training may "
-                           "diverge; lower the learning rate or set gradient_clip_norm.",
-    "saturation": "over half of a sigmoid/tanh layer's outputs sit at the activation's bounds, where "
-                  "its gradient is nearly zero; standardize inputs, use glorot init or relu.",
-}
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
@@ -49,6 +42,12 @@ class ApiGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ApiError as error:
+            if error.status == 401:
+                key = ctx.find_root().params.get("api_key")
+                fail(f"{error.message()}\n" + (
+                    "the API key was refused: check --api-key or BACKPROP_API_KEY" if key else
+                    "the service wants an API key: pass --api-key KEY or set BACKPROP_API_KEY") +
+                    " (an operator creates one with `flask --app service keys create --tenant NAME`)")
             fail(error.message())
         except requests.ConnectionError:
             fail(f"cannot reach the service at {ctx.find_root().params.get('url')}; is it running? "
@@ -173,7 +172,11 @@ def networks_validate(ctx: click.Context, file: str, input_dim: int | None, data
 
 @main.command()
 @click.option("--dataset", "dataset_id", required=True, help="Dataset id.")
-@click.option("--network", required=True, help="Network definition (JSON file) or a stored network's id.")
+@click.option("--network", help="Network definition (JSON file) or a stored network's id "
+                                "(default with --init-from-model: the model's network).")
+@click.option("--init-from-model", help="Warm start: begin from this model's weights and preprocessing.")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds the job may run (from its first start) before it ends failed.")
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int)
 @click.option("--optimizer", type=str, help="sgd, momentum, adam, ... (see docs/engine.md).")
@@ -188,15 +191,21 @@ def networks_validate(ctx: click.Context, file: str, input_dim: int | None, data
 @click.option("--poll", type=click.FloatRange(0.05), default=0.5, show_default=True,
               help="Seconds between polls while watching.")
 @click.pass_context
-def train(ctx: click.Context, dataset_id: str, network: str, device: str, watch: bool, poll: float,
-          **training: Any) -> None:
+def train(ctx: click.Context, dataset_id: str, network: str | None, init_from_model: str | None,
+          time_limit: float | None, device: str, watch: bool, poll: float, **training: Any) -> None:
     """Start a training job (and watch it with --watch)."""
     settings = {k: v for k, v in training.items() if v is not None}
     client = api(ctx)
-    if Path(network).is_file() or network.endswith(".json"):
-        job = client.create_job(dataset_id, read_json_file(network), training=settings, device=device)
+    options: dict[str, Any] = {"training": settings, "device": device, "init_from_model": init_from_model,
+                               "time_limit_s": time_limit}
+    if network is None:
+        if init_from_model is None:
+            raise click.UsageError("give --network, or --init-from-model to continue a model with its network")
+        job = client.create_job(dataset_id, **options)
+    elif Path(network).is_file() or network.endswith(".json"):
+        job = client.create_job(dataset_id, read_json_file(network), **options)
     else:
-        job = client.create_job(dataset_id, network_id=network, training=settings, device=device)
+        job = client.create_job(dataset_id, network_id=network, **options)
     click.echo(f"job {job['id']} {job['status']}")
     if watch:
         watch_job(client, job["id"], poll)
