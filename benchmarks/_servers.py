@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,42 @@ _children: list[int] = []
 # A benchmark stopped by SIGTERM (timeout, Ctrl-C from a runner) still stops its servers:
 # SystemExit runs the context managers' cleanup, where the default action would not.
 signal.signal(signal.SIGTERM, lambda *_args: sys.exit(143))
+
+
+
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS = "redis://127.0.0.1:6379"
+
+
+@contextmanager
+def fresh_postgres_redis(prefix: str) -> Iterator[tuple[str, str]]:
+    """Yield (DATABASE_URL, CELERY_BROKER_URL): a new PostgreSQL database and an empty Redis one.
+
+    The database is dropped and the Redis database flushed afterwards. Redis numbers 8 to 14
+    are tried from the top, as tests/e2e does, so a benchmark never shares one with a test run.
+    """
+    import psycopg
+    import redis
+
+    admin = psycopg.connect(POSTGRES_ADMIN, autocommit=True, connect_timeout=3)
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    client = None
+    try:
+        for number in range(14, 7, -1):
+            client = redis.Redis.from_url(f"{REDIS}/{number}", socket_connect_timeout=3)
+            if client.dbsize() == 0:
+                break
+            client.close()
+        else:
+            raise RuntimeError("Redis databases 8 to 14 are all in use")
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", f"{REDIS}/{number}"
+    finally:
+        if client is not None:
+            client.flushdb()
+            client.close()
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
 
 
 def free_port() -> int:

@@ -31,7 +31,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -61,11 +60,10 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks._report import append_row, machine  # noqa: E402
-from benchmarks._servers import api_server, auth_headers, celery_worker, create_api_key, service_env  # noqa: E402
+from benchmarks._servers import (api_server, auth_headers, celery_worker,  # noqa: E402
+                                 create_api_key, fresh_postgres_redis, service_env)
 
 SECTION = "Jobs (benchmarks/jobs.py)"
-POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-REDIS = "redis://127.0.0.1:6379"
 TINY = {"layers": [{"type": "dense", "units": 4, "activation": "relu"}, {"type": "dense", "units": 2}]}
 # The overhead workload: 20,000 rows x 32 features, 256-256 relu, batch 64, adam.
 OVERHEAD_NETWORK = {"layers": [{"type": "dense", "units": 256, "activation": "relu"},
@@ -79,28 +77,8 @@ def backends(mode: str) -> Iterator[tuple[str | None, str | None]]:
     if mode == "embedded":
         yield None, None
         return
-    import psycopg
-    import redis
-
-    admin = psycopg.connect(POSTGRES_ADMIN, autocommit=True, connect_timeout=3)
-    name = f"backprop_bench_{uuid.uuid4().hex[:10]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    client = None
-    try:
-        for number in range(14, 7, -1):
-            client = redis.Redis.from_url(f"{REDIS}/{number}", socket_connect_timeout=3)
-            if client.dbsize() == 0:
-                break
-            client.close()
-        else:
-            raise RuntimeError("Redis databases 8 to 14 are all in use")
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", f"{REDIS}/{number}"
-    finally:
-        if client is not None:
-            client.flushdb()
-            client.close()
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with fresh_postgres_redis("backprop_bench") as urls:
+        yield urls
 
 
 def reachable(mode: str) -> bool:

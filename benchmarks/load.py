@@ -53,7 +53,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import datetime
@@ -67,11 +66,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks import _servers  # noqa: E402
 from benchmarks._report import append_row, machine  # noqa: E402
-from benchmarks._servers import BIN, api_server, service_env  # noqa: E402
+from benchmarks._servers import BIN, api_server, create_api_key, fresh_postgres_redis, service_env  # noqa: E402
 
 SECTION = "Load (benchmarks/load.py)"
-POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-REDIS = "redis://127.0.0.1:6379"
 TERMINAL = ("succeeded", "failed", "cancelled")
 FEATURES = 12
 NETWORK = {"layers": [{"type": "dense", "units": 64, "activation": "relu"}, {"type": "dense", "units": 3}]}
@@ -133,28 +130,8 @@ def backends(backend: str) -> Iterator[tuple[str | None, str | None]]:
     if backend == "sqlite":
         yield None, None
         return
-    import psycopg
-    import redis
-
-    admin = psycopg.connect(POSTGRES_ADMIN, autocommit=True, connect_timeout=3)
-    name = f"backprop_load_{uuid.uuid4().hex[:10]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    client = None
-    try:
-        for number in range(14, 7, -1):  # as tests/e2e and benchmarks/jobs.py: an empty one of 8-14
-            client = redis.Redis.from_url(f"{REDIS}/{number}", socket_connect_timeout=3)
-            if client.dbsize() == 0:
-                break
-            client.close()
-        else:
-            raise RuntimeError("Redis databases 8 to 14 are all in use")
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", f"{REDIS}/{number}"
-    finally:
-        if client is not None:
-            client.flushdb()
-            client.close()
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with fresh_postgres_redis("backprop_load") as urls:
+        yield urls
 
 
 @contextmanager
@@ -188,19 +165,6 @@ def reachable() -> bool:
         return True
     except OSError:
         return False
-
-
-def api_key(env: dict[str, str], tenant: str = "load") -> str | None:
-    """Create an API key for `tenant` with the service's CLI; None where the service has no keys command."""
-    flask = [str(BIN / "flask"), "--app", "service"]
-    probe = subprocess.run([*flask, "keys", "--help"], cwd=ROOT, env=env, capture_output=True, text=True)
-    if probe.returncode != 0:
-        return None
-    done = subprocess.run([*flask, "keys", "create", "--tenant", tenant], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
-    if done.returncode != 0 or not done.stdout.strip():
-        raise RuntimeError(f"flask keys create failed ({done.returncode}): {done.stderr.strip()}")
-    return done.stdout.strip().splitlines()[-1].strip()
 
 
 # --- data and jobs ------------------------------------------------------------------------------
@@ -373,10 +337,10 @@ def main() -> int:
         env = service_env(data_dir, database_url, broker_url)
         stack.enter_context(celery_workers(data_dir, database_url, broker_url, WORKERS))
         base = stack.enter_context(api_server(data_dir, API_WORKERS, database_url, broker_url))
-        key = api_key(env)
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        key = create_api_key(env, tenant="load")
+        headers = {"Authorization": f"Bearer {key}"}
         print(f"stack: {args.backend}, gunicorn {API_WORKERS} workers x 4 threads at {base}, "
-              f"{WORKERS} Celery worker processes; API key: {'tenant load' if key else 'none (no keys command)'}")
+              f"{WORKERS} Celery worker processes; API key of tenant load")
         session = stack.enter_context(requests.Session())
         session.headers.update(headers)
 

@@ -40,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks._report import append_row, machine  # noqa: E402
-from benchmarks._servers import BIN, api_server, service_env, worker_pids  # noqa: E402
+from benchmarks._servers import api_server, auth_headers, create_api_key, service_env, worker_pids  # noqa: E402
 
 COLUMNS = 12
 SECTION = "Uploads (benchmarks/upload.py)"
@@ -162,17 +162,6 @@ def fresh_postgres() -> Iterator[str]:
         admin.dispose()
 
 
-def api_key(data_dir: str, database_url: str | None) -> str | None:
-    """Create an API key with the service's CLI; None where the service has no keys command."""
-    env = service_env(data_dir, database_url)
-    flask = [str(BIN / "flask"), "--app", "service"]
-    if subprocess.run([*flask, "keys", "--help"], cwd=ROOT, env=env, capture_output=True).returncode != 0:
-        return None
-    done = subprocess.run([*flask, "keys", "create", "--tenant", "bench"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, check=True)
-    return done.stdout.strip().splitlines()[-1].strip()
-
-
 def upload(path: Path, postgres: bool) -> tuple[float, float, float]:
     """POST the file to a fresh API on a fresh store; return (MB/s, peak MiB of the API worker, its MiB before)."""
     import requests
@@ -180,8 +169,7 @@ def upload(path: Path, postgres: bool) -> tuple[float, float, float]:
     with tempfile.TemporaryDirectory() as data_dir, \
             (fresh_postgres() if postgres else _nothing()) as database_url, \
             api_server(data_dir, workers=1, database_url=database_url, max_upload_mb=1024) as base:
-        key = api_key(data_dir, database_url)
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        headers = auth_headers(create_api_key(service_env(data_dir, database_url)))
         pid = worker_pids()[0]
         before = _vm(pid, "VmHWM")
         with path.open("rb") as handle:
