@@ -59,6 +59,17 @@ def fresh_postgres_redis(prefix: str) -> Iterator[tuple[str, str]]:
         admin.close()
 
 
+@contextmanager
+def backends(servers: bool, prefix: str) -> Iterator[tuple[str | None, str | None]]:
+    """Yield (DATABASE_URL, CELERY_BROKER_URL): None, None for the embedded defaults (SQLite),
+    or a fresh PostgreSQL database and Redis database when `servers`."""
+    if not servers:
+        yield None, None
+        return
+    with fresh_postgres_redis(prefix) as urls:
+        yield urls
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -31,8 +31,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -61,7 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks._report import append_row, machine  # noqa: E402
 from benchmarks._servers import (api_server, auth_headers, celery_worker,  # noqa: E402
-                                 create_api_key, fresh_postgres_redis, service_env)
+                                 create_api_key, backends, service_env)
 
 SECTION = "Jobs (benchmarks/jobs.py)"
 TINY = {"layers": [{"type": "dense", "units": 4, "activation": "relu"}, {"type": "dense", "units": 2}]}
@@ -69,16 +67,6 @@ TINY = {"layers": [{"type": "dense", "units": 4, "activation": "relu"}, {"type":
 OVERHEAD_NETWORK = {"layers": [{"type": "dense", "units": 256, "activation": "relu"},
                                {"type": "dense", "units": 256, "activation": "relu"},
                                {"type": "dense", "units": 2}]}
-
-
-@contextmanager
-def backends(mode: str) -> Iterator[tuple[str | None, str | None]]:
-    """Yield (DATABASE_URL, CELERY_BROKER_URL): None, None for embedded; fresh ones for redis."""
-    if mode == "embedded":
-        yield None, None
-        return
-    with fresh_postgres_redis("backprop_bench") as urls:
-        yield urls
 
 
 def reachable(mode: str) -> bool:
@@ -197,7 +185,7 @@ def main() -> None:
         if not reachable(mode):
             print(f"{mode}: skipped, PostgreSQL or Redis is not reachable at 127.0.0.1")
             continue
-        with tempfile.TemporaryDirectory() as data_dir, backends(mode) as (database_url, broker_url), \
+        with tempfile.TemporaryDirectory() as data_dir, backends(mode != "embedded", "backprop_bench") as (database_url, broker_url), \
                 api_server(data_dir, 1, database_url, broker_url) as base, \
                 celery_worker(data_dir, database_url, broker_url), requests.Session() as session:
             session.headers.update(auth_headers(create_api_key(service_env(data_dir, database_url, broker_url))))

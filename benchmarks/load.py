@@ -66,7 +66,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks import _servers  # noqa: E402
 from benchmarks._report import append_row, machine  # noqa: E402
-from benchmarks._servers import BIN, api_server, create_api_key, fresh_postgres_redis, service_env  # noqa: E402
+from benchmarks._servers import BIN, api_server, create_api_key, backends, service_env  # noqa: E402
 
 SECTION = "Load (benchmarks/load.py)"
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -122,16 +122,6 @@ def parse_args() -> argparse.Namespace:
 
 
 # --- the stack ----------------------------------------------------------------------------------
-
-
-@contextmanager
-def backends(backend: str) -> Iterator[tuple[str | None, str | None]]:
-    """Yield (DATABASE_URL, CELERY_BROKER_URL): None, None for sqlite; fresh ones for postgres."""
-    if backend == "sqlite":
-        yield None, None
-        return
-    with fresh_postgres_redis("backprop_load") as urls:
-        yield urls
 
 
 @contextmanager
@@ -333,7 +323,7 @@ def main() -> int:
         os.environ["TENANT_MAX_CONCURRENT_JOBS"] = str(args.tenant_job_limit)
     with tempfile.TemporaryDirectory() as data_dir, ExitStack() as stack:
         workdir = Path(data_dir)
-        database_url, broker_url = stack.enter_context(backends(args.backend))
+        database_url, broker_url = stack.enter_context(backends(args.backend != "sqlite", "backprop_load"))
         env = service_env(data_dir, database_url, broker_url)
         stack.enter_context(celery_workers(data_dir, database_url, broker_url, WORKERS))
         base = stack.enter_context(api_server(data_dir, API_WORKERS, database_url, broker_url))
