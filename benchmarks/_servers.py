@@ -28,6 +28,16 @@ POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS = "redis://127.0.0.1:6379"
 
 
+def servers_reachable() -> bool:
+    """Say whether PostgreSQL and Redis answer on their usual local ports."""
+    try:
+        for port in (5432, 6379):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 @contextmanager
 def fresh_postgres_redis(prefix: str) -> Iterator[tuple[str, str]]:
     """Yield (DATABASE_URL, CELERY_BROKER_URL): a new PostgreSQL database and an empty Redis one.

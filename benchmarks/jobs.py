@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks._report import append_row, machine  # noqa: E402
 from benchmarks._servers import (api_server, auth_headers, celery_worker,  # noqa: E402
-                                 create_api_key, backends, service_env)
+                                 create_api_key, backends, servers_reachable, service_env)
 
 SECTION = "Jobs (benchmarks/jobs.py)"
 TINY = {"layers": [{"type": "dense", "units": 4, "activation": "relu"}, {"type": "dense", "units": 2}]}
@@ -67,19 +67,6 @@ TINY = {"layers": [{"type": "dense", "units": 4, "activation": "relu"}, {"type":
 OVERHEAD_NETWORK = {"layers": [{"type": "dense", "units": 256, "activation": "relu"},
                                {"type": "dense", "units": 256, "activation": "relu"},
                                {"type": "dense", "units": 2}]}
-
-
-def reachable(mode: str) -> bool:
-    import socket
-
-    if mode == "embedded":
-        return True
-    try:
-        for port in (5432, 6379):
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def table(rows: int, features: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, bytes]:
@@ -182,7 +169,7 @@ def main() -> None:
     where = machine()
     targets = {"embedded": 0.5, "redis": 0.05}
     for mode in args.modes.split(","):
-        if not reachable(mode):
+        if mode != "embedded" and not servers_reachable():
             print(f"{mode}: skipped, PostgreSQL or Redis is not reachable at 127.0.0.1")
             continue
         with tempfile.TemporaryDirectory() as data_dir, backends(mode != "embedded", "backprop_bench") as (database_url, broker_url), \

@@ -66,7 +66,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks import _servers  # noqa: E402
 from benchmarks._report import append_row, machine  # noqa: E402
-from benchmarks._servers import BIN, api_server, create_api_key, backends, service_env  # noqa: E402
+from benchmarks._servers import BIN, api_server, create_api_key, backends, servers_reachable, service_env  # noqa: E402
 
 SECTION = "Load (benchmarks/load.py)"
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -143,18 +143,6 @@ def celery_workers(data_dir: str, database_url: str | None, broker_url: str | No
             procs.append(proc)
             stack.callback(_servers._stop, proc, 20)
         yield procs
-
-
-def reachable() -> bool:
-    """Say whether PostgreSQL and Redis answer on their usual local ports."""
-    import socket
-
-    try:
-        for port in (5432, 6379):
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 # --- data and jobs ------------------------------------------------------------------------------
@@ -313,7 +301,7 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print("benchmarks/load.py: skipped: wrk is not installed (apt-get install wrk)")
         return 0
-    if args.backend == "postgres" and not reachable():
+    if args.backend == "postgres" and not servers_reachable():
         print("benchmarks/load.py: skipped: PostgreSQL or Redis is not reachable at 127.0.0.1 "
               "(--backend sqlite runs the embedded mode)")
         return 0
