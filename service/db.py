@@ -104,6 +104,9 @@ def init_app(app: Flask) -> None:
     @db_group.command("upgrade")
     @click.argument("revision", default="head")
     def db_upgrade(revision: str) -> None:
-        """Upgrade the schema to REVISION (default head)."""
+        """Upgrade the schema to REVISION (default head) and prepare an SQLAlchemy broker."""
+        from .queue import prepare_broker
+
         upgrade_database(current_app.config["DATABASE_URL"], revision)
+        prepare_broker(current_app.config)
         click.echo(f"database upgraded to {revision}")

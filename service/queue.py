@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 from celery import Celery
 
+from .config import DEVICES
+
 TRAIN_TASK = "train_job"
 # Kombu's SQLAlchemy transport passes transport options to create_engine, so its
 # polling interval can only be set on the transport class; 0.1 s gets a task to an
@@ -85,6 +87,23 @@ def make_celery(config: dict[str, Any]) -> Celery:
         enable_utc=True,
     )
     return app
+
+
+def prepare_broker(config: dict[str, Any]) -> None:
+    """Create the SQLAlchemy broker's tables and one row per job queue, before any worker starts.
+
+    Kombu creates them lazily in every process, and a queue's row has a unique name:
+    two workers that start together both insert "cpu", the loser gets an IntegrityError
+    that Kombu does not catch, and that worker exits (seen in CI with two workers on
+    SQLite). The migrate step runs this once, so nothing is left to race over. A Redis
+    broker needs nothing.
+    """
+    if not config["CELERY_BROKER_URL"].startswith("sqla+"):
+        return
+    with make_celery(config).connection_for_write() as connection:
+        channel = connection.default_channel
+        for queue in DEVICES:
+            channel.queue_declare(queue=queue)
 
 
 class JobQueue(Protocol):

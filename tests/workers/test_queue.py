@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import subprocess
+import sys
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +90,39 @@ def test_workers_package_exposes_the_celery_app_with_train_job():
     assert workers._concurrency(["celery", "worker", "--concurrency=4"]) == 4
     assert workers._concurrency(["celery", "worker"]) is None
     assert "OMP_NUM_THREADS" in __import__("os").environ
+
+
+def _queue_rows(broker_db: Path) -> list[str]:
+    with sqlite3.connect(broker_db) as connection:
+        return sorted(name for (name,) in connection.execute("SELECT name FROM kombu_queue"))
+
+
+def test_db_upgrade_prepares_the_sqlalchemy_broker_so_workers_starting_together_do_not_race(tmp_path):
+    """Each process would otherwise insert the "cpu" queue row itself; the loser of that race exits."""
+    from service import create_app
+
+    app = create_app({"DATA_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path / 'backprop.db'}",
+                      "CELERY_BROKER_URL": f"sqla+sqlite:///{tmp_path / 'broker.db'}",
+                      "UPGRADE_ON_START": False, "AUTH": "off"})
+    for _ in range(2):  # idempotent: a second migrate adds nothing
+        result = app.test_cli_runner().invoke(args=["db", "upgrade"])
+        assert result.exit_code == 0, result.output
+        assert _queue_rows(tmp_path / "broker.db") == ["cpu", "gpu"]
+    app.extensions["backprop.engine"].dispose()
+
+    # Several consumers declaring their queue at the same moment, as workers do on start.
+    start_at = time.time() + 2
+    declare = (
+        "import sys, time\n"
+        "from service.queue import make_celery\n"
+        f"app = make_celery({{'CELERY_BROKER_URL': 'sqla+sqlite:///{tmp_path / 'broker.db'}'}})\n"
+        f"time.sleep(max(0, {start_at} - time.time()))\n"
+        "with app.connection_for_write() as c:\n"
+        "    c.default_channel.queue_declare(queue='cpu')\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", declare], stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 0, stderr
+    assert _queue_rows(tmp_path / "broker.db") == ["cpu", "gpu"]
