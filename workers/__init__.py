@@ -48,6 +48,8 @@ from service.queue import CeleryJobQueue, make_celery  # noqa: E402
 log = logging.getLogger(__name__)
 
 celery = make_celery(load_config())
+# How the task, a stopping worker and the reaper hand a job id to the cpu or gpu queue.
+publish_job = CeleryJobQueue({}, app=celery).publish
 
 # Set when the worker shuts down (SIGTERM): shared memory made before the pool forks,
 # so the training loop in a pool process sees the main process's decision and hands
@@ -101,7 +103,7 @@ def _start_reaper(**_kwargs: object) -> None:
 
     config = load_config()
     _reaper_engine = make_engine(config["DATABASE_URL"])
-    _reaper = Reaper(make_session_factory(_reaper_engine), CeleryJobQueue(config, app=celery).publish,
+    _reaper = Reaper(make_session_factory(_reaper_engine), publish_job,
                      JobSettings.from_config(config))
     _reaper.start()
     log.info("reaper started: every %gs, lease timeout %gs", config["REAPER_INTERVAL_S"],

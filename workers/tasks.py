@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from service.queue import TRAIN_TASK, CeleryJobQueue
-from workers import celery, shutdown_requested
+from service.queue import TRAIN_TASK
+from workers import celery, publish_job, shutdown_requested
 from workers.lease import default_sessions, fail_queued, record_delivery
 
 log = logging.getLogger(__name__)
@@ -14,10 +14,9 @@ log = logging.getLogger(__name__)
 @celery.task(name=TRAIN_TASK, ignore_result=True)
 def train_job(job_id: str) -> str:
     """Train the job with this id (the message carries the id only)."""
-    publish = CeleryJobQueue({}, app=celery).publish
     if shutdown_requested():
         # A stopping worker may still be handed a message: pass it on untouched.
-        publish(job_id, train_job.request.delivery_info.get("routing_key") or "cpu")
+        publish_job(job_id, train_job.request.delivery_info.get("routing_key") or "cpu")
         return "queued"
     sessions = default_sessions()
     # Counted before anything that could fail to load: the reaper fails a job whose
@@ -32,4 +31,4 @@ def train_job(job_id: str) -> str:
                                       f"({type(error).__name__}: {error}); the operator must fix "
                                       f"the workers, then submit the job again")
         return "failed"
-    return run_job(job_id, sessions=sessions, shutdown=shutdown_requested, publish=publish)
+    return run_job(job_id, sessions=sessions, shutdown=shutdown_requested, publish=publish_job)

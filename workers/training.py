@@ -315,10 +315,9 @@ def _train(sessions: sessionmaker[Session], job_id: str, recorder: JobRecorder) 
 
 
 def _publish_with_celery(job_id: str, queue: str) -> None:
-    from service.queue import CeleryJobQueue
-    from workers import celery
+    from workers import publish_job
 
-    CeleryJobQueue({}, app=celery).publish(job_id, queue)
+    publish_job(job_id, queue)
 
 
 def _hand_back(sessions: sessionmaker[Session], job_id: str, recorder: JobRecorder, publish: Publish) -> str:
