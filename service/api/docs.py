@@ -46,7 +46,7 @@ PROBLEM_CAUSES = {
 EXTRA_PROBLEMS = {
     ("delete", "/v1/datasets/{dataset_id}"): (409,),
     ("post", "/v1/jobs/{job_id}/cancel"): (409,),
-    ("post", "/v1/jobs"): (404, 413, 429, 503),  # 404: init_from_model names no model; 413/429: tenant limits
+    ("post", "/v1/jobs"): (413, 429, 503),  # 413/429: tenant limits
     ("get", "/readyz"): (503,),
 }
 

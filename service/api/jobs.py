@@ -97,8 +97,11 @@ def create_job() -> tuple[dict[str, Any], int, dict[str, str]]:
                             "message": f"no dataset with id {request_model.dataset_id!r}"}])
         source = None
         if request_model.init_from_model is not None:
-            source = get_or_404(session, TrainedModel, request_model.init_from_model, "model",
+            source = find_owned(session, TrainedModel, request_model.init_from_model,
                                 options=[defer(TrainedModel.weights)])
+            if source is None:
+                raise invalid([{"field": "init_from_model",
+                                "message": f"no model with id {request_model.init_from_model!r}"}])
         if request_model.network_id is not None:
             network = find_owned(session, Network, request_model.network_id)
             if network is None:

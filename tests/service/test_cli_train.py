@@ -86,7 +86,7 @@ def test_train_sends_init_from_model_and_time_limit(client, app, upload_csv, tmp
     assert warm["init_from_model"] == model_id and warm["network"] == MLP and warm["time_limit_s"] is None
 
     code, output = backprop_cli("train", "--dataset", dataset["id"], "--init-from-model", "mdl_missing")
-    assert code == 1 and "404" in output
+    assert code == 1 and "422" in output and "init_from_model" in output and "mdl_missing" in output
     code, output = backprop_cli("train", "--dataset", dataset["id"])
     assert code == 2 and "--init-from-model" in output
     code, output = backprop_cli("train", "--dataset", dataset["id"], "--network", str(network),

@@ -142,7 +142,7 @@ def test_a_job_cannot_use_another_tenants_dataset_network_or_model(app, alice, b
     response = bob_client.post("/v1/jobs", json={"dataset_id": own["id"], "network_id": alice["network"]})
     assert problem(response, 422)["errors"][0]["field"] == "network_id"
     response = bob_client.post("/v1/jobs", json={"dataset_id": own["id"], "init_from_model": alice["model"]})
-    assert alice["model"] in problem(response, 404)["detail"]
+    assert problem(response, 422)["errors"][0]["field"] == "init_from_model"
     # A network checked against another tenant's dataset: the dataset is not there.
     response = bob_client.post(f"/v1/networks/validate?dataset_id={alice['dataset']}", json=MLP)
     assert problem(response, 422)["errors"][0]["field"] == "dataset_id"

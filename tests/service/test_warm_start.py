@@ -62,9 +62,10 @@ def test_an_inline_network_with_the_same_shapes_is_accepted(client, blobs, model
     assert create(client, dataset_id=blobs["id"], init_from_model=model["id"], network=same).status_code == 202
 
 
-def test_an_unknown_model_is_a_404(client, blobs):
-    body = problem(create(client, dataset_id=blobs["id"], init_from_model="mdl_missing", network=MLP), 404)
-    assert "mdl_missing" in body["detail"]
+def test_an_unknown_model_is_a_422_on_init_from_model(client, blobs):
+    """As an unknown dataset_id or network_id: the request names something that is not there."""
+    body = problem(create(client, dataset_id=blobs["id"], init_from_model="mdl_missing", network=MLP), 422)
+    assert body["errors"] == [{"field": "init_from_model", "message": "no model with id 'mdl_missing'"}]
 
 
 def test_a_width_mismatch_is_a_422_naming_the_node(client, blobs, model):
