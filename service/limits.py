@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from service.errors import ApiError
@@ -66,8 +66,23 @@ def has_payload(session: Session, tenant: str, digest: str) -> bool:
                                                    Dataset.payload_sha256 == digest).limit(1)) is not None
 
 
+def hold_tenant(session: Session, tenant: str) -> None:
+    """Lock the tenant's row until the session commits or rolls back.
+
+    Two requests of one tenant then count its jobs one after the other, so they cannot
+    both take its last slot. An UPDATE that changes nothing rather than SELECT ... FOR
+    UPDATE: SQLite has no FOR UPDATE, and there an UPDATE takes the database's write
+    lock at once (PostgreSQL locks the one row, so other tenants do not wait).
+    """
+    session.execute(update(Tenant).where(Tenant.id == tenant).values(id=Tenant.id))
+
+
 def check_job_slot(session: Session, tenant: str, config: Any) -> None:
-    """Raise the 429 problem when the tenant already has as many active jobs as it may."""
+    """Raise the 429 problem when the tenant already has as many active jobs as it may.
+
+    Holds the tenant's row (`hold_tenant`) until the caller commits its job or gives up.
+    """
+    hold_tenant(session, tenant)
     limit = tenant_limits(session, tenant, config).max_concurrent_jobs
     active = active_jobs(session, tenant)
     if active >= limit:

@@ -7,6 +7,8 @@ tenant (or the key) fails here.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -328,6 +330,38 @@ def test_too_many_jobs_is_429_naming_the_limit(app, client, bob_client, queue):
     assert start_job(bob_client, upload(bob_client)["id"]).status_code == 202
     client.post(f"/v1/jobs/{first['id']}/cancel")
     assert start_job(client, dataset["id"]).status_code == 202
+
+
+@both_databases
+def test_concurrent_jobs_of_one_tenant_cannot_share_its_last_slot(app, api_keys, client, queue, monkeypatch):
+    """Eight requests at once, each slowed between its count and its commit: exactly the limit pass."""
+    from service import limits
+
+    app.config["TENANT_MAX_CONCURRENT_JOBS"] = 2
+    dataset = upload(client)
+    count = limits.active_jobs
+
+    def slow_count(session: Any, tenant: str) -> int:
+        counted = count(session, tenant)
+        time.sleep(0.05)  # without the lock, every request would count 0 here
+        return counted
+
+    monkeypatch.setattr(limits, "active_jobs", slow_count)
+    start = threading.Barrier(8)
+    statuses: list[int] = []
+
+    def submit() -> None:
+        own_client = client_with_key(app, api_keys["alice"])
+        start.wait()
+        statuses.append(start_job(own_client, dataset["id"]).status_code)
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(statuses) == [202, 202] + [429] * 6
+    assert len(queue.published) == 2
 
 
 def test_a_tenants_own_limits_override_the_settings(app, client, bob_client):
