@@ -11,7 +11,7 @@ from typing import Any
 
 import backprop
 import numpy as np
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.ids import new_id, utcnow
@@ -121,6 +121,9 @@ class JobRecorder:
             if not moved:
                 session.rollback()
                 raise LeaseLost(self.job_id)
+            # Read the cancel flag in the same transaction: with short epochs,
+            # should_stop then never needs a query (round trips slowed training by ~2%).
+            self._cancelled = bool(session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
             session.merge(JobEpoch(job_id=self.job_id, epoch=int(record["epoch"]), record=record))
             now = time.monotonic()
             stored = None
@@ -128,7 +131,11 @@ class JobRecorder:
                     int(self.latest.epoch) > self.stored_epoch:
                 self._next_checkpoint = now + self.settings.checkpoint_interval_s
                 stored = self._merge_checkpoint(session, self.latest)
+            else:
+                _progress_only(session)
             session.commit()
+        self._next_heartbeat = now + self.settings.heartbeat_s
+        self._next_cancel_check = now + CANCEL_POLL_S
         self.recorded_epoch = int(record["epoch"])
         if stored is not None:
             self.stored_epoch = stored
@@ -187,6 +194,18 @@ class JobRecorder:
             stored = self._merge_checkpoint(session, checkpoint)
             session.commit()
         self.stored_epoch = stored
+
+
+def _progress_only(session: Session) -> None:
+    """Let PostgreSQL commit this transaction without waiting for its WAL flush.
+
+    An epoch record without a checkpoint is progress to show, not state to
+    resume from: if the database crashes, losing the last few records is harmless
+    (a resumed job writes them again from its checkpoint), while waiting for the
+    disk on every epoch costs short epochs dearly. No-op on SQLite.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SET LOCAL synchronous_commit = off"))
 
 
 def _final_metrics(history: Any) -> dict[str, Any]:
