@@ -166,6 +166,39 @@ def test_cancellation_between_batches(client, app, upload_csv, monkeypatch):
     assert 2 <= job["progress"]["epoch"] < 5
 
 
+def test_each_epoch_write_reads_the_cancel_flag(client, app, upload_csv, monkeypatch):
+    # No polling between batches at all: the epoch's own progress transaction must see the flag.
+    from workers import training
+
+    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(120))).get_json()
+    job_id = submit(client, dataset["id"], MLP, epochs=1000, batch_size=4)
+    original = training.JobRecorder.on_epoch_end
+
+    def cancel_during_the_second_epoch(self, record):
+        if record["epoch"] == 2:
+            assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+        original(self, record)
+
+    monkeypatch.setattr(training.JobRecorder, "on_epoch_end", cancel_during_the_second_epoch)
+    monkeypatch.setattr(training, "CANCEL_POLL_S", 3600.0)
+    assert run(app, job_id) == "cancelled"
+    assert client.get(f"/v1/jobs/{job_id}").get_json()["progress"]["epoch"] == 2
+
+
+def test_progress_only_transactions_skip_the_wal_flush_wait_on_postgresql(app):
+    from sqlalchemy import text
+
+    from workers.training import _progress_only
+
+    with app.extensions["backprop.sessions"]() as session:
+        _progress_only(session)
+        if session.get_bind().dialect.name == "postgresql":
+            assert session.scalar(text("SHOW synchronous_commit")) == "off"
+            session.commit()
+            # SET LOCAL: the next transaction on the pooled connection waits for the disk again.
+            assert session.scalar(text("SHOW synchronous_commit")) == "on"
+
+
 def test_cancel_endpoint_on_a_running_job_stops_it(client, app, upload_csv, monkeypatch):
     from workers import training
 
