@@ -25,6 +25,9 @@ JOB_SETTINGS: dict[str, float] = {
     "JOB_TIME_LIMIT_S": 24 * 3600.0,
     # At most one checkpoint write per this many seconds: a resume loses at most this much work.
     "CHECKPOINT_INTERVAL_S": 30.0,
+    # At most one progress transaction (the epochs finished since, the heartbeat, the cancel
+    # flag) per this many seconds while training: short epochs are not slowed by a write each.
+    "PROGRESS_INTERVAL_S": 1.0,
     # Redis only: seconds before an unacknowledged message is delivered again.
     "VISIBILITY_TIMEOUT_S": 3600.0,
 }

@@ -46,6 +46,7 @@ class JobSettings:
     max_attempts: int = 3
     time_limit_s: float = 24 * 3600.0
     checkpoint_interval_s: float = 30.0
+    progress_interval_s: float = 1.0
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> JobSettings:
@@ -53,7 +54,8 @@ class JobSettings:
         return cls(lease_timeout_s=config["LEASE_TIMEOUT_S"], reaper_interval_s=config["REAPER_INTERVAL_S"],
                    requeue_queued_after_s=config["REQUEUE_QUEUED_AFTER_S"],
                    max_attempts=config["MAX_ATTEMPTS"], time_limit_s=config["JOB_TIME_LIMIT_S"],
-                   checkpoint_interval_s=config["CHECKPOINT_INTERVAL_S"])
+                   checkpoint_interval_s=config["CHECKPOINT_INTERVAL_S"],
+                   progress_interval_s=config["PROGRESS_INTERVAL_S"])
 
     @property
     def heartbeat_s(self) -> float:

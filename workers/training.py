@@ -11,7 +11,7 @@ from typing import Any
 
 import backprop
 import numpy as np
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.ids import new_id, utcnow
@@ -23,10 +23,6 @@ from workers.lease import (JobSettings, Publish, as_utc, claim, default_owner, d
                            default_settings, hand_back, time_limit)
 
 log = logging.getLogger(__name__)
-
-# Reading the cancel flag costs a query; between batches, look at most this often.
-CANCEL_POLL_S = 0.25
-
 
 class JobDataError(Exception):
     """The job cannot run on its data; the message tells the user what to do."""
@@ -64,17 +60,13 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def finish(sessions: sessionmaker[Session], job_id: str, owner: str, status: str,
-           error: str | None = None) -> None:
-    """Put a job this worker holds into a terminal state."""
-    with sessions() as session:
-        session.execute(update(Job).where(Job.id == job_id, Job.owner == owner, Job.status == "running")
-                        .values(status=status, error=error, finished_at=utcnow(), heartbeat_at=utcnow()))
-        session.commit()
-
-
 class JobRecorder:
-    """The engine's callbacks: each epoch, heartbeat and (throttled) checkpoint in short transactions."""
+    """The engine's callbacks: epoch records, heartbeat and (throttled) checkpoints in short transactions.
+
+    Epoch records are kept and written together at most every PROGRESS_INTERVAL_S
+    (the first epoch's at once, and always with a checkpoint and when the job ends):
+    with short epochs, a transaction per epoch slowed training by 3-4% (docs/jobs.md).
+    """
 
     def __init__(self, sessions: sessionmaker[Session], job_id: str, owner: str,
                  settings: JobSettings | None = None, shutdown: Callable[[], bool] | None = None) -> None:
@@ -84,14 +76,17 @@ class JobRecorder:
         self.settings = settings or JobSettings()
         self.shutdown = shutdown or (lambda: False)
         now = time.monotonic()
+        self._next_write = 0.0  # the first epoch shows at once
         self._next_cancel_check = 0.0
         self._next_heartbeat = now + self.settings.heartbeat_s
         self._next_checkpoint = now + self.settings.checkpoint_interval_s
         self._deadline: float | None = None
         self._limit_error = ""
         self._cancelled = False
-        # The latest checkpoint the engine made, the epoch of the one last stored, and
-        # the last epoch whose record is stored (a checkpoint never gets ahead of it).
+        # Epoch records not written yet; the latest checkpoint the engine made, the epoch of
+        # the one last stored, and the last epoch whose record is stored (a stored
+        # checkpoint never gets ahead of the stored records).
+        self.pending: list[dict[str, Any]] = []
         self.latest: backprop.Checkpoint | None = None
         self.stored_epoch = -1
         self.recorded_epoch = 0
@@ -107,41 +102,70 @@ class JobRecorder:
         return (Job.id == self.job_id, Job.owner == self.owner, Job.status == "running")
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
-        """Store the epoch's record, move the job's progress and heartbeat, and maybe checkpoint.
+        """Keep the epoch's record; write the kept ones when they are due, with the checkpoint when one is.
 
         The engine offers the epoch's checkpoint just before; when one is due, it is
-        written in the same transaction as the record, so a resumed job's history
+        written in the same transaction as the records, so a resumed job's history
         has no gap.
         """
-        record = json_safe(record)
-        summary = {k: v for k, v in record.items() if k != "layers"}
+        self.pending.append(json_safe(record))
+        now = time.monotonic()
+        checkpoint = self.latest
+        checkpoint_due = now >= self._next_checkpoint and checkpoint is not None and \
+            int(checkpoint.epoch) > self.stored_epoch
+        if now < self._next_write and not checkpoint_due:
+            return
         with self.sessions() as session:
-            moved = session.execute(update(Job).where(*self._held()).values(
-                epoch=int(record["epoch"]), metrics=summary, heartbeat_at=utcnow())).rowcount
-            if not moved:
-                session.rollback()
+            cancelled = self.write_progress(session)
+            if cancelled is None:
                 raise LeaseLost(self.job_id)
-            # Read the cancel flag in the same transaction: with short epochs,
-            # should_stop then never needs a query (round trips slowed training by ~2%).
-            self._cancelled = self._cancel_requested(session)
-            session.merge(JobEpoch(job_id=self.job_id, epoch=int(record["epoch"]), record=record))
-            now = time.monotonic()
-            stored = None
-            if now >= self._next_checkpoint and self.latest is not None and \
-                    int(self.latest.epoch) > self.stored_epoch:
+            if checkpoint_due:
                 self._next_checkpoint = now + self.settings.checkpoint_interval_s
-                stored = self._merge_checkpoint(session, self.latest)
+                self._merge_checkpoint(session, checkpoint)
             else:
                 _progress_only(session)
             session.commit()
+        self._cancelled = cancelled
+        self._written()
+        if checkpoint_due:
+            self.stored_epoch = int(checkpoint.epoch)
+
+    def write_progress(self, session: Session) -> bool | None:
+        """Write the pending epoch records, move the job's progress and renew its heartbeat.
+
+        Return the job's cancel flag (read in the same statement: no query of its
+        own), or None, after a rollback, when this worker no longer holds the job.
+        The caller commits and, while training goes on, calls _written.
+        """
+        values: dict[str, Any] = {"heartbeat_at": utcnow()}
+        if self.pending:
+            latest = self.pending[-1]
+            values.update(epoch=int(latest["epoch"]), metrics={k: v for k, v in latest.items() if k != "layers"})
+        held = session.execute(update(Job).where(*self._held()).values(**values)
+                               .returning(Job.cancel_requested)).first()
+        if held is None:
+            session.rollback()
+            return None
+        if self.pending:
+            first, last = int(self.pending[0]["epoch"]), int(self.pending[-1]["epoch"])
+            # A resumed job trains the epochs after its checkpoint again: their rows are replaced.
+            session.execute(delete(JobEpoch).where(JobEpoch.job_id == self.job_id,
+                                                   JobEpoch.epoch.between(first, last)))
+            session.execute(insert(JobEpoch), [{"job_id": self.job_id, "epoch": int(r["epoch"]), "record": r}
+                                               for r in self.pending])
+        return bool(held[0])
+
+    def _written(self) -> None:
+        """Account for a committed write_progress: the records are stored, the next write is due later."""
+        if self.pending:
+            self.recorded_epoch = int(self.pending[-1]["epoch"])
+            self.pending.clear()
+        now = time.monotonic()
+        self._next_write = self._next_cancel_check = now + self.settings.progress_interval_s
         self._next_heartbeat = now + self.settings.heartbeat_s
-        self._next_cancel_check = now + CANCEL_POLL_S
-        self.recorded_epoch = int(record["epoch"])
-        if stored is not None:
-            self.stored_epoch = stored
 
     def should_stop(self) -> bool:
-        """Say whether a user asked to cancel (the flag on the row, read at most every 0.25 s).
+        """Say whether a user asked to cancel (the flag on the row, read at most every PROGRESS_INTERVAL_S).
 
         Also renews the heartbeat every few seconds, and stops training (by raising)
         when the lease or the parent process is lost, the worker shuts down, or the
@@ -162,13 +186,10 @@ class JobRecorder:
             if not held:
                 raise LeaseLost(self.job_id)
         if not self._cancelled and now >= self._next_cancel_check:
-            self._next_cancel_check = now + CANCEL_POLL_S
+            self._next_cancel_check = now + self.settings.progress_interval_s
             with self.sessions() as session:
-                self._cancelled = self._cancel_requested(session)
+                self._cancelled = bool(session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
         return self._cancelled
-
-    def _cancel_requested(self, session: Session) -> bool:
-        return bool(session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
 
     def on_checkpoint(self, checkpoint: backprop.Checkpoint) -> None:
         """Keep the latest end-of-epoch checkpoint; on_epoch_end stores it at most every CHECKPOINT_INTERVAL_S.
@@ -178,24 +199,36 @@ class JobRecorder:
         """
         self.latest = checkpoint
 
-    def _merge_checkpoint(self, session: Session, checkpoint: backprop.Checkpoint) -> int:
+    def _merge_checkpoint(self, session: Session, checkpoint: backprop.Checkpoint) -> None:
         session.merge(JobCheckpoint(job_id=self.job_id, epoch=int(checkpoint.epoch), data=checkpoint.to_bytes(),
                                     updated_at=utcnow()))
-        return int(checkpoint.epoch)
 
     def store_checkpoint(self) -> None:
-        """Write the latest checkpoint now if it is newer than the stored one and the lease is held."""
+        """Write the pending records and the latest checkpoint (when newer than the stored one) while held."""
         checkpoint = self.latest
-        if checkpoint is None or not self.stored_epoch < int(checkpoint.epoch) <= self.recorded_epoch:
+        last = int(self.pending[-1]["epoch"]) if self.pending else self.recorded_epoch
+        newer = checkpoint is not None and self.stored_epoch < int(checkpoint.epoch) <= last
+        if not newer and not self.pending:
             return
         with self.sessions() as session:
-            held = session.execute(update(Job).where(*self._held()).values(heartbeat_at=utcnow())).rowcount
-            if not held:
-                session.rollback()
+            if self.write_progress(session) is None:
                 raise LeaseLost(self.job_id)
-            stored = self._merge_checkpoint(session, checkpoint)
+            if newer:
+                self._merge_checkpoint(session, checkpoint)
             session.commit()
-        self.stored_epoch = stored
+        self._written()
+        if newer:
+            self.stored_epoch = int(checkpoint.epoch)
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        """Write the pending records and put the job into a terminal state; nothing if it is not held."""
+        with self.sessions() as session:
+            if self.write_progress(session) is None:
+                return
+            session.execute(update(Job).where(*self._held()).values(
+                status=status, error=error, finished_at=utcnow(), heartbeat_at=utcnow()))
+            session.commit()
+        self._written()
 
 
 def _progress_only(session: Session) -> None:
@@ -322,9 +355,11 @@ def _train(sessions: sessionmaker[Session], job_id: str, recorder: JobRecorder) 
                              weights=weights, preprocessing=preprocessor.state,
                              classes=preprocessor.classes, metrics=metrics,
                              parameter_count=parameter_count)
+        # The last records, the model and the job's success commit together, only while
+        # the lease is held: a stale duplicate can never add a second model.
+        if recorder.write_progress(session) is None:
+            raise LeaseLost(job_id)
         session.add(model)
-        # The model and the job's success commit together, only while the lease is held:
-        # a stale duplicate can never add a second model.
         done = session.execute(update(Job).where(Job.id == job_id, Job.owner == owner,
                                                  Job.status == "running").values(
             status="succeeded", model_id=model.id, metrics=metrics, finished_at=utcnow(),
@@ -389,7 +424,7 @@ def _run_job(job_id: str, sessions: sessionmaker[Session] | None, owner: str | N
         _train(sessions, job_id, recorder)
         return "succeeded"
     except backprop.TrainingCancelled:
-        finish(sessions, job_id, owner, "cancelled")
+        recorder.finish("cancelled")
         return "cancelled"
     except ShuttingDown:
         return _hand_back(sessions, job_id, recorder, publish or _publish_with_celery)
@@ -399,18 +434,17 @@ def _run_job(job_id: str, sessions: sessionmaker[Session] | None, owner: str | N
         _hand_back(sessions, job_id, recorder, publish or _publish_with_celery)
         raise
     except TimeLimitExceeded as error:
-        finish(sessions, job_id, owner, "failed", str(error))
+        recorder.finish("failed", str(error))
         return "failed"
     except backprop.TrainingDiverged as error:
-        finish(sessions, job_id, owner, "failed", str(error))
+        recorder.finish("failed", str(error))
         return "failed"
     except backprop.DeviceUnavailable as error:
-        finish(sessions, job_id, owner, "failed",
-               f"this worker cannot train on the requested device: {error}; submit with "
-               f"device cpu or start a GPU worker (queue gpu)")
+        recorder.finish("failed", f"this worker cannot train on the requested device: {error}; submit with "
+                                  f"device cpu or start a GPU worker (queue gpu)")
         return "failed"
     except (JobDataError, backprop.ConfigError) as error:
-        finish(sessions, job_id, owner, "failed", str(error))
+        recorder.finish("failed", str(error))
         return "failed"
     except LeaseLost:
         log.warning("job %s: lease lost; another worker owns it now", job_id)
@@ -420,11 +454,9 @@ def _run_job(job_id: str, sessions: sessionmaker[Session] | None, owner: str | N
         log.warning("job %s: the worker's parent process is gone; abandoning the job", job_id)
         return "abandoned"
     except MemoryError:
-        finish(sessions, job_id, owner, "failed", "the worker ran out of memory; use a smaller "
-                                                  "network, batch size or dataset")
+        recorder.finish("failed", "the worker ran out of memory; use a smaller network, batch size or dataset")
         return "failed"
     except Exception as error:  # a bug: record it on the job rather than leave it running
         log.exception("job %s failed unexpectedly", job_id)
-        finish(sessions, job_id, owner, "failed", f"internal error in the worker: "
-                                                  f"{type(error).__name__}: {error}")
+        recorder.finish("failed", f"internal error in the worker: {type(error).__name__}: {error}")
         return "failed"

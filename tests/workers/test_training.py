@@ -145,6 +145,7 @@ def test_cancellation_between_batches(client, app, upload_csv, monkeypatch):
 
     from service.tables import Job
     from workers import training
+    from workers.lease import JobSettings
 
     dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(120))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=1000, batch_size=4)
@@ -159,30 +160,77 @@ def test_cancellation_between_batches(client, app, upload_csv, monkeypatch):
                 session.commit()
 
     monkeypatch.setattr(training.JobRecorder, "on_epoch_end", cancel_after_second_epoch)
-    monkeypatch.setattr(training, "CANCEL_POLL_S", 0.0)
-    assert run(app, job_id) == "cancelled"
+    # No write of its own within the epoch: the flag is read between batches.
+    assert run(app, job_id, settings=JobSettings(progress_interval_s=0.0)) == "cancelled"
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["status"] == "cancelled" and job["model_id"] is None
-    assert 2 <= job["progress"]["epoch"] < 5
+    assert job["progress"]["epoch"] == 2
 
 
-def test_each_epoch_write_reads_the_cancel_flag(client, app, upload_csv, monkeypatch):
-    # No polling between batches at all: the epoch's own progress transaction must see the flag.
+def test_the_progress_write_reads_the_cancel_flag(client, app, upload_csv, monkeypatch):
+    # No other query for an hour: the first epoch's progress transaction must see the flag.
     from workers import training
+    from workers.lease import JobSettings
 
     dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(120))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=1000, batch_size=4)
     original = training.JobRecorder.on_epoch_end
 
-    def cancel_during_the_second_epoch(self, record):
-        if record["epoch"] == 2:
+    def cancel_during_the_first_epoch(self, record):
+        if record["epoch"] == 1:
             assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
         original(self, record)
 
-    monkeypatch.setattr(training.JobRecorder, "on_epoch_end", cancel_during_the_second_epoch)
-    monkeypatch.setattr(training, "CANCEL_POLL_S", 3600.0)
-    assert run(app, job_id) == "cancelled"
-    assert client.get(f"/v1/jobs/{job_id}").get_json()["progress"]["epoch"] == 2
+    monkeypatch.setattr(training.JobRecorder, "on_epoch_end", cancel_during_the_first_epoch)
+    assert run(app, job_id, settings=JobSettings(progress_interval_s=3600.0)) == "cancelled"
+    assert client.get(f"/v1/jobs/{job_id}").get_json()["progress"]["epoch"] == 1
+
+
+def test_progress_is_written_every_progress_interval_and_in_full_at_the_end(client, app, upload_csv, monkeypatch):
+    from workers import training
+    from workers.lease import JobSettings
+
+    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(120))).get_json()
+    job_id = submit(client, dataset["id"], MLP, epochs=6, batch_size=16)
+    stored = []
+    original = training.JobRecorder.on_epoch_end
+
+    def watch(self, record):
+        original(self, record)
+        stored.append(client.get(f"/v1/jobs/{job_id}").get_json()["progress"]["epoch"])
+
+    monkeypatch.setattr(training.JobRecorder, "on_epoch_end", watch)
+    assert run(app, job_id, settings=JobSettings(progress_interval_s=3600.0)) == "succeeded"
+    assert stored == [1] * 6  # the first epoch at once, the rest kept until the job ends
+    history = client.get(f"/v1/jobs/{job_id}/metrics").get_json()["epochs"]
+    assert [r["epoch"] for r in history] == list(range(1, 7))
+    assert client.get(f"/v1/jobs/{job_id}").get_json()["progress"]["epoch"] == 6
+
+
+@pytest.mark.parametrize("ending", ["time limit", "diverged"])
+def test_a_failed_job_keeps_the_records_of_the_epochs_it_finished(client, app, upload_csv, monkeypatch, ending):
+    import backprop
+    from workers import training
+    from workers.lease import JobSettings
+
+    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(120))).get_json()
+    job_id = submit(client, dataset["id"], MLP, epochs=1000, batch_size=16)
+    original = training.JobRecorder.on_epoch_end
+
+    def fail_after_the_third_epoch(self, record):
+        original(self, record)
+        if record["epoch"] == 3:
+            if ending == "time limit":
+                self.set_time_left(0.0, "ran past its time limit")
+            else:
+                raise backprop.TrainingDiverged("loss became non-finite at epoch 4", 4)
+
+    monkeypatch.setattr(training.JobRecorder, "on_epoch_end", fail_after_the_third_epoch)
+    assert run(app, job_id, settings=JobSettings(progress_interval_s=3600.0)) == "failed"
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "failed" and job["progress"]["epoch"] == 3
+    history = client.get(f"/v1/jobs/{job_id}/metrics").get_json()["epochs"]
+    assert [r["epoch"] for r in history] == [1, 2, 3]
 
 
 def test_progress_only_transactions_skip_the_wal_flush_wait_on_postgresql(app):
@@ -202,6 +250,7 @@ def test_progress_only_transactions_skip_the_wal_flush_wait_on_postgresql(app):
 
 def test_cancel_endpoint_on_a_running_job_stops_it(client, app, upload_csv, monkeypatch):
     from workers import training
+    from workers.lease import JobSettings
 
     dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(120))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=1000, batch_size=4)
@@ -213,8 +262,7 @@ def test_cancel_endpoint_on_a_running_job_stops_it(client, app, upload_csv, monk
             assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
 
     monkeypatch.setattr(training.JobRecorder, "on_epoch_end", cancel_through_the_api)
-    monkeypatch.setattr(training, "CANCEL_POLL_S", 0.0)
-    assert run(app, job_id) == "cancelled"
+    assert run(app, job_id, settings=JobSettings(progress_interval_s=0.0)) == "cancelled"
 
 
 def test_a_job_is_claimed_once(client, app, upload_csv):
