@@ -12,6 +12,7 @@ from typing import Any
 import backprop
 import numpy as np
 from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.ids import new_id, utcnow
@@ -221,9 +222,20 @@ class JobRecorder:
             self.stored_epoch = int(checkpoint.epoch)
 
     def finish(self, status: str, error: str | None = None) -> None:
-        """Write the pending records and put the job into a terminal state; nothing if it is not held."""
+        """Write the pending records and put the job into a terminal state; nothing if it is not held.
+
+        Should the records themselves fail to write (an unexpected error may be
+        theirs), the job still ends, without them: one left running would be retried.
+        """
         with self.sessions() as session:
-            if self.write_progress(session) is None:
+            try:
+                held = self.write_progress(session) is not None
+            except SQLAlchemyError:
+                log.exception("job %s: %d epoch records could not be written", self.job_id, len(self.pending))
+                session.rollback()
+                self.pending.clear()
+                held = True
+            if not held:
                 return
             session.execute(update(Job).where(*self._held()).values(
                 status=status, error=error, finished_at=utcnow(), heartbeat_at=utcnow()))

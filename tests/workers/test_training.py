@@ -233,6 +233,28 @@ def test_a_failed_job_keeps_the_records_of_the_epochs_it_finished(client, app, u
     assert [r["epoch"] for r in history] == [1, 2, 3]
 
 
+def test_a_job_whose_records_cannot_be_written_still_fails_with_the_error(client, app, upload_csv, monkeypatch):
+    from sqlalchemy.exc import DataError
+
+    from workers import training
+
+    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(120))).get_json()
+    job_id = submit(client, dataset["id"], MLP, epochs=5, batch_size=16)
+    original = training.JobRecorder.write_progress
+
+    def reject_records(self, session):
+        if self.pending:
+            raise DataError("INSERT INTO job_epochs", {}, ValueError("the database rejects the record"))
+        return original(self, session)
+
+    monkeypatch.setattr(training.JobRecorder, "write_progress", reject_records)
+    assert run(app, job_id) == "failed"
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "failed" and job["finished_at"]
+    assert job["error"].startswith("internal error in the worker: DataError")
+    assert client.get(f"/v1/jobs/{job_id}/metrics").get_json()["epochs"] == []
+
+
 def test_progress_only_transactions_skip_the_wal_flush_wait_on_postgresql(app):
     from sqlalchemy import text
 
