@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -225,7 +224,7 @@ class PredictFastLane:
         if b"true" in raw or b"false" in raw:
             return None  # booleans are errors, which the view words
         try:
-            body = json.loads(raw)
+            body = self.app.json.loads(raw)
             inputs = body["inputs"]
             if (len(body) != 1 or not isinstance(inputs, list) or not inputs
                     or len(inputs) > MAX_PREDICT_ROWS):
