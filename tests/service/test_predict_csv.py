@@ -125,3 +125,22 @@ def test_regression_csv_answer_names_the_targets(client, app):
     answer = post_csv(client, model_id, "x,z\n1,1\n2,0\n", accept="text/csv").get_data(as_text=True)
     lines = answer.splitlines()
     assert lines[0] == "y1,y2" and len(lines) == 3 and len(lines[1].split(",")) == 2
+
+
+def test_csv_answer_quotes_labels_and_keeps_every_float_exact(backend):
+    from service.api.models import _csv_answer
+
+    classes = ["a,b", 'say "hi"', 3]
+    probabilities = [[0.1, 1e-05, 0.89999], [1 / 3, 2 / 3, 2.5e-300], [0.0, 1e16, -0.0]]
+    text = _csv_answer({"predictions": ['say "hi"', "a,b", 3], "probabilities": probabilities,
+                        "classes": classes})
+    table = list(csv.reader(io.StringIO(text)))
+    assert table[0] == ["prediction", "probability_a,b", 'probability_say "hi"', "probability_3"]
+    assert [r[0] for r in table[1:]] == ['say "hi"', "a,b", "3"]
+    assert [[float(v) for v in r[1:]] for r in table[1:]] == probabilities
+
+    one_target = _csv_answer({"predictions": [1.5, -2e-7], "targets": ["y"]})
+    assert one_target == "y\n1.5\n-2e-7\n" and [float(v) for v in one_target.split()[1:]] == [1.5, -2e-7]
+    two_targets = _csv_answer({"predictions": [[1.0, 2.0]], "targets": ["y1", "y 2"]})
+    assert two_targets == "y1,y 2\n1.0,2.0\n"
+    assert _csv_answer({"predictions": [], "targets": ["y"]}) == "y\n"
