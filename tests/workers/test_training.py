@@ -27,6 +27,22 @@ def run(app, job_id: str, owner: str = "test-worker", **kwargs) -> str:
     return run_job(job_id, sessions=app.extensions["backprop.sessions"], owner=owner, **kwargs)
 
 
+def on_each_epoch(monkeypatch, action, before: bool = False) -> None:
+    """Call action(recorder, record) when the worker has handled each epoch's record (or just before)."""
+    from workers import training
+
+    original = training.JobRecorder.on_epoch_end
+
+    def wrapped(self, record):
+        if before:
+            action(self, record)
+        original(self, record)
+        if not before:
+            action(self, record)
+
+    monkeypatch.setattr(training.JobRecorder, "on_epoch_end", wrapped)
+
+
 def test_classification_job_succeeds_with_metrics_model_and_predict(client, app, upload_csv):
     dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(120))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=15, batch_size=16, learning_rate=0.01)
@@ -144,22 +160,19 @@ def test_cancellation_between_batches(client, app, upload_csv, monkeypatch):
     from sqlalchemy import update
 
     from service.tables import Job
-    from workers import training
     from workers.lease import JobSettings
 
     dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(120))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=1000, batch_size=4)
-    original = training.JobRecorder.on_epoch_end
 
     def cancel_after_second_epoch(self, record):
-        original(self, record)
         if record["epoch"] == 2:
             # What POST /cancel does to a running job: set the flag on the row.
             with self.sessions() as session:
                 session.execute(update(Job).where(Job.id == self.job_id).values(cancel_requested=True))
                 session.commit()
 
-    monkeypatch.setattr(training.JobRecorder, "on_epoch_end", cancel_after_second_epoch)
+    on_each_epoch(monkeypatch, cancel_after_second_epoch)
     # No write of its own within the epoch: the flag is read between batches.
     assert run(app, job_id, settings=JobSettings(progress_interval_s=0.0)) == "cancelled"
     job = client.get(f"/v1/jobs/{job_id}").get_json()
@@ -169,37 +182,27 @@ def test_cancellation_between_batches(client, app, upload_csv, monkeypatch):
 
 def test_the_progress_write_reads_the_cancel_flag(client, app, upload_csv, monkeypatch):
     # No other query for an hour: the first epoch's progress transaction must see the flag.
-    from workers import training
     from workers.lease import JobSettings
 
     dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(120))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=1000, batch_size=4)
-    original = training.JobRecorder.on_epoch_end
-
     def cancel_during_the_first_epoch(self, record):
         if record["epoch"] == 1:
             assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
-        original(self, record)
 
-    monkeypatch.setattr(training.JobRecorder, "on_epoch_end", cancel_during_the_first_epoch)
+    on_each_epoch(monkeypatch, cancel_during_the_first_epoch, before=True)
     assert run(app, job_id, settings=JobSettings(progress_interval_s=3600.0)) == "cancelled"
     assert client.get(f"/v1/jobs/{job_id}").get_json()["progress"]["epoch"] == 1
 
 
 def test_progress_is_written_every_progress_interval_and_in_full_at_the_end(client, app, upload_csv, monkeypatch):
-    from workers import training
     from workers.lease import JobSettings
 
     dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(120))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=6, batch_size=16)
     stored = []
-    original = training.JobRecorder.on_epoch_end
-
-    def watch(self, record):
-        original(self, record)
-        stored.append(client.get(f"/v1/jobs/{job_id}").get_json()["progress"]["epoch"])
-
-    monkeypatch.setattr(training.JobRecorder, "on_epoch_end", watch)
+    on_each_epoch(monkeypatch, lambda recorder, record: stored.append(
+        client.get(f"/v1/jobs/{job_id}").get_json()["progress"]["epoch"]))
     assert run(app, job_id, settings=JobSettings(progress_interval_s=3600.0)) == "succeeded"
     assert stored == [1] * 6  # the first epoch at once, the rest kept until the job ends
     history = client.get(f"/v1/jobs/{job_id}/metrics").get_json()["epochs"]
@@ -210,22 +213,18 @@ def test_progress_is_written_every_progress_interval_and_in_full_at_the_end(clie
 @pytest.mark.parametrize("ending", ["time limit", "diverged"])
 def test_a_failed_job_keeps_the_records_of_the_epochs_it_finished(client, app, upload_csv, monkeypatch, ending):
     import backprop
-    from workers import training
     from workers.lease import JobSettings
 
     dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(120))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=1000, batch_size=16)
-    original = training.JobRecorder.on_epoch_end
-
     def fail_after_the_third_epoch(self, record):
-        original(self, record)
         if record["epoch"] == 3:
             if ending == "time limit":
                 self.set_time_left(0.0, "ran past its time limit")
             else:
                 raise backprop.TrainingDiverged("loss became non-finite at epoch 4", 4)
 
-    monkeypatch.setattr(training.JobRecorder, "on_epoch_end", fail_after_the_third_epoch)
+    on_each_epoch(monkeypatch, fail_after_the_third_epoch)
     assert run(app, job_id, settings=JobSettings(progress_interval_s=3600.0)) == "failed"
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["status"] == "failed" and job["progress"]["epoch"] == 3
@@ -271,19 +270,15 @@ def test_progress_only_transactions_skip_the_wal_flush_wait_on_postgresql(app):
 
 
 def test_cancel_endpoint_on_a_running_job_stops_it(client, app, upload_csv, monkeypatch):
-    from workers import training
     from workers.lease import JobSettings
 
     dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(120))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=1000, batch_size=4)
-    original = training.JobRecorder.on_epoch_end
-
     def cancel_through_the_api(self, record):
-        original(self, record)
         if record["epoch"] == 1:
             assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
 
-    monkeypatch.setattr(training.JobRecorder, "on_epoch_end", cancel_through_the_api)
+    on_each_epoch(monkeypatch, cancel_through_the_api)
     assert run(app, job_id, settings=JobSettings(progress_interval_s=0.0)) == "cancelled"
 
 
