@@ -217,11 +217,13 @@ def _parse_numeric_csv(path: Path, header: list[str]) -> ParsedTable | None:
                     pa.types.is_int64(t) or pa.types.is_float64(t) for t in table.schema.types):
                 return None  # (more rows than newlines: lines end in a lone CR)
             for j in range(table.num_columns):
-                # Through float64, as float(cell) does, so both paths round alike.
-                column = table.column(j).to_numpy().astype(np.float64, copy=False)
-                if not np.isfinite(column).all():
-                    return None
-                values[n_rows:n_rows + table.num_rows, j] = column
+                row = n_rows
+                for chunk in table.column(j).chunks:
+                    column = _chunk_as_float64(chunk)
+                    if column is None or not np.isfinite(column).all():
+                        return None
+                    values[row:row + len(column), j] = column
+                    row += len(column)
             n_rows += table.num_rows
             del table
             pool.release_unused()  # hand the block's memory back to the OS, not to the next peak
@@ -229,6 +231,21 @@ def _parse_numeric_csv(path: Path, header: list[str]) -> ParsedTable | None:
         return None
     return ParsedTable(columns=[{"name": name, "kind": "numeric"} for name in header],
                        values=values[:n_rows])
+
+
+def _chunk_as_float64(chunk: Any) -> np.ndarray | None:
+    """Return an int64 or double pyarrow array as float64 (as float(cell) rounds), or None if it has nulls.
+
+    Read from its data buffer: pyarrow's to_numpy imports pandas wherever pandas
+    is installed, 0.7 s of the first upload in each API process.
+    """
+    if chunk.null_count:
+        return None
+    if len(chunk) == 0:
+        return np.empty(0)
+    dtype = np.int64 if str(chunk.type) == "int64" else np.float64  # the caller let only these through
+    data = np.frombuffer(chunk.buffers()[1], dtype=dtype, count=len(chunk), offset=chunk.offset * 8)
+    return data.astype(np.float64, copy=False)
 
 
 def _json_cell(value: Any) -> str:

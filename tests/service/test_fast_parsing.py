@@ -91,3 +91,15 @@ def test_a_large_numeric_file_matches_the_reference(tmp_path, fast_only, monkeyp
     reference = np.array([[float(cell) for cell in line.split(",")]
                           for line in path.read_text().splitlines()[1:] if line], dtype=np.float32)
     assert np.array_equal(table.values, reference)
+
+
+def test_pyarrow_columns_are_read_from_their_buffers_at_their_offsets():
+    import pyarrow as pa
+
+    ints = pa.array([1, -2, 2**53 + 1, 7], type=pa.int64())
+    doubles = pa.array([0.1, 2.5, -1e300, 3.0], type=pa.float64())
+    assert parsing._chunk_as_float64(ints).tolist() == [1.0, -2.0, float(2**53 + 1), 7.0]
+    assert parsing._chunk_as_float64(ints.slice(2, 2)).tolist() == [float(2**53 + 1), 7.0]
+    assert parsing._chunk_as_float64(doubles.slice(1, 2)).tolist() == [2.5, -1e300]
+    assert parsing._chunk_as_float64(doubles.slice(4)).tolist() == []
+    assert parsing._chunk_as_float64(pa.array([1.0, None])) is None
