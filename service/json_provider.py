@@ -25,16 +25,16 @@ class ServiceJSONProvider(DefaultJSONProvider):
       before, so the view still answers with the field at fault, and a body
       that is not JSON gets the json module's error message;
     - what orjson cannot write the same way (keys that are not strings,
-      integers beyond 64 bits) is written by the json module; dates and
-      dataclasses go through Flask's `default`.
+      integers beyond 64 bits, a lone surrogate) is written by the json module
+      as before; dates and dataclasses go through Flask's `default`.
 
-    One difference is kept on purpose: integers beyond 64 bits in a body are
-    read as floats, and non-finite floats in an answer are written as null
-    (valid JSON) where the json module wrote NaN.
+    Differences kept on purpose: integers beyond 64 bits in a body are read as
+    floats; answers are UTF-8 where the json module wrote `\\u` escapes; and
+    non-finite floats in an answer are written as null (valid JSON) where the
+    json module wrote NaN.
     """
 
     sort_keys = False
-    ensure_ascii = False  # orjson writes UTF-8; the fallback writes the same bytes
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         """Parse JSON text or UTF-8 bytes."""

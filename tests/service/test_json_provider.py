@@ -62,6 +62,8 @@ def test_what_orjson_writes_differently_goes_to_the_json_module(provider):
     assert provider.dumps({1: "a"}, separators=(",", ":")) == '{"1":"a"}'  # keys that are not strings
     assert provider.dumps([2 ** 70], separators=(",", ":")) == f"[{2 ** 70}]"  # beyond 64 bits
     assert provider.dumps({"a": 1}, indent=2) == '{\n  "a": 1\n}'  # debug mode's indented answers
+    # A lone surrogate (the json module reads one in a body): escaped, so the answer encodes as UTF-8.
+    assert provider.dumps({"name": "\ud800"}, separators=(",", ":")) == '{"name":"\\ud800"}'
 
 
 def test_non_finite_floats_are_written_as_null(provider):
