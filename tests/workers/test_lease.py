@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from tests.conftest import blobs_rows, csv_text
-from tests.workers.test_training import MLP, run, submit
+from tests.workers.test_training import MLP, on_each_epoch, run, submit
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
 
@@ -54,16 +54,14 @@ def abandon_after(monkeypatch, epoch: int) -> list[int]:
     from workers import training
 
     trained: list[int] = []
-    original = training.JobRecorder.on_epoch_end
     parent = training.os.getppid()
 
-    def record(self, record):
-        original(self, record)
+    def record(recorder, record):
         trained.append(record["epoch"])
         if record["epoch"] == epoch:
             monkeypatch.setattr(training.os, "getppid", lambda: parent + 1)
 
-    monkeypatch.setattr(training.JobRecorder, "on_epoch_end", record)
+    on_each_epoch(monkeypatch, record)
     return trained
 
 
@@ -131,16 +129,9 @@ def test_checkpoint_writes_are_throttled(app, job_id, monkeypatch):
 
 def test_a_shutting_down_worker_hands_the_job_back_with_a_checkpoint(app, job_id, monkeypatch):
     from service.tables import JobCheckpoint
-    from workers import training
 
     trained: list[int] = []
-    original = training.JobRecorder.on_epoch_end
-
-    def record(self, record):
-        original(self, record)
-        trained.append(record["epoch"])
-
-    monkeypatch.setattr(training.JobRecorder, "on_epoch_end", record)
+    on_each_epoch(monkeypatch, lambda recorder, record: trained.append(record["epoch"]))
     published = []
     # The checkpoint interval is long: the hand-back stores the latest one anyway.
     assert run(app, job_id, owner="first", settings=settings(checkpoint_interval_s=3600),
