@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks._report import append_row, machine, print_ratio  # noqa: E402
 from benchmarks._servers import api_server, auth_headers, gunicorn, service_env  # noqa: E402
+from service.api.models import PredictFastLane  # noqa: E402
 
 SECTION = "/predict (benchmarks/predict.py)"
 FEATURES = 12
@@ -110,7 +111,7 @@ def wrk(url: str, body: str, threads: int, connections: int, seconds: float, wor
 
 
 PREDICT_HISTOGRAM = re.compile(r'^backprop_http_request_duration_seconds_(sum|count)\{method="POST",'
-                               r'route="/v1/models/<model_id>/predict"\} (\S+)$', re.M)
+                               rf'route="{re.escape(PredictFastLane.ROUTE)}"\}} (\S+)$', re.M)
 
 
 def predict_histogram(session, base: str) -> tuple[float, float]:
