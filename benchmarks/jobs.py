@@ -63,8 +63,15 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks._report import append_row, machine  # noqa: E402
-from benchmarks._servers import (api_server, auth_headers, celery_worker,  # noqa: E402
-                                 create_api_key, backends, servers_reachable, service_env)
+from benchmarks._servers import (  # noqa: E402
+    api_server,
+    auth_headers,
+    backends,
+    celery_worker,
+    create_api_key,
+    servers_reachable,
+    service_env,
+)
 
 SECTION = "Jobs (benchmarks/jobs.py)"
 TINY = {"layers": [{"type": "dense", "units": 4, "activation": "relu"}, {"type": "dense", "units": 2}]}
@@ -131,8 +138,8 @@ def overhead(session, base: str, seconds: float, rounds: int) -> tuple[float, fl
     barely touches: loading, preprocessing, progress writes, checkpoints, saving.
     """
     import backprop
-    from service.parsing import describe_target, parse_csv
-    from service.preprocessing import Preprocessor, fit
+    from service.core.data.parsing import describe_target, parse_csv
+    from service.core.data.preprocessing import Preprocessor, fit
 
     X, y, data = table(20_000, 32, seed=1)
     training = {"epochs": 1, "batch_size": 64, "optimizer": "adam", "learning_rate": 0.001,

@@ -66,7 +66,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks import _servers  # noqa: E402
 from benchmarks._report import append_row, machine  # noqa: E402
-from benchmarks._servers import BIN, api_server, create_api_key, backends, servers_reachable, service_env  # noqa: E402
+from benchmarks._servers import BIN, api_server, backends, create_api_key, servers_reachable, service_env  # noqa: E402
 
 SECTION = "Load (benchmarks/load.py)"
 TERMINAL = ("succeeded", "failed", "cancelled")

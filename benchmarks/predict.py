@@ -57,7 +57,7 @@ def train_model(data_dir: str) -> tuple[str, np.ndarray, str]:
 
     os.environ["DATA_DIR"] = data_dir
     from service import create_app
-    from service.auth import create_key
+    from service.core.tenancy.keys import create_key
     from workers.training import run_job
 
     rng = np.random.default_rng(0)

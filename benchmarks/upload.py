@@ -63,11 +63,11 @@ def parsers() -> dict[str, tuple[str, Callable[[Path], np.ndarray]]]:
     """The candidates: name -> (module to import first, function path -> float32 matrix)."""
 
     def service_parser(path: Path) -> np.ndarray:
-        from service import parsing
+        from service.core.data import parsing
         return parsing.parse_csv(path).values
 
     def csv_module(path: Path) -> np.ndarray:
-        from service import parsing
+        from service.core.data import parsing
         header, rows = parsing._csv_rows(path, "file")
         return parsing.parse_rows(header, rows, field="file", row_field=None).values
 
@@ -112,7 +112,7 @@ def run_parser(name: str, path: Path, repeat: int) -> None:
     module, parse = parsers()[name]
     try:
         importlib.import_module(module)
-        import service.parsing  # noqa: F401 - imported by every candidate's process alike
+        import service.core.data.parsing  # noqa: F401 - imported by every candidate's process alike
     except ImportError as error:
         print(json.dumps({"missing": error.name}))
         return
@@ -189,7 +189,7 @@ def _nothing() -> Iterator[None]:
 
 def parse_only(path: Path) -> float:
     """Time the service's parser in this process; return MB/s."""
-    from service import parsing
+    from service.core.data import parsing
 
     started = time.perf_counter()
     parsing.parse_csv(path)

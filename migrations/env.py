@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from alembic import context
 
-from service.config import is_sqlite, load_config
-from service.db import make_engine
-from service.tables import Base
+from service.core.db.engine import make_engine
+from service.core.db.tables import Base
+from service.core.settings import is_sqlite, load_config
 
 config = context.config
 target_metadata = Base.metadata
 
 
 def database_url() -> str:
-    """Return the URL set by service.db.upgrade_database, else DATABASE_URL."""
+    """Return the URL set by service.core.db.engine.upgrade_database, else DATABASE_URL."""
     return config.get_main_option("sqlalchemy.url") or load_config()["DATABASE_URL"]
 
 

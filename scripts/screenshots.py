@@ -293,7 +293,7 @@ def shoot_cli(playwright: Any, api: Api, key: str | None, workdir: Path, out: Pa
     network = workdir / "net.json"
     network.write_text(json.dumps(GRAPH))
     epochs = 40
-    backprop = str(BIN / "backprop") if (BIN / "backprop").exists() else f"{sys.executable} -m service.cli"
+    backprop = str(BIN / "backprop") if (BIN / "backprop").exists() else f"{sys.executable} -m service.client.cli"
     command = f"backprop train --dataset {dataset_id} --network net.json --epochs {epochs} --early-stopping-patience 0 --watch"
     socket_name = f"backprop-shots-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "TERM": "xterm-256color", "BACKPROP_URL": api.url, "PYTHONPATH": str(ROOT),

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> "Flask":
-    """Create the API app (see service.app.create_app)."""
-    from service.app import create_app as create
+    """Create the API app (see service.api.app.create_app)."""
+    from service.api.app import create_app as create
 
     return create(test_config)

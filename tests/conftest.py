@@ -81,7 +81,7 @@ class RecordingQueue:
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Migrate one SQLite database per session; each test copies it (faster than migrating)."""
-    from service.db import upgrade_database
+    from service.core.db.engine import upgrade_database
 
     path = tmp_path_factory.mktemp("template") / "backprop.db"
     upgrade_database(f"sqlite:///{path}")
@@ -94,7 +94,7 @@ def postgres_url() -> Iterator[str]:
     admin_url = require_postgres()
     import sqlalchemy as sa
 
-    from service.db import normalize_url, upgrade_database
+    from service.core.db.engine import normalize_url, upgrade_database
 
     name = f"backprop_test_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(normalize_url(admin_url), isolation_level="AUTOCOMMIT")
@@ -113,8 +113,8 @@ def postgres_url() -> Iterator[str]:
 def _truncate(url: str) -> None:
     import sqlalchemy as sa
 
-    from service.db import make_engine
-    from service.tables import Base
+    from service.core.db.engine import make_engine
+    from service.core.db.tables import Base
 
     engine = make_engine(url)
     with engine.begin() as connection:
@@ -159,8 +159,8 @@ TENANTS = ("alice", "bob")
 @pytest.fixture
 def api_keys(app: Any) -> dict[str, str]:
     """Tenants alice and bob with a key each, made the way `keys create` makes them: {tenant: key}."""
-    from service.auth import create_key
-    from service.db import make_session_factory
+    from service.core.db.engine import make_session_factory
+    from service.core.tenancy.keys import create_key
 
     sessions = make_session_factory(app.extensions["backprop.engine"])
     keys = {}

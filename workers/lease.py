@@ -1,4 +1,4 @@
-"""The job row's lease and the reaper that recovers lost jobs (docs/jobs.md).
+"""The job row's lease: claim, heartbeat, hand-back, time limits (docs/jobs.md; the reaper is workers/reaper.py).
 
 Every change of a job's state here is one conditional UPDATE whose WHERE clause
 says what the writer believes (queued; running and stale; held by me). SQLite
@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -24,10 +23,10 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.config import load_config
-from service.db import make_engine, make_session_factory
-from service.ids import utcnow
-from service.tables import Job
+from service.core.db.engine import make_engine, make_session_factory
+from service.core.db.tables import Job
+from service.core.ids import utcnow
+from service.core.settings import load_config
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ _default_sessions: sessionmaker[Session] | None = None
 
 @dataclass(frozen=True)
 class JobSettings:
-    """The recovery settings of service.config.JOB_SETTINGS, in seconds unless named otherwise."""
+    """The recovery settings of service.core.settings.JOB_SETTINGS, in seconds unless named otherwise."""
 
     lease_timeout_s: float = 60.0
     reaper_interval_s: float = 10.0
@@ -181,105 +180,3 @@ def hand_back(sessions: sessionmaker[Session], job_id: str, owner: str) -> bool:
 def as_utc(moment: datetime) -> datetime:
     """Return an aware UTC datetime (SQLite gives naive UTC back)."""
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-def _same(column: Any, value: Any) -> Any:
-    return column.is_(None) if value is None else column == value
-
-
-def reap(sessions: sessionmaker[Session], publish: Publish, settings: JobSettings,
-         now: datetime | None = None) -> dict[str, int]:
-    """Recover lost jobs once; return how many were re-queued, re-published, cancelled, failed.
-
-    - running with a stale heartbeat: cancelled if a user asked, failed when over
-      the time limit or out of attempts, else queued again and published;
-    - queued longer than REQUEUE_QUEUED_AFTER_S (its message may be gone):
-      published again, or failed when deliveries keep failing before the claim.
-
-    Each change is a compare-and-set on what was read, so several workers' reapers
-    can run at once and only one acts on a job. Publishing a job twice is harmless:
-    the claim lets one delivery train it.
-    """
-    now = now or utcnow()
-    stale = now - timedelta(seconds=settings.lease_timeout_s)
-    counts = {"requeued": 0, "republished": 0, "cancelled": 0, "failed": 0}
-    to_publish: list[tuple[str, str]] = []
-    with sessions() as session:
-        lost = session.execute(select(Job.id, Job.owner, Job.heartbeat_at, Job.attempt, Job.cancel_requested,
-                                      Job.started_at, Job.device, Job.time_limit_s)
-                               .where(Job.status == "running", Job.heartbeat_at < stale)).all()
-        for job in lost:
-            values: dict[str, Any]
-            limit = time_limit(job.time_limit_s, settings)
-            if job.cancel_requested:
-                kind, values = "cancelled", {"status": "cancelled", "finished_at": now}
-            elif limit is not None and job.started_at is not None and \
-                    (now - as_utc(job.started_at)).total_seconds() > limit[0]:
-                kind, values = "failed", {"status": "failed", "finished_at": now, "error": limit[1]}
-            elif job.attempt >= settings.max_attempts:
-                kind, values = "failed", {"status": "failed", "finished_at": now,
-                                          "error": lost_error(job.attempt)}
-            else:
-                kind, values = "requeued", {"status": "queued", "owner": None, "heartbeat_at": None,
-                                            "published_at": now}
-            changed = session.execute(update(Job).where(
-                Job.id == job.id, Job.status == "running", _same(Job.owner, job.owner),
-                _same(Job.heartbeat_at, job.heartbeat_at)).values(**values)).rowcount
-            session.commit()
-            if changed:
-                counts[kind] += 1
-                log.warning("job %s: lease of %s is stale (attempt %d): %s", job.id, job.owner,
-                            job.attempt, kind)
-                if kind == "requeued":
-                    to_publish.append((job.id, job.device))
-
-        waited = now - timedelta(seconds=settings.requeue_queued_after_s)
-        forgotten = session.execute(select(Job.id, Job.published_at, Job.deliveries, Job.attempt, Job.device)
-                                    .where(Job.status == "queued",
-                                           func.coalesce(Job.published_at, Job.created_at) < waited)).all()
-        for job in forgotten:
-            if job.deliveries - job.attempt >= settings.max_attempts:
-                if fail_queued(sessions, job.id, undeliverable_error(job.deliveries)):
-                    counts["failed"] += 1
-                continue
-            changed = session.execute(update(Job).where(
-                Job.id == job.id, Job.status == "queued", _same(Job.published_at, job.published_at))
-                .values(published_at=now)).rowcount
-            session.commit()
-            if changed:
-                counts["republished"] += 1
-                to_publish.append((job.id, job.device))
-    for job_id, device in to_publish:
-        try:
-            publish(job_id, device)
-        except Exception:  # the broker is down: the job stays queued; a pass after REQUEUE_QUEUED_AFTER_S retries
-            log.exception("job %s: could not publish it again", job_id)
-    return counts
-
-
-class Reaper:
-    """Run reap() every REAPER_INTERVAL_S in a daemon thread (one per worker; see docs/jobs.md)."""
-
-    def __init__(self, sessions: sessionmaker[Session], publish: Publish, settings: JobSettings) -> None:
-        self.sessions = sessions
-        self.publish = publish
-        self.settings = settings
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="backprop-reaper", daemon=True)
-
-    def start(self) -> None:
-        """Start the thread."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Ask the thread to stop after its current pass."""
-        self._stop.set()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.settings.reaper_interval_s):
-            try:
-                counts = reap(self.sessions, self.publish, self.settings)
-                if any(counts.values()):
-                    log.warning("reaper: %s", counts)
-            except Exception:  # the database is down: try again next interval
-                log.exception("reaper pass failed")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from service.queue import TRAIN_TASK
-from workers import celery, publish_job, shutdown_requested
+from service.core.jobs.publishing import TRAIN_TASK
+from workers.app import celery, publish_job, shutdown_requested
 from workers.lease import default_sessions, fail_queued, record_delivery
 
 log = logging.getLogger(__name__)

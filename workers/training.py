@@ -9,19 +9,29 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import backprop
 import numpy as np
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.ids import new_id, utcnow
-from service.logs import job_context
-from service.preprocessing import Preprocessor, fit
-from service.store import load_table
-from service.tables import Dataset, Job, JobCheckpoint, JobEpoch, TrainedModel
-from workers.lease import (JobSettings, Publish, as_utc, claim, default_owner, default_sessions,
-                           default_settings, hand_back, time_limit)
+import backprop
+from service.core.data.preprocessing import Preprocessor, fit
+from service.core.db.store import load_table
+from service.core.db.tables import Dataset, Job, JobCheckpoint, JobEpoch, TrainedModel
+from service.core.ids import new_id, utcnow
+from service.core.logs import job_context
+from workers.app import publish_job
+from workers.lease import (
+    JobSettings,
+    Publish,
+    as_utc,
+    claim,
+    default_owner,
+    default_sessions,
+    default_settings,
+    hand_back,
+    time_limit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -383,12 +393,6 @@ def _train(sessions: sessionmaker[Session], job_id: str, recorder: JobRecorder) 
         session.commit()
 
 
-def _publish_with_celery(job_id: str, queue: str) -> None:
-    from workers import publish_job
-
-    publish_job(job_id, queue)
-
-
 def _hand_back(sessions: sessionmaker[Session], job_id: str, recorder: JobRecorder, publish: Publish) -> str:
     """Store the latest checkpoint, return the job to the queue and publish it for another worker."""
     try:
@@ -439,11 +443,11 @@ def _run_job(job_id: str, sessions: sessionmaker[Session] | None, owner: str | N
         recorder.finish("cancelled")
         return "cancelled"
     except ShuttingDown:
-        return _hand_back(sessions, job_id, recorder, publish or _publish_with_celery)
+        return _hand_back(sessions, job_id, recorder, publish or publish_job)
     except SystemExit:
         # Billiard's SIGTERM handler in a pool process (a signal to the whole process
         # group): hand the job back on the way out rather than wait for the lease to go stale.
-        _hand_back(sessions, job_id, recorder, publish or _publish_with_celery)
+        _hand_back(sessions, job_id, recorder, publish or publish_job)
         raise
     except TimeLimitExceeded as error:
         recorder.finish("failed", str(error))

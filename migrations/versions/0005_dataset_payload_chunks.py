@@ -5,7 +5,7 @@ Revises: 0004
 Create Date: 2026-11-28 02:50:00.000000
 
 Payloads stored before this revision keep their single `npz` value and stay
-readable (service.store reads both forms); new ones hold b"" there. Empty rather
+readable (service.core.db.store reads both forms); new ones hold b"" there. Empty rather
 than NULL: making the column nullable would rebuild dataset_payloads on SQLite,
 which its foreign keys (datasets, the chunks) forbid while they hold rows.
 """

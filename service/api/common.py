@@ -6,12 +6,11 @@ from typing import Any, TypeVar
 
 from flask import current_app, request
 from pydantic import BaseModel, ValidationError
-
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import BadRequest
 
-from service.auth import current_tenant
-from service.errors import ApiError, from_validation_error, invalid, not_found
+from service.api.auth import current_tenant
+from service.core.problems import ApiError, from_validation_error, invalid, not_found
 
 M = TypeVar("M", bound=BaseModel)
 Row = TypeVar("Row")

@@ -9,16 +9,16 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request, url_for
 from sqlalchemy import exists, select
 
-from service import limits
+from service.api.auth import current_tenant
 from service.api.common import get_or_404, json_body, page, page_args, validate_body
-from service.auth import current_tenant
-from service.db import get_session, get_session_factory
-from service.errors import ApiError, invalid
-from service.ids import isoformat
-from service.parsing import ParsedTable, TableError, describe_target, parse_csv, parse_json_rows
-from service.schemas import DatasetJson
-from service.store import dataset_input_width, delete_dataset, paginate, save_dataset
-from service.tables import Dataset, DatasetPayload, Job
+from service.api.db import get_session, get_session_factory
+from service.core.data.parsing import ParsedTable, TableError, describe_target, parse_csv, parse_json_rows
+from service.core.db.store import dataset_input_width, delete_dataset, paginate, save_dataset
+from service.core.db.tables import Dataset, DatasetPayload, Job
+from service.core.ids import isoformat
+from service.core.problems import ApiError, invalid
+from service.core.schemas import DatasetJson
+from service.core.tenancy import limits
 
 bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
 

@@ -12,9 +12,9 @@ from flask import Blueprint, Response, current_app, request, stream_with_context
 from sqlalchemy import select
 
 from service.api.common import get_or_404
-from service.db import get_session
-from service.errors import invalid
-from service.tables import TERMINAL_STATUSES, Job, JobEpoch
+from service.api.db import get_session
+from service.core.db.tables import TERMINAL_STATUSES, Job, JobEpoch
+from service.core.problems import invalid
 
 bp = Blueprint("events", __name__, url_prefix="/v1/jobs")
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
-from service import export
 from service.api.common import get_or_404
-from service.db import get_session
-from service.errors import invalid
-from service.tables import TrainedModel
+from service.api.db import get_session
+from service.core.db.tables import TrainedModel
+from service.core.models import export
+from service.core.problems import invalid
 
 bp = Blueprint("export", __name__, url_prefix="/v1/models")
 

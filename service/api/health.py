@@ -7,8 +7,8 @@ from typing import Any
 from flask import Blueprint, Response, current_app
 from sqlalchemy import text
 
-from service.db import get_session
-from service.errors import problem_response
+from service.api.db import get_session
+from service.api.errors import problem_response
 
 bp = Blueprint("health", __name__)
 

@@ -5,23 +5,24 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import backprop
-from backprop.config import TrainingConfig
 from flask import Blueprint, current_app, request, url_for
 from sqlalchemy import select, update
 from sqlalchemy.orm import defer
 
-from service import limits, warm_start
+import backprop
+from backprop.config import TrainingConfig
+from service.api.auth import current_tenant
 from service.api.common import find_owned, get_or_404, json_body, page, page_args, validate_body
+from service.api.db import get_session
 from service.api.networks import check_definition, problem_entries
-from service.auth import current_tenant
-from service.db import get_session
-from service.errors import ApiError, invalid
-from service.ids import isoformat, new_id, utcnow
-from service.queue import JobQueue
-from service.schemas import JOB_LOSS_FOR_TASK, JobCreate
-from service.store import dataset_input_width, paginate
-from service.tables import JOB_STATUSES, Dataset, Job, JobEpoch, Network, TrainedModel
+from service.core.db.store import dataset_input_width, paginate
+from service.core.db.tables import JOB_STATUSES, Dataset, Job, JobEpoch, Network, TrainedModel
+from service.core.ids import isoformat, new_id, utcnow
+from service.core.jobs import warm_start
+from service.core.jobs.publishing import JobQueue
+from service.core.problems import ApiError, invalid
+from service.core.schemas import JOB_LOSS_FOR_TASK, JobCreate
+from service.core.tenancy import limits
 
 log = logging.getLogger(__name__)
 

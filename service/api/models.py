@@ -15,17 +15,17 @@ from flask.blueprints import BlueprintSetupState
 from sqlalchemy import exists, select
 from sqlalchemy.orm import defer
 
+from service.api.auth import authenticate, current_tenant
 from service.api.common import get_or_404, json_body, page, page_args, validate_body
-from service.auth import authenticate, current_tenant
-from service.db import get_session
-from service.errors import ApiError, invalid, not_found
-from service.ids import isoformat
-from service.logs import REQUEST_ID_HEADER, request_id_from
-from service.model_cache import ModelCache, Predictor
-from service.preprocessing import InputError
-from service.schemas import PredictRequest
-from service.store import paginate
-from service.tables import TrainedModel
+from service.api.db import get_session
+from service.api.request_ids import REQUEST_ID_HEADER, request_id_from
+from service.core.data.preprocessing import InputError
+from service.core.db.store import paginate
+from service.core.db.tables import TrainedModel
+from service.core.ids import isoformat
+from service.core.models.cache import ModelCache, Predictor
+from service.core.problems import ApiError, invalid, not_found
+from service.core.schemas import PredictRequest
 
 bp = Blueprint("models", __name__, url_prefix="/v1/models")
 
@@ -189,7 +189,7 @@ class PredictFastLane:
     to load or re-check, another Accept) goes on to the view unchanged, which
     stays the one place where problems are reported. Any check the view makes
     before scoring must be made here too, or the lane must step aside: the key
-    is checked by the same function as Flask's hook (service.auth.authenticate),
+    is checked by the same function as Flask's hook (service.api.auth.authenticate),
     and a request without a good key, or for another tenant's model, goes on to
     the view, which answers its 401 or 404.
     """

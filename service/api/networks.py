@@ -5,20 +5,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import backprop
-from backprop.spec import node_parameters, parse
 from flask import Blueprint, Response, current_app, request, url_for
 from sqlalchemy import select
 
+import backprop
+from backprop.spec import node_parameters, parse
+from service.api.auth import current_tenant
 from service.api.common import find_owned, get_or_404, int_arg, json_body, page, page_args, validate_body
-from service.auth import current_tenant
-from service.config import DEFAULT_MAX_PARAMETERS
-from service.db import get_session
-from service.errors import invalid
-from service.ids import isoformat, new_id
-from service.schemas import NetworkDefinition
-from service.store import dataset_input_width, paginate
-from service.tables import Dataset, Network
+from service.api.db import get_session
+from service.core.db.store import dataset_input_width, paginate
+from service.core.db.tables import Dataset, Network
+from service.core.ids import isoformat, new_id
+from service.core.problems import invalid
+from service.core.schemas import NetworkDefinition
+from service.core.settings import DEFAULT_MAX_PARAMETERS
 
 log = logging.getLogger(__name__)
 

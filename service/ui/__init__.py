@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from backprop import FLAG_EXPLANATIONS
 from flask import Blueprint, Response, current_app, render_template, request, url_for
+
+from backprop import FLAG_EXPLANATIONS
 
 bp = Blueprint("ui", __name__, template_folder="templates", static_folder="static",
                static_url_path="/ui/static")

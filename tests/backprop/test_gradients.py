@@ -9,7 +9,6 @@ import backprop
 from backprop.activations import ACTIVATIONS
 from backprop.initializers import INITIALIZERS
 from backprop.losses import LOSSES
-
 from tests.backprop.gradcheck import assert_gradients_match, targets_for
 
 

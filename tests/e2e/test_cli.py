@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from service.cli import main
+from service.client.cli import main
 from tests.conftest import blobs_rows, csv_text, linear_rows, pets_rows, skip_or_fail
 from tests.e2e.conftest import BIN, ROOT
 
@@ -200,7 +200,7 @@ def test_the_bar_redraws_in_place_in_a_terminal(stack, tmp_path, request):
         skip_or_fail("tmux is not installed (apt-get install tmux)")
     dataset_id, network = saturating(stack, tmp_path, 1500)
     # The installed console script where `pip install -e .` made one, else the module.
-    command = [str(BIN / "backprop")] if (BIN / "backprop").exists() else [sys.executable, "-m", "service.cli"]
+    command = [str(BIN / "backprop")] if (BIN / "backprop").exists() else [sys.executable, "-m", "service.client.cli"]
     command += ["--url", stack.base_url, "--api-key", stack.api_key, "train", "--dataset", dataset_id, "--network", network,
                 "--epochs", "30", "--batch-size", "16", "--optimizer", "sgd", "--learning-rate", "0.001",
                 "--poll", "0.1", "--watch"]
@@ -244,7 +244,7 @@ def test_the_bar_redraws_in_place_in_a_terminal(stack, tmp_path, request):
 def test_the_client_module_needs_nothing_but_requests():
     # service/__init__ builds the Flask app; the client file itself must work without it (a notebook).
     code = ("import importlib.util, sys\n"
-            "spec = importlib.util.spec_from_file_location('client', 'service/client.py')\n"
+            "spec = importlib.util.spec_from_file_location('client', 'service/client/client.py')\n"
             "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
             "assert hasattr(module, 'Client')\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('flask', 'service', 'backprop', 'numpy')))")

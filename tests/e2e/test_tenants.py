@@ -14,7 +14,7 @@ from tests.e2e.conftest import BIN, ROOT, Stack, write_csv
 
 pytestmark = pytest.mark.slow
 
-# service.auth.KEY_CACHE_TTL_S, and some slack for a loaded machine.
+# service.api.auth.KEY_CACHE_TTL_S, and some slack for a loaded machine.
 REVOCATION_WITHIN_S = 10 + 10
 
 

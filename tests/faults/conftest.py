@@ -26,8 +26,18 @@ import pytest
 import requests
 
 from tests.conftest import skip_or_fail
-from tests.e2e.conftest import (BIN, ROOT, STACK_VARIABLES, TERMINAL, Stack, _postgres_database, _signal_group,
-                                compose_command, free_port, write_csv)
+from tests.e2e.conftest import (
+    BIN,
+    ROOT,
+    STACK_VARIABLES,
+    TERMINAL,
+    Stack,
+    _postgres_database,
+    _signal_group,
+    compose_command,
+    free_port,
+    write_csv,
+)
 
 # Short enough that the whole fault suite runs in a few minutes on 2 cores.
 RECOVERY_ENV = {"LEASE_TIMEOUT_S": "5", "REAPER_INTERVAL_S": "1", "REQUEUE_QUEUED_AFTER_S": "4",

@@ -141,12 +141,12 @@ def test_restarting_the_api_mid_job_keeps_polling_and_predict_working(faulty: Fa
 # 6 ----------------------------------------------------------------------------------------------
 
 def test_the_same_job_id_published_twice_is_trained_once(faulty: FaultStack, blobs_csv):
-    from service.config import load_config
-    from service.queue import CeleryJobQueue
+    from service.api.queue import celery_job_queue
+    from service.core.settings import load_config
 
     faulty.start(workers=2)
     job_id = submit(faulty, blobs_csv, epochs=10)
-    queue = CeleryJobQueue(load_config(faulty.env))
+    queue = celery_job_queue(load_config(faulty.env))
     queue.publish(job_id, "cpu")
     queue.publish(job_id, "cpu")
     assert_trained_once(faulty, job_id, attempt=1)
@@ -160,7 +160,7 @@ def test_the_same_job_id_published_twice_is_trained_once(faulty: FaultStack, blo
 
 RACER = """
 import sys, time
-from service.db import make_engine, make_session_factory
+from service.core.db.engine import make_engine, make_session_factory
 from workers.lease import JobSettings, claim
 url, owner, start, *ids = sys.argv[1:]
 sessions = make_session_factory(make_engine(url))
@@ -176,9 +176,9 @@ print(" ".join(won))
 
 @pytest.mark.parametrize("backend_name", ["sqlite"])
 def test_two_workers_racing_to_claim_a_job_on_sqlite_exactly_one_wins(tmp_path, backend_name):
-    from service.db import make_engine, make_session_factory, upgrade_database
-    from service.ids import new_id, utcnow
-    from service.tables import Job
+    from service.core.db.engine import make_engine, make_session_factory, upgrade_database
+    from service.core.db.tables import Job
+    from service.core.ids import new_id, utcnow
 
     url = f"sqlite:///{tmp_path / 'race.db'}"
     upgrade_database(url)

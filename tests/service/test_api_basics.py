@@ -30,7 +30,7 @@ def test_readyz_with_the_real_sqlalchemy_broker(tmp_path, sqlite_template):
 
 
 def test_openapi_is_generated_from_the_request_schemas(client):
-    from service.schemas import JobCreate, TrainingSchema
+    from service.core.schemas import JobCreate, TrainingSchema
 
     spec = client.get("/openapi.json").get_json()
     assert spec["openapi"].startswith("3.")

@@ -360,7 +360,7 @@ def test_names_are_unique():
 
 
 def test_the_parameter_budget_is_a_setting(app, client, dataset_id):
-    from service.config import load_config
+    from service.core.settings import load_config
 
     assert load_config({})["MAX_PARAMETERS"] == 50_000_000
     assert load_config({"MAX_PARAMETERS": "1_000"})["MAX_PARAMETERS"] == 1000

@@ -47,8 +47,7 @@ class FlaskAdapter(BaseAdapter):
 @pytest.fixture
 def backprop_cli(client, monkeypatch):
     """Run `backprop ARGS...` against the test app; return (exit code, output)."""
-    from service import cli
-    from service.client import Client
+    from service.client import Client, cli
 
     def make(url: str, api_key: str | None = None) -> Client:
         session = requests.Session()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import update
 
-from service.parsing import ParsedTable, sha256
-from service.store import dataset_cache_dir, load_table
-from service.tables import Dataset, DatasetPayload
+from service.core.data.parsing import ParsedTable, sha256
+from service.core.db.store import dataset_cache_dir, load_table
+from service.core.db.tables import Dataset, DatasetPayload
 from tests.conftest import blobs_rows, csv_text
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)

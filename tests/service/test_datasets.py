@@ -80,7 +80,7 @@ def test_quotes_bom_crlf_and_blank_trailing_lines_parse(upload_csv):
 def test_same_table_twice_stores_one_payload(app, upload_csv):
     from sqlalchemy import func, select
 
-    from service.tables import DatasetPayload
+    from service.core.db.tables import DatasetPayload
 
     text = csv_text(["a", "b", "c", "d", "label"], blobs_rows(30))
     first = upload_csv(text).get_json()
@@ -173,7 +173,7 @@ def test_upload_over_max_upload_mb_is_413(upload_csv):
 
 
 def test_upload_goes_to_disk_under_data_dir(app, upload_csv, monkeypatch):
-    from service.app import UploadRequest
+    from service.api.app import UploadRequest
 
     seen = []
     original = UploadRequest._get_file_stream
@@ -231,7 +231,7 @@ def test_list_paginates_newest_first(client, upload_csv):
 def test_get_and_delete(client, upload_csv, app):
     from sqlalchemy import func, select
 
-    from service.tables import DatasetPayload
+    from service.core.db.tables import DatasetPayload
 
     text = "a,b\n1,0\n2,1\n"
     one = upload_csv(text).get_json()

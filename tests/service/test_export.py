@@ -158,8 +158,8 @@ def test_a_float64_network_exports_computing_in_float32():
     import types
 
     import backprop
-    from service.export import to_onnx
-    from service.preprocessing import Preprocessor
+    from service.core.data.preprocessing import Preprocessor
+    from service.core.models.export import to_onnx
 
     network = backprop.build(GRAPH, 4, seed=3, dtype="float64")
     definition, weights = backprop.save(network)

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import parsing
-from service.parsing import TableError, parse_csv, parse_rows
+from service.core.data import parsing
+from service.core.data.parsing import TableError, parse_csv, parse_rows
 
 
 def slow_parse(path: Path) -> parsing.ParsedTable:

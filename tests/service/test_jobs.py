@@ -19,7 +19,7 @@ def blobs(upload_csv) -> dict:
 
 
 def test_create_job_commits_then_publishes(client, app, queue, blobs):
-    from service.tables import Job
+    from service.core.db.tables import Job
 
     response = client.post("/v1/jobs", json={"dataset_id": blobs["id"], "network": MLP,
                                              "training": {"epochs": 3, "batch_size": 8}})
@@ -158,7 +158,7 @@ def test_list_filters_by_status_and_cancel_a_queued_job(client, blobs):
 def test_cancel_a_running_job_sets_the_flag_and_a_finished_one_is_409(client, app, blobs):
     from sqlalchemy import update
 
-    from service.tables import Job
+    from service.core.db.tables import Job
 
     job_id = client.post("/v1/jobs", json={"dataset_id": blobs["id"], "network": MLP}).get_json()["id"]
     with app.extensions["backprop.sessions"]() as session:

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from service import logs
+from service.core import logs
 from tests.conftest import blobs_rows, csv_text
 
 

@@ -60,7 +60,7 @@ def test_jobs_by_status_cache_and_fast_lane(client, app, upload_csv):
 def test_running_jobs_report_their_latest_throughput(client, app, upload_csv):
     from sqlalchemy import update
 
-    from service.tables import Job, JobEpoch
+    from service.core.db.tables import Job, JobEpoch
 
     dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(80))).get_json()
     job_id = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "network": MLP}).get_json()["id"]

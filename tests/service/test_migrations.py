@@ -15,8 +15,8 @@ def _differences(url: str) -> list:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from service.db import make_engine
-    from service.tables import Base
+    from service.core.db.engine import make_engine
+    from service.core.db.tables import Base
 
     engine = make_engine(url)
     with engine.connect() as connection:
@@ -26,8 +26,9 @@ def _differences(url: str) -> list:
 
 
 def test_sqlite_schema_matches_the_models_and_downgrades(tmp_path):
-    from service.db import alembic_config, make_engine, upgrade_database
     from alembic import command
+
+    from service.core.db.engine import alembic_config, make_engine, upgrade_database
 
     url = f"sqlite:///{tmp_path / 'm.db'}"
     upgrade_database(url)
@@ -52,7 +53,7 @@ def empty_database(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
         return
     import sqlalchemy as sa
 
-    from service.db import normalize_url
+    from service.core.db.engine import normalize_url
 
     admin_url = require_postgres()
     name = f"backprop_mig_{uuid.uuid4().hex[:12]}"
@@ -71,7 +72,7 @@ def test_0003_gives_existing_rows_the_default_tenant_and_goes_back(empty_databas
     import sqlalchemy as sa
     from alembic import command
 
-    from service.db import alembic_config, make_engine, upgrade_database
+    from service.core.db.engine import alembic_config, make_engine, upgrade_database
 
     url = empty_database
     upgrade_database(url, "0002")

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from service import model_cache
+from service.core.models import cache as model_cache
 
 
 class FakePredictor:

@@ -176,7 +176,7 @@ def test_stored_archives_refuse_a_pickle(tmp_path):
     import numpy as np
 
     from backprop.checkpoint import unpack
-    from service.parsing import ParsedTable
+    from service.core.data.parsing import ParsedTable
 
     marker = tmp_path / f"ran-{uuid.uuid4().hex}"
     buffer = io.BytesIO()

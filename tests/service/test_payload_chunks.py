@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from sqlalchemy import event, func, select, update
 
-from service import store
-from service.parsing import ParsedTable, sha256
-from service.store import PAYLOAD_CHUNK_BYTES, load_table, store_payload
-from service.tables import Dataset, DatasetPayload, DatasetPayloadChunk
+from service.core.data.parsing import ParsedTable, sha256
+from service.core.db import store
+from service.core.db.store import PAYLOAD_CHUNK_BYTES, load_table, store_payload
+from service.core.db.tables import Dataset, DatasetPayload, DatasetPayloadChunk
 from tests.conftest import csv_text
 
 both_databases = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
@@ -140,7 +140,7 @@ def test_downgrading_0005_joins_the_chunks_into_one_value(tmp_path, monkeypatch)
     from sqlalchemy import inspect
     from sqlalchemy.orm import sessionmaker
 
-    from service.db import alembic_config, make_engine, upgrade_database
+    from service.core.db.engine import alembic_config, make_engine, upgrade_database
 
     monkeypatch.setattr(store, "PAYLOAD_CHUNK_BYTES", 4096)
     url = f"sqlite:///{tmp_path / 'm.db'}"
@@ -170,7 +170,7 @@ def test_downgrading_0005_joins_the_chunks_into_one_value(tmp_path, monkeypatch)
 def test_a_multipart_upload_of_many_read_steps_arrives_whole(app, upload_csv, form_memory):
     """The body is read in steps of MULTIPART_READ_BYTES, kept under half of MAX_FORM_MEMORY_SIZE
     (werkzeug answers 413 when a step would take its buffer past it)."""
-    from service.app import MULTIPART_READ_BYTES
+    from service.api.app import MULTIPART_READ_BYTES
 
     app.config["MAX_FORM_MEMORY_SIZE"] = form_memory
     rows = [[i, round(i * 0.25, 2), i % 3] for i in range(60_000)]

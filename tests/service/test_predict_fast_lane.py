@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import delete
 
 from service.api import models
-from service.tables import TrainedModel
+from service.core.db.tables import TrainedModel
 from tests.conftest import blobs_rows
 from tests.service.test_datasets import problem
 from tests.service.test_predict_csv import trained

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import func, select
 
 from service.api import models as models_api
-from service.tables import Dataset, DatasetPayload, Job, Network, TrainedModel
+from service.core.db.tables import Dataset, DatasetPayload, Job, Network, TrainedModel
 from tests.conftest import blobs_rows, client_with_key, csv_text
 from tests.service.test_datasets import problem
 
@@ -233,8 +233,8 @@ def test_keys_cli_create_list_revoke(app):
     key_id = next(line.split()[0] for line in listed.stdout.splitlines() if " carol " in line)
     assert key_id.startswith("key_")
     with app.extensions["backprop.sessions"]() as session:  # stored as its sha256, never itself
-        from service.auth import hash_key
-        from service.tables import ApiKey
+        from service.core.db.tables import ApiKey
+        from service.core.tenancy.keys import hash_key
 
         assert session.get(ApiKey, key_id).key_hash == hash_key(key)
         assert session.scalar(select(func.count()).select_from(ApiKey).where(ApiKey.key_hash == key)) == 0
@@ -254,8 +254,8 @@ def test_keys_cli_create_list_revoke(app):
 
 def test_a_revoked_key_works_until_the_cache_forgets_it(app, api_keys, client):
     """Revocation from another process takes effect within the key cache's TTL."""
-    from service.ids import utcnow
-    from service.tables import ApiKey
+    from service.core.db.tables import ApiKey
+    from service.core.ids import utcnow
 
     assert client.get("/v1/jobs").status_code == 200  # alice's key is cached now
     with app.extensions["backprop.sessions"]() as session:
@@ -279,28 +279,28 @@ def test_auth_off_needs_no_key_and_everything_is_the_default_tenant(app, alice, 
 
 
 def test_start_up_says_how_requests_are_authenticated(app, caplog):
-    from service.auth import _startup_notes
+    from service.api.auth import _startup_notes
 
-    with caplog.at_level(logging.WARNING, logger="service.auth"):
+    with caplog.at_level(logging.WARNING, logger="service.api.auth"):
         _startup_notes(app)  # AUTH=on and no key yet
     assert "keys create --tenant NAME" in caplog.text and "401" in caplog.text
     caplog.clear()
     app.config["AUTH"] = "off"
-    with caplog.at_level(logging.WARNING, logger="service.auth"):
+    with caplog.at_level(logging.WARNING, logger="service.api.auth"):
         _startup_notes(app)
     assert "AUTH=off" in caplog.text and "'default'" in caplog.text and "127.0.0.1" in caplog.text
 
 
 def test_start_up_is_quiet_about_keys_once_one_exists(app, api_keys, caplog):
-    from service.auth import _startup_notes
+    from service.api.auth import _startup_notes
 
-    with caplog.at_level(logging.WARNING, logger="service.auth"):
+    with caplog.at_level(logging.WARNING, logger="service.api.auth"):
         _startup_notes(app)
     assert caplog.text == ""
 
 
 def test_a_bad_auth_setting_is_an_error_at_start():
-    from service.config import load_config
+    from service.core.settings import load_config
 
     with pytest.raises(ValueError, match="AUTH must be on or off"):
         load_config({"AUTH": "yes"})
@@ -335,7 +335,7 @@ def test_too_many_jobs_is_429_naming_the_limit(app, client, bob_client, queue):
 @both_databases
 def test_concurrent_jobs_of_one_tenant_cannot_share_its_last_slot(app, api_keys, client, queue, monkeypatch):
     """Eight requests at once, each slowed between its count and its commit: exactly the limit pass."""
-    from service import limits
+    from service.core.tenancy import limits
 
     app.config["TENANT_MAX_CONCURRENT_JOBS"] = 2
     dataset = upload(client)
@@ -384,7 +384,7 @@ def test_a_tenants_own_limits_override_the_settings(app, client, bob_client):
 
 def _fill_storage(app: Any, tenant: str, size: int) -> None:
     """Give a tenant a model of `size` bytes of weights (what a finished job would store)."""
-    from service.ids import new_id
+    from service.core.ids import new_id
 
     with app.extensions["backprop.sessions"]() as session:
         session.add(TrainedModel(id=new_id("mdl"), tenant_id=tenant, job_id="job_x", dataset_id="ds_x",
@@ -423,7 +423,7 @@ def test_storage_over_the_limit_is_413_naming_it(app, client, bob_client):
 
 @both_databases
 def test_stored_bytes_count_each_payload_once_and_the_models(app, alice):
-    from service.limits import stored_bytes
+    from service.core.tenancy.limits import stored_bytes
 
     with app.extensions["backprop.sessions"]() as session:
         payload = session.scalar(select(DatasetPayload.size_bytes))

@@ -126,7 +126,7 @@ def test_absurd_time_limits_are_422s_naming_the_field(client, blobs, value):
 
 
 def test_the_time_limit_is_stored_and_shown(client, app, blobs):
-    from service.tables import Job
+    from service.core.db.tables import Job
 
     job = create(client, dataset_id=blobs["id"], network=MLP, time_limit_s=90.5).get_json()
     assert job["time_limit_s"] == 90.5

@@ -79,7 +79,7 @@ def test_the_vendored_chart_library_comes_with_its_licence_and_version():
 
 
 def test_one_table_explains_the_flags_for_the_engine_the_cli_and_the_docs():
-    from service.cli import FLAG_EXPLANATIONS as CLI_TABLE
+    from service.client.cli import FLAG_EXPLANATIONS as CLI_TABLE
 
     assert set(FLAG_EXPLANATIONS) == {"vanishing_gradients", "exploding_gradients", "saturation"}
     assert CLI_TABLE is FLAG_EXPLANATIONS

@@ -29,14 +29,14 @@ def job_id(client, upload_csv) -> str:
 
 
 def job_row(app, job_id):
-    from service.tables import Job
+    from service.core.db.tables import Job
 
     with app.extensions["backprop.sessions"]() as session:
         return session.get(Job, job_id)
 
 
 def set_row(app, job_id, **values):
-    from service.tables import Job
+    from service.core.db.tables import Job
 
     with app.extensions["backprop.sessions"]() as session:
         session.execute(update(Job).where(Job.id == job_id).values(**values))
@@ -44,7 +44,7 @@ def set_row(app, job_id, **values):
 
 
 def make_stale(app, job_id, seconds=3600):
-    from service.ids import utcnow
+    from service.core.ids import utcnow
 
     set_row(app, job_id, heartbeat_at=utcnow() - timedelta(seconds=seconds))
 
@@ -66,7 +66,7 @@ def abandon_after(monkeypatch, epoch: int) -> list[int]:
 
 
 def model_count(app, job_id) -> int:
-    from service.tables import TrainedModel
+    from service.core.db.tables import TrainedModel
 
     with app.extensions["backprop.sessions"]() as session:
         return session.scalar(select(func.count()).select_from(TrainedModel).where(TrainedModel.job_id == job_id))
@@ -128,7 +128,7 @@ def test_checkpoint_writes_are_throttled(app, job_id, monkeypatch):
 
 
 def test_a_shutting_down_worker_hands_the_job_back_with_a_checkpoint(app, job_id, monkeypatch):
-    from service.tables import JobCheckpoint
+    from service.core.db.tables import JobCheckpoint
 
     trained: list[int] = []
     on_each_epoch(monkeypatch, lambda recorder, record: trained.append(record["epoch"]))
@@ -153,8 +153,9 @@ def test_the_time_limit_fails_the_job_with_the_reason(app, job_id):
 
 
 def test_the_reaper_requeues_cancels_and_fails_lost_jobs(app, client, upload_csv):
-    from service.ids import utcnow
-    from workers.lease import claim, reap
+    from service.core.ids import utcnow
+    from workers.lease import claim
+    from workers.reaper import reap
 
     sessions = app.extensions["backprop.sessions"]
     dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(40))).get_json()
@@ -181,8 +182,8 @@ def test_the_reaper_requeues_cancels_and_fails_lost_jobs(app, client, upload_csv
 
 
 def test_the_reaper_republishes_forgotten_queued_jobs_once_and_fails_undeliverable_ones(app, job_id):
-    from service.ids import utcnow
-    from workers.lease import reap
+    from service.core.ids import utcnow
+    from workers.reaper import reap
 
     sessions = app.extensions["backprop.sessions"]
     published = []

@@ -19,7 +19,7 @@ def _received(broker_url: str, queue_name: str) -> list:
     """Drain the messages waiting on a queue with a plain Kombu consumer."""
     from kombu import Connection, Queue
 
-    from service.queue import make_celery
+    from service.api.queue import make_celery
 
     make_celery({"CELERY_BROKER_URL": broker_url})  # sets the SQLAlchemy transport's polling interval
     messages = []
@@ -48,7 +48,8 @@ def _check(messages: list, job_id: str) -> None:
 def test_make_celery_is_json_only_and_sets_the_polling_interval(tmp_path):
     from kombu.transport import sqlalchemy as kombu_sqlalchemy
 
-    from service.queue import SQLA_POLLING_INTERVAL_S, make_celery
+    from service.api.queue import make_celery
+    from service.core.jobs.publishing import SQLA_POLLING_INTERVAL_S
 
     app = make_celery({"CELERY_BROKER_URL": f"sqla+sqlite:///{tmp_path / 'broker.db'}"})
     assert app.conf.task_serializer == "json" and app.conf.accept_content == ["json"]
@@ -58,22 +59,22 @@ def test_make_celery_is_json_only_and_sets_the_polling_interval(tmp_path):
 
 @pytest.mark.parametrize("device", ["cpu", "gpu"])
 def test_publish_on_the_sqlalchemy_broker(tmp_path, device):
-    from service.queue import CeleryJobQueue
+    from service.api.queue import celery_job_queue
 
     broker = f"sqla+sqlite:///{tmp_path / 'broker.db'}"
-    queue = CeleryJobQueue({"CELERY_BROKER_URL": broker})
+    queue = celery_job_queue({"CELERY_BROKER_URL": broker})
     queue.ping()
     queue.publish("job_123", device)
     _check(_received(broker, device), "job_123")
 
 
 def test_publish_on_redis():
-    from service.queue import CeleryJobQueue
+    from service.api.queue import celery_job_queue
 
     url = require_redis()
     broker = f"{url.rstrip('/')}/15"
     queue_name = f"test-{uuid.uuid4().hex[:8]}"
-    queue = CeleryJobQueue({"CELERY_BROKER_URL": broker})
+    queue = celery_job_queue({"CELERY_BROKER_URL": broker})
     queue.ping()
     queue.publish("job_456", queue_name)
     _check(_received(broker, queue_name), "job_456")
@@ -84,6 +85,8 @@ def test_workers_package_exposes_the_celery_app_with_train_job():
     import workers
 
     assert workers.celery.main == "backprop"
+    assert workers.celery.conf.include == ["workers.tasks"]
+    workers.celery.loader.import_default_modules()  # what a starting worker does with `include`
     assert "train_job" in workers.celery.tasks
     assert workers._concurrency(["celery", "-A", "workers", "worker", "--concurrency", "2"]) == 2
     assert workers._concurrency(["celery", "worker", "-c", "3"]) == 3
@@ -114,7 +117,7 @@ def test_db_upgrade_prepares_the_sqlalchemy_broker_so_workers_starting_together_
     start_at = time.time() + 2
     declare = (
         "import sys, time\n"
-        "from service.queue import make_celery\n"
+        "from service.api.queue import make_celery\n"
         f"app = make_celery({{'CELERY_BROKER_URL': 'sqla+sqlite:///{tmp_path / 'broker.db'}'}})\n"
         f"time.sleep(max(0, {start_at} - time.time()))\n"
         "with app.connection_for_write() as c:\n"

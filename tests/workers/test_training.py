@@ -159,7 +159,7 @@ def test_divergence_fails_the_job_with_an_actionable_message(client, app, upload
 def test_cancellation_between_batches(client, app, upload_csv, monkeypatch):
     from sqlalchemy import update
 
-    from service.tables import Job
+    from service.core.db.tables import Job
     from workers.lease import JobSettings
 
     dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(120))).get_json()
@@ -304,7 +304,7 @@ def test_cancelled_queued_job_is_not_trained(client, app, upload_csv):
 def test_deleted_dataset_fails_the_job(client, app, upload_csv):
     from sqlalchemy import delete
 
-    from service.tables import Dataset
+    from service.core.db.tables import Dataset
 
     dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(40))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=2)
@@ -376,9 +376,9 @@ def test_gpu_job_on_a_host_without_cupy_fails_with_what_to_do(client, app, uploa
 def test_heartbeat_between_batches_and_a_lost_lease_stops_the_worker(client, app, upload_csv, monkeypatch):
     from sqlalchemy import update
 
-    from workers.lease import JobSettings
-    from service.tables import Job
+    from service.core.db.tables import Job
     from workers import training
+    from workers.lease import JobSettings
 
     dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(40))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=1000, batch_size=4)

@@ -147,8 +147,9 @@ def test_the_smaller_limit_applies_and_is_named():
 
 @BOTH
 def test_the_reaper_and_a_late_claim_apply_the_jobs_own_limit(client, app, upload_csv):
-    from service.ids import utcnow
-    from workers.lease import claim, reap
+    from service.core.ids import utcnow
+    from workers.lease import claim
+    from workers.reaper import reap
 
     sessions = app.extensions["backprop.sessions"]
     dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(40))).get_json()

@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import backprop
 import numpy as np
+
+import backprop
 from backprop.checkpoint import pack, unpack
 from backprop.losses import FUSED_ACTIVATION
 

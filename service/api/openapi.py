@@ -9,8 +9,8 @@ from typing import Any
 from flask import Blueprint, current_app
 from pydantic.json_schema import models_json_schema
 
-from service import export
-from service.schemas import REQUEST_MODELS
+from service.core.models import export
+from service.core.schemas import REQUEST_MODELS
 
 bp = Blueprint("docs", __name__)
 

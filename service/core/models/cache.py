@@ -8,11 +8,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-import backprop
 import numpy as np
 
-from service.preprocessing import Preprocessor
-from service.tables import TrainedModel
+import backprop
+from service.core.data.preprocessing import Preprocessor
+from service.core.db.tables import TrainedModel
 
 
 class Predictor:
@@ -44,7 +44,7 @@ class ModelCache:
         self.recheck_s = recheck_s
         self._entries: OrderedDict[str, tuple[Predictor, float]] = OrderedDict()
         self._lock = threading.Lock()
-        # Read by /metrics (service/metrics.py); counted under the lock so no increment is lost.
+        # Read by /metrics (service/api/metrics.py); counted under the lock so no increment is lost.
         self.hits = 0
         self.misses = 0
 

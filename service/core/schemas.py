@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any, Literal, Optional
 
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, create_model, model_validator
+
 import backprop
 from backprop.config import TrainingConfig
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, create_model, model_validator
 
 Cell = Annotated[float | str | None, Field(description="a number, a string, or null (missing)")]
 Task = Literal["classification", "regression"]

@@ -22,8 +22,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import Engine
 
-from service.config import DEVICES
-from service.tables import JOB_STATUSES, Job, JobEpoch
+from service.core.db.tables import JOB_STATUSES, Job, JobEpoch
+from service.core.settings import DEVICES
 
 log = logging.getLogger(__name__)
 

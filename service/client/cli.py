@@ -20,7 +20,7 @@ import click
 import requests
 
 from backprop import FLAG_EXPLANATIONS
-from service.client import DEFAULT_URL, TERMINAL, ApiError, Client
+from service.client.client import DEFAULT_URL, TERMINAL, ApiError, Client
 
 EXIT_ERROR, EXIT_FAILED, EXIT_CANCELLED, EXIT_INTERRUPTED = 1, 3, 4, 130
 PREDICT_CHUNK_ROWS = 10_000

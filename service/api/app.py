@@ -9,8 +9,14 @@ from typing import IO, Any
 from flask import Flask, Request
 from werkzeug.formparser import FormDataParser, MultiPartParser
 
-from service.config import load_config
-from service.json_provider import ServiceJSONProvider
+from service import ui
+from service.api import auth, cli, db, errors, metrics, request_ids
+from service.api import init_app as init_api
+from service.api.json_provider import ServiceJSONProvider
+from service.api.queue import celery_job_queue
+from service.core import logs
+from service.core.models.cache import ModelCache
+from service.core.settings import load_config
 
 # How much of a multipart body werkzeug's decoder takes per step (its default: 64 KiB).
 # Each step costs a fixed amount of Python work: a 100 MB CSV took ~0.46 s of CPU to
@@ -51,7 +57,7 @@ class UploadRequest(Request):
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Create the API app; `test_config` overrides the environment's configuration.
 
-    Besides the keys of service.config, `test_config` may give `QUEUE` (an object with
+    Besides the keys of service.core.settings, `test_config` may give `QUEUE` (an object with
     publish(job_id, queue) and ping()) in place of Celery, and `UPGRADE_ON_START`.
     """
     app = Flask(__name__)
@@ -65,16 +71,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     upload_dir.mkdir(parents=True, exist_ok=True)
     app.request_class = type("AppUploadRequest", (UploadRequest,), {"upload_dir": str(upload_dir)})
 
-    from service import auth, db, errors, logs, metrics, ui
-    from service.api import init_app as init_api
-    from service.model_cache import ModelCache
-    from service.queue import CeleryJobQueue
-
     logs.configure()
-    logs.init_app(app)
+    request_ids.init_app(app)
     errors.init_app(app)
     db.init_app(app)
-    app.extensions["backprop.queue"] = app.config.get("QUEUE") or CeleryJobQueue(app.config)
+    cli.init_app(app)
+    app.extensions["backprop.queue"] = app.config.get("QUEUE") or celery_job_queue(app.config)
     app.extensions["backprop.models"] = ModelCache(int(app.config.get("MODEL_CACHE_SIZE", 32)))
     init_api(app)
     app.register_blueprint(ui.bp)  # the dashboard: page shells that read the API

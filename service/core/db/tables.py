@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from service.ids import utcnow
+from service.core.ids import utcnow
 
 # The tenant of everything when AUTH=off, and of rows stored before tenancy (migration 0003).
 DEFAULT_TENANT = "default"

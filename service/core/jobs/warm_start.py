@@ -16,8 +16,7 @@ from typing import Any
 
 import backprop
 from backprop.spec import parse
-
-from service.tables import Dataset, TrainedModel
+from service.core.db.tables import Dataset, TrainedModel
 
 FIELD = "init_from_model"
 

@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from service.errors import ApiError
-from service.tables import Dataset, DatasetPayload, Job, Tenant, TrainedModel
+from service.core.db.tables import Dataset, DatasetPayload, Job, Tenant, TrainedModel
+from service.core.problems import ApiError
 
 ACTIVE_STATUSES = ("queued", "running")
 MB = 1024 * 1024

@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from service.parsing import ParsedTable, parse_number
-
+from service.core.data.parsing import ParsedTable, parse_number
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 

@@ -13,10 +13,10 @@ from sqlalchemy import Select, delete, exists, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.config import load_config
-from service.ids import new_id
-from service.parsing import ParsedTable, sha256
-from service.tables import DEFAULT_TENANT, Dataset, DatasetPayload, DatasetPayloadChunk
+from service.core.data.parsing import ParsedTable, sha256
+from service.core.db.tables import DEFAULT_TENANT, Dataset, DatasetPayload, DatasetPayloadChunk
+from service.core.ids import new_id
+from service.core.settings import load_config
 
 T = TypeVar("T")
 
@@ -30,7 +30,7 @@ def store_payload(sessions: sessionmaker[Session], table: ParsedTable,
     """Store a table's .npz bytes once, in chunks, unless they are stored already; return their sha256.
 
     `before_store(sha256, size)` runs before anything is written and may refuse by
-    raising (a tenant's storage limit, service/limits.py).
+    raising (a tenant's storage limit, service/core/tenancy/limits.py).
 
     The .npz goes to an unnamed temporary file, is hashed from there and inserted
     one chunk per statement, all in one transaction: readers see all of it or none.

@@ -1,4 +1,7 @@
-"""The Celery app factory and the publisher the API (and the workers' reaper) use to hand out jobs.
+"""How a job is handed to a worker: Celery's settings, the task's name, and the publisher.
+
+Celery itself is imported by the edges (service/api/queue.py, workers/app.py), which
+build their app from celery_settings() here; this module only names what they share.
 
 The database is the source of truth for every job (docs/jobs.md): a message only
 says "look at job X". Celery delivers it at least once, so each setting below is
@@ -10,9 +13,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from celery import Celery
+from kombu import Connection
 
-from .config import DEVICES
+from service.core.settings import DEVICES
 
 TRAIN_TASK = "train_job"
 # Kombu's SQLAlchemy transport passes transport options to create_engine, so its
@@ -40,8 +43,8 @@ def redis_transport_options(visibility_timeout_s: float) -> dict[str, Any]:
     }
 
 
-def make_celery(config: dict[str, Any]) -> Celery:
-    """Create the Celery app: JSON only, no result backend (the database holds job state)."""
+def celery_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """Return the Celery app's settings: JSON only, no result backend (the database holds job state)."""
     broker = config["CELERY_BROKER_URL"]
     transport_options: dict[str, Any] = {}
     if broker.startswith("sqla+"):
@@ -53,8 +56,8 @@ def make_celery(config: dict[str, Any]) -> Celery:
         # harmless, since the second delivery finds the lease held and does not train.
         transport_options = redis_transport_options(
             float(config.get("VISIBILITY_TIMEOUT_S", DEFAULT_VISIBILITY_TIMEOUT_S)))
-    app = Celery("backprop", broker=broker, set_as_current=False)
-    app.conf.update(
+    return dict(
+        broker_url=broker,
         # JSON only: a message is a job id, and nothing is ever unpickled.
         task_serializer="json",
         result_serializer="json",
@@ -86,7 +89,8 @@ def make_celery(config: dict[str, Any]) -> Celery:
         timezone="UTC",
         enable_utc=True,
     )
-    return app
+
+
 
 
 def prepare_broker(config: dict[str, Any]) -> None:
@@ -100,7 +104,8 @@ def prepare_broker(config: dict[str, Any]) -> None:
     """
     if not config["CELERY_BROKER_URL"].startswith("sqla+"):
         return
-    with make_celery(config).connection_for_write() as connection:
+    settings = celery_settings(config)
+    with Connection(settings["broker_url"], transport_options=settings["broker_transport_options"]) as connection:
         channel = connection.default_channel
         for queue in DEVICES:
             channel.queue_declare(queue=queue)
@@ -114,11 +119,19 @@ class JobQueue(Protocol):
     def ping(self) -> None: ...
 
 
+class CeleryApp(Protocol):
+    """The part of a Celery app that publishing uses (Celery itself is the edges' import)."""
+
+    def send_task(self, name: str, args: list[Any], queue: str) -> Any: ...
+
+    def connection_for_write(self) -> Any: ...
+
+
 class CeleryJobQueue:
     """Publish jobs with Celery's send_task, by name, carrying the job id only."""
 
-    def __init__(self, config: dict[str, Any], app: Celery | None = None) -> None:
-        self.celery = app or make_celery(config)
+    def __init__(self, celery: CeleryApp) -> None:
+        self.celery = celery
 
     def publish(self, job_id: str, queue: str) -> None:
         """Send the train_job task for a committed job row to the cpu or gpu queue."""

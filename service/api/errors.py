@@ -1,4 +1,4 @@
-"""Errors as application/problem+json (RFC 9457); no input ever gets a bare 500."""
+"""Every error rendered as application/problem+json (RFC 9457); no input ever gets a bare 500."""
 
 from __future__ import annotations
 
@@ -9,61 +9,9 @@ from flask import Flask, Response, json
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from service.core.problems import PROBLEM_JSON, ApiError, from_validation_error
+
 log = logging.getLogger(__name__)
-
-PROBLEM_JSON = "application/problem+json"
-
-
-class ApiError(Exception):
-    """An error the client can act on, rendered as a problem document."""
-
-    def __init__(self, status: int, title: str, detail: str = "",
-                 errors: list[dict[str, str]] | None = None, slug: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail or title)
-        self.status = status
-        self.title = title
-        self.detail = detail or title
-        self.errors = errors or []
-        self.slug = slug
-        self.headers = headers or {}
-
-
-def invalid(errors: list[dict[str, str]], detail: str | None = None) -> ApiError:
-    """Return a 422 listing every field at fault."""
-    if detail is None:
-        detail = "; ".join(f"{e['field']}: {e['message']}" if e.get("field") else e["message"]
-                           for e in errors[:5])
-        if len(errors) > 5:
-            detail += f"; and {len(errors) - 5} more"
-    return ApiError(422, "Unprocessable request", detail, errors, slug="validation-error")
-
-
-def not_found(kind: str, ident: str) -> ApiError:
-    """Return a 404 for a missing resource."""
-    return ApiError(404, "Not found", f"no {kind} with id {ident!r}", slug="not-found")
-
-
-def field_path(loc: tuple[Any, ...] | list[Any], prefix: str = "") -> str:
-    """Join a pydantic location into 'training.batch_size' / 'inputs[0][2]'."""
-    path = prefix
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path = f"{path}.{part}" if path else str(part)
-    return path
-
-
-def from_validation_error(error: ValidationError, prefix: str = "") -> ApiError:
-    """Turn a pydantic ValidationError into a 422 with one entry per problem."""
-    errors = []
-    for item in error.errors(include_url=False):
-        # Unions add the tried member type to the location; drop it for a readable path.
-        loc = [p for p in item["loc"] if not (isinstance(p, str) and ("[" in p or p in {
-            "float", "int", "str", "bool", "list", "dict", "none"}))]
-        errors.append({"field": field_path(loc, prefix), "message": item["msg"]})
-    return invalid(errors)
 
 
 def problem_response(status: int, title: str, detail: str, errors: list[dict[str, str]] | None = None,

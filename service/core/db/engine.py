@@ -1,23 +1,19 @@
-"""Database engine, sessions and schema upgrades (Alembic) for the API and the workers."""
+"""Database engines, session factories and schema upgrades (Alembic), for the API and the workers."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import fcntl
 from typing import TYPE_CHECKING
 
-import click
-from flask import Flask, current_app
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.config import is_sqlite
+from service.core.settings import is_sqlite
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[3] / "migrations"
 
 
 def normalize_url(url: str) -> str:
@@ -70,43 +66,3 @@ def upgrade_database(url: str, revision: str = "head") -> None:
     from alembic import command
 
     command.upgrade(alembic_config(url), revision)
-
-
-def get_session_factory() -> sessionmaker[Session]:
-    """Return the current app's session factory."""
-    return current_app.extensions["backprop.sessions"]
-
-
-def get_session() -> Session:
-    """Return a new session for the current app; use it as a context manager."""
-    return get_session_factory()()
-
-
-def init_app(app: Flask) -> None:
-    """Attach an engine and session factory to the app and register `flask db upgrade`."""
-    url = app.config["DATABASE_URL"]
-    engine = make_engine(url)
-    app.extensions["backprop.engine"] = engine
-    app.extensions["backprop.sessions"] = make_session_factory(engine)
-    if is_sqlite(url) and app.config.get("UPGRADE_ON_START", True):
-        # Embedded mode has no separate migrate step: the API upgrades on start. Several
-        # API processes (gunicorn workers) may start at once, so they take turns.
-        lock_path = Path(app.config["DATA_DIR"]) / ".migrate.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            upgrade_database(url)
-
-    @app.cli.group("db")
-    def db_group() -> None:
-        """Manage the database schema."""
-
-    @db_group.command("upgrade")
-    @click.argument("revision", default="head")
-    def db_upgrade(revision: str) -> None:
-        """Upgrade the schema to REVISION (default head) and prepare an SQLAlchemy broker."""
-        from .queue import prepare_broker
-
-        upgrade_database(current_app.config["DATABASE_URL"], revision)
-        prepare_broker(current_app.config)
-        click.echo(f"database upgraded to {revision}")
