@@ -8,7 +8,8 @@ gradient ``delta`` by ``f'`` in place, so no pre-activation has to be kept.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 LEAKY_RELU_SLOPE = 0.01
 ELU_ALPHA = 1.0

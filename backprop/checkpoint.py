@@ -27,7 +27,7 @@ def pack(arrays: dict[str, Any], meta: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     payload = {name: to_numpy(array) for name, array in arrays.items()}
     payload[META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    np.savez(buffer, **payload)
+    np.savez(buffer, **payload)  # type: ignore[arg-type]  # numpy's stub types the first keyword as allow_pickle
     return buffer.getvalue()
 
 
@@ -75,7 +75,7 @@ class Checkpoint:
         return pack(arrays, meta)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Checkpoint":
+    def from_bytes(cls, data: bytes) -> Checkpoint:
         arrays, meta = unpack(data)
 
         def prefixed(prefix: str) -> dict[str, np.ndarray]:

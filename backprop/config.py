@@ -43,7 +43,7 @@ class TrainingConfig:
     seed: int = _f(0, "Seed of shuffling, dropout and the validation split.", ge=0, le=2**32 - 1)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> "TrainingConfig":
+    def from_dict(cls, values: dict[str, Any] | None) -> TrainingConfig:
         """Return a config from JSON-like ``values``, raising :class:`ConfigError` with every bad field."""
         values = dict(values or {})
         problems = [Problem(key, f"unknown training field {key!r}") for key in sorted(set(values) - set(FIELDS))]

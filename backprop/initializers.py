@@ -7,35 +7,36 @@ gives the same network on every device.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
+import numpy.typing
 
 
-def glorot_uniform(rng: np.random.Generator, fan_in: int, fan_out: int, dtype) -> np.ndarray:
+def glorot_uniform(rng: np.random.Generator, fan_in: int, fan_out: int, dtype: np.typing.DTypeLike) -> np.ndarray:
     limit = np.sqrt(6.0 / (fan_in + fan_out))
     return rng.uniform(-limit, limit, (fan_in, fan_out)).astype(dtype)
 
 
-def glorot_normal(rng: np.random.Generator, fan_in: int, fan_out: int, dtype) -> np.ndarray:
+def glorot_normal(rng: np.random.Generator, fan_in: int, fan_out: int, dtype: np.typing.DTypeLike) -> np.ndarray:
     return (rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / (fan_in + fan_out))).astype(dtype)
 
 
-def he_normal(rng: np.random.Generator, fan_in: int, fan_out: int, dtype) -> np.ndarray:
+def he_normal(rng: np.random.Generator, fan_in: int, fan_out: int, dtype: np.typing.DTypeLike) -> np.ndarray:
     return (rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in)).astype(dtype)
 
 
-def he_uniform(rng: np.random.Generator, fan_in: int, fan_out: int, dtype) -> np.ndarray:
+def he_uniform(rng: np.random.Generator, fan_in: int, fan_out: int, dtype: np.typing.DTypeLike) -> np.ndarray:
     limit = np.sqrt(6.0 / fan_in)
     return rng.uniform(-limit, limit, (fan_in, fan_out)).astype(dtype)
 
 
-def normal(rng: np.random.Generator, fan_in: int, fan_out: int, dtype) -> np.ndarray:
+def normal(rng: np.random.Generator, fan_in: int, fan_out: int, dtype: np.typing.DTypeLike) -> np.ndarray:
     """Standard normal (std 1): the practice Glorot & Bengio (2010) showed saturating."""
     return rng.standard_normal((fan_in, fan_out)).astype(dtype)
 
 
-def zeros(rng: np.random.Generator, fan_in: int, fan_out: int, dtype) -> np.ndarray:
+def zeros(rng: np.random.Generator, fan_in: int, fan_out: int, dtype: np.typing.DTypeLike) -> np.ndarray:
     return np.zeros((fan_in, fan_out), dtype=dtype)
 
 

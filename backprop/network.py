@@ -12,7 +12,7 @@ passes one gradient to several parents (``add``) hands each a separate array.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -63,12 +63,12 @@ class Node:
         return grads
 
     def _activate(self, Z: Any) -> Any:
-        if self.activation == "identity" or self.skip_activation:
+        if self.activation is None or self.activation == "identity" or self.skip_activation:
             return Z
         return ACTIVATIONS[self.activation](Z, self.xp)
 
     def _activation_backward(self, delta: Any) -> Any:
-        if self.activation == "identity" or self.skip_activation:
+        if self.activation is None or self.activation == "identity" or self.skip_activation:
             return delta
         return DERIVATIVES[self.activation](self.output, delta, self.xp)
 
@@ -91,7 +91,6 @@ class Dense(Node):
         self.cached_inputs: list[Any] = []
 
     def forward(self, inputs, training):
-        xp = self.xp
         if len(inputs) == 1:
             Z = inputs[0] @ self.weight
         else:
@@ -145,7 +144,8 @@ class Add(Node):
         return out
 
     def backward(self, delta, needs):
-        grads, handed = [], False
+        grads: list[Any] = []
+        handed = False
         for need in needs:
             if not need:
                 grads.append(None)
@@ -220,7 +220,7 @@ class Network:
             widths = [self.graph.widths[name] for name in node_spec.inputs]
             self.nodes.append(self._make_node(node_spec, inputs, widths, init_rng))
             index[node_spec.name] = position
-        self.dense_nodes: list[Dense] = [node for node in self.nodes if node.has_parameters]
+        self.dense_nodes: list[Dense] = [cast(Dense, node) for node in self.nodes if node.has_parameters]
         self._output_position = index[self.graph.output]
         self.output_node = self.nodes[self._output_position - 1]
         # Whether each node input needs a gradient: the network's input does not.
@@ -342,7 +342,7 @@ class Network:
         """Fraction of saturated outputs of each sigmoid/tanh node in the last forward pass."""
         result = {}
         for node in self.nodes:
-            bounds = SATURATION_BOUNDS.get(node.activation)
+            bounds = SATURATION_BOUNDS.get(node.activation or "")
             if bounds is None or node.output is None or node.skip_activation:
                 continue
             low, high = bounds

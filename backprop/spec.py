@@ -80,7 +80,7 @@ def validate(spec: Any, input_dim: int | None = None, output_dim: int | None = N
 def parse(spec: Any, input_dim: int | None = None, output_dim: int | None = None) -> NetworkSpec:
     """Return the validated :class:`NetworkSpec` or raise :class:`SpecError`."""
     network, problems = _parse(spec, input_dim, output_dim)
-    if problems:
+    if problems or network is None:
         raise SpecError(problems)
     return network
 
@@ -131,6 +131,7 @@ def _parse(spec: Any, input_dim: int | None, output_dim: int | None) -> tuple[Ne
         if not isinstance(item, dict):
             problems.append(Problem(path, "each entry must be a JSON object"))
             continue
+        inputs: Any
         if has_layers:
             name = item.get("name", f"{item.get('type', 'layer')}_{index}")
             inputs = [nodes[-1].name if nodes else INPUT]
@@ -311,9 +312,10 @@ def _check_connected(ordered: list[NodeSpec], output: str, problems: list[Proble
 def _infer_widths(ordered: list[NodeSpec], input_dim: int, problems: list[Problem]) -> dict[str, int]:
     widths = {INPUT: input_dim}
     for node in ordered:
-        incoming = [widths.get(source) for source in node.inputs]
-        if any(width is None for width in incoming):
+        known = [widths.get(source) for source in node.inputs]
+        if any(width is None for width in known):
             continue  # an upstream problem was already reported
+        incoming = [width for width in known if width is not None]
         if node.type == "dense":
             widths[node.name] = node.params["units"]
         elif node.type == "add":

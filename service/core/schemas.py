@@ -40,7 +40,7 @@ def _training_field(spec: dataclasses.Field) -> tuple[Any, Any]:
 
 # The training schema is derived from backprop.TrainingConfig: one source of truth for
 # names, defaults and bounds.
-TrainingSchema: type[BaseModel] = create_model(
+TrainingSchema: type[BaseModel] = create_model(  # type: ignore[call-overload]  # fields built at run time
     "Training",
     __config__=ConfigDict(extra="forbid", title="Training"),
     __doc__="Hyperparameters of a training job; every field has a default. When `loss` is "
@@ -117,7 +117,7 @@ class JobCreate(BaseModel):
                     "without network and network_id the model's network is used")
 
     @model_validator(mode="after")
-    def _one_network(self) -> "JobCreate":
+    def _one_network(self) -> JobCreate:
         given = (self.network is not None) + (self.network_id is not None)
         if given > 1:
             raise ValueError("give at most one of network and network_id")
@@ -138,7 +138,7 @@ class PredictRequest(BaseModel):
                                       json_schema_extra={"items": {"type": "object"}})
 
     @model_validator(mode="after")
-    def _one_form(self) -> "PredictRequest":
+    def _one_form(self) -> PredictRequest:
         if (self.inputs is None) == (self.records is None):
             raise ValueError("give exactly one of inputs and records")
         return self

@@ -7,9 +7,9 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 
-from sqlalchemy import Select, delete, exists, insert, select
+from sqlalchemy import Select, Table, delete, exists, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,6 +23,8 @@ T = TypeVar("T")
 # A payload is stored (and fetched) in pieces of this size, one statement each, so neither
 # the API nor the database driver ever holds a whole .npz (docs/performance.md, "Uploads").
 PAYLOAD_CHUNK_BYTES = 4 << 20
+# The chunks' table itself: Core inserts, no ORM objects (see store_payload).
+CHUNKS = cast(Table, DatasetPayloadChunk.__table__)
 
 
 def store_payload(sessions: sessionmaker[Session], table: ParsedTable,
@@ -54,7 +56,7 @@ def store_payload(sessions: sessionmaker[Session], table: ParsedTable,
                 seq = 0
                 while chunk := spool.read(PAYLOAD_CHUNK_BYTES):
                     # Core inserts: ORM objects would keep every chunk alive until the commit.
-                    session.execute(insert(DatasetPayloadChunk.__table__).values(sha256=digest, seq=seq, data=chunk))
+                    session.execute(insert(CHUNKS).values(sha256=digest, seq=seq, data=chunk))
                     seq += 1
                     del chunk
                 session.commit()
@@ -180,7 +182,7 @@ def delete_dataset(session: Session, dataset: Dataset) -> None:
         session.execute(delete(DatasetPayload).where(DatasetPayload.sha256 == digest))
 
 
-def paginate(session: Session, statement: Select[tuple[T]], id_column: Any, limit: int,
+def paginate(session: Session, statement: Select[Any], id_column: Any, limit: int,
              cursor: str | None) -> tuple[list[T], str | None]:
     """Return one page, newest first, and the cursor of the next page (None at the end)."""
     if cursor:
@@ -188,7 +190,7 @@ def paginate(session: Session, statement: Select[tuple[T]], id_column: Any, limi
     rows = list(session.scalars(statement.order_by(id_column.desc()).limit(limit + 1)))
     if len(rows) > limit:
         rows = rows[:limit]
-        return rows, getattr(rows[-1], "id")
+        return rows, rows[-1].id
     return rows, None
 
 
