@@ -16,12 +16,13 @@ EXTRAS_run :=
 EXTRAS_test := [test]
 EXTRAS_bench := [bench]
 
-.PHONY: run test bench venv clean help
+.PHONY: run test lint bench venv clean help
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make run     serve the API on 127.0.0.1:\$$PORT ($(PORT)) with one Celery worker (SQLite, no server)"
 	@echo "make test    run the whole test suite (tests/)"
+	@echo "make lint    ruff (whole tree) and mypy (backprop/, service/core/)"
 	@echo "make bench   run the benchmarks (benchmarks/)"
 	@echo "make venv    only create $(VENV) and install the package"
 	@echo "make clean   remove $(VENV) (var/, the data, stays)"
@@ -44,6 +45,10 @@ test: $(VENV)/.stamp-test
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
 	exit $$rc
+
+lint: $(VENV)/.stamp-test
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # Every benchmarks/*.py (not _private ones) in turn; BENCH_ARGS go to each.
 bench: $(VENV)/.stamp-bench
