@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.service.test_datasets import problem
+from tests.helpers import problem
 
 
 def test_healthz(client):

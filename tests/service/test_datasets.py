@@ -5,17 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import blobs_rows, csv_text, pets_rows
+from tests.helpers import problem
 
 # The store runs on SQLite everywhere and on PostgreSQL where it is reachable.
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
-
-
-def problem(response, status: int) -> dict:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/problem+json"
-    body = response.get_json()
-    assert body["status"] == status and body["title"] and body["detail"]
-    return body
 
 
 def test_csv_upload_detects_kinds_target_and_task(upload_csv):

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tests.conftest import blobs_rows, csv_text
+from tests.helpers import problem
 
 MLP = {"layers": [{"type": "dense", "units": 4, "activation": "relu"}, {"type": "dense", "units": 2}]}
 
@@ -84,5 +85,4 @@ def test_cancelled_job_ends_with_its_status(client, job_id):
     ("/v1/jobs/{job}/events", {"Last-Event-ID": "-1"}, 422),
 ])
 def test_bad_event_requests_are_problems(client, job_id, path, headers, status):
-    response = client.get(path.format(job=job_id), headers=headers)
-    assert response.status_code == status and response.mimetype == "application/problem+json"
+    problem(client.get(path.format(job=job_id), headers=headers), status)

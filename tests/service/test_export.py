@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import blobs_rows, csv_text, linear_rows, pets_rows
+from tests.helpers import problem
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
@@ -183,9 +184,6 @@ def test_a_float64_network_exports_computing_in_float32():
 
 
 def test_unknown_format_is_a_422_naming_the_field_and_unknown_model_a_404(client, app, upload_csv):
-    response = client.get("/v1/models/nope/export?format=pmml")
-    assert response.status_code == 422 and response.mimetype == "application/problem+json"
-    assert response.get_json()["errors"][0]["field"] == "format"
+    assert problem(client.get("/v1/models/nope/export?format=pmml"), 422)["errors"][0]["field"] == "format"
     for format_ in ("onnx", "npz"):
-        response = client.get(f"/v1/models/nope/export?format={format_}")
-        assert response.status_code == 404 and response.mimetype == "application/problem+json"
+        problem(client.get(f"/v1/models/nope/export?format={format_}"), 404)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import blobs_rows, csv_text, linear_rows, pets_rows
-from tests.service.test_datasets import problem
+from tests.helpers import problem
 
 # The store runs on SQLite everywhere and on PostgreSQL where it is reachable.
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.conftest import blobs_rows, csv_text
-from tests.service.test_datasets import problem
+from tests.helpers import problem
 
 MLP = {"layers": [{"type": "dense", "units": 8, "activation": "relu"}, {"type": "dense", "units": 2}]}
 GRAPH = {"nodes": [

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import blobs_rows, csv_text, pets_rows
-from tests.service.test_datasets import problem
+from tests.helpers import problem
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 

@@ -10,7 +10,7 @@ from sqlalchemy import delete
 from service.api import models
 from service.core.db.tables import TrainedModel
 from tests.conftest import blobs_rows
-from tests.service.test_datasets import problem
+from tests.helpers import problem
 from tests.service.test_predict_csv import trained
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)

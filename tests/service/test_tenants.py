@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from service.api import models as models_api
 from service.core.db.tables import Dataset, DatasetPayload, Job, Network, TrainedModel
 from tests.conftest import blobs_rows, client_with_key, csv_text
-from tests.service.test_datasets import problem
+from tests.helpers import problem
 
 HEADER = ["a", "b", "c", "d", "label"]
 MLP = {"layers": [{"type": "dense", "units": 4, "activation": "tanh"}, {"type": "dense", "units": 2}]}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import blobs_rows, csv_text, linear_rows, pets_rows
-from tests.service.test_datasets import problem
+from tests.helpers import problem
 
 # Workers read and write the store on SQLite, and on PostgreSQL where it is reachable.
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
