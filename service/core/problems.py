@@ -6,18 +6,41 @@ workers never raise them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from pydantic import ValidationError
 
 PROBLEM_JSON = "application/problem+json"
 
 
+class FieldError(TypedDict):
+    """One thing wrong with a request: the one shape of a field error, in every problem's `errors`.
+
+    `field` is a path in the request (`training.batch_size`, `data[3][1]`, `file`; empty for
+    the body as a whole); the others say more where they apply. The engine's
+    backprop.errors.Problem has the same fields (`Problem.to_dict`).
+    """
+
+    field: str
+    message: str
+    node: NotRequired[str | None]  # the network node at fault
+    row: NotRequired[int]  # the table's row (1-based, the header not counted)
+    column: NotRequired[str]  # the table's column
+
+
+class FieldErrors(Exception):
+    """Input that cannot be used; `errors` names every field at fault (the API answers 422)."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(e["message"] for e in errors))
+        self.errors = errors
+
+
 class ApiError(Exception):
     """An error the client can act on, rendered as a problem document."""
 
     def __init__(self, status: int, title: str, detail: str = "",
-                 errors: list[dict[str, str]] | None = None, slug: str | None = None,
+                 errors: list[FieldError] | None = None, slug: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(detail or title)
         self.status = status
@@ -28,7 +51,7 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def invalid(errors: list[dict[str, str]], detail: str | None = None) -> ApiError:
+def invalid(errors: list[FieldError], detail: str | None = None) -> ApiError:
     """Return a 422 listing every field at fault."""
     if detail is None:
         detail = "; ".join(f"{e['field']}: {e['message']}" if e.get("field") else e["message"]
@@ -56,7 +79,7 @@ def field_path(loc: tuple[Any, ...] | list[Any], prefix: str = "") -> str:
 
 def from_validation_error(error: ValidationError, prefix: str = "") -> ApiError:
     """Turn a pydantic ValidationError into a 422 with one entry per problem."""
-    errors = []
+    errors: list[FieldError] = []
     for item in error.errors(include_url=False):
         # Unions add the tried member type to the location; drop it for a readable path.
         loc = [p for p in item["loc"] if not (isinstance(p, str) and ("[" in p or p in {

@@ -27,6 +27,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from service.core.problems import FieldErrors
+
 MAX_CATEGORIES = 10_000
 MAX_CLASSIFICATION_INTEGER_LABELS = 20
 MAX_ERRORS = 20
@@ -38,12 +40,8 @@ CSV_BLOCK_BYTES = 4 << 20
 Row = tuple[int, str, list[str]]
 
 
-class TableError(Exception):
+class TableError(FieldErrors):
     """The table cannot be used; `errors` names every row and column at fault."""
-
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
-        super().__init__("; ".join(e["message"] for e in errors))
-        self.errors = errors
 
 
 @dataclass

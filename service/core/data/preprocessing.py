@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from service.core.data.parsing import ParsedTable, parse_number
+from service.core.problems import FieldError, FieldErrors
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -31,12 +32,8 @@ def _csv_text(body: bytes) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n").lstrip("\n")
 
 
-class InputError(Exception):
+class InputError(FieldErrors):
     """Rows given to /predict do not fit the model; `errors` names row and field."""
-
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
-        super().__init__("; ".join(e["message"] for e in errors))
-        self.errors = errors
 
 
 def _deviation(values: np.ndarray) -> float:
@@ -152,7 +149,7 @@ class Preprocessor:
         standardized = (values[:, columns].astype(np.float64) - self._target_mean) / self._target_std
         return standardized.astype(np.float32)
 
-    def _cell(self, k: int, value: Any, field: str, errors: list[dict[str, Any]]) -> float:
+    def _cell(self, k: int, value: Any, field: str, errors: list[FieldError]) -> float:
         feature = self.features[k]
         name = feature["name"]
         if value is None or isinstance(value, bool) or isinstance(value, (list, dict)):
@@ -195,7 +192,7 @@ class Preprocessor:
                     and not (may_hold_booleans
                              and any(isinstance(v, bool) for row in inputs for v in row))):
                 return self._encode(matrix)
-        errors: list[dict[str, Any]] = []
+        errors: list[FieldError] = []
         matrix = np.zeros((len(inputs), width), dtype=np.float32)
         for i, row in enumerate(inputs):
             if not isinstance(row, list) or len(row) != width:
@@ -213,7 +210,7 @@ class Preprocessor:
 
     def encode_records(self, records: list[Any], field: str = "records") -> np.ndarray:
         """Encode raw rows given as {column: value}; target columns are ignored."""
-        errors: list[dict[str, Any]] = []
+        errors: list[FieldError] = []
         known = set(self.feature_names) | set(self.target["names"])
         matrix = np.zeros((len(records), len(self.features)), dtype=np.float32)
         for i, record in enumerate(records):

@@ -17,12 +17,13 @@ from typing import Any
 import backprop
 from backprop.spec import parse
 from service.core.db.tables import Dataset, TrainedModel
+from service.core.problems import FieldError
 
 FIELD = "init_from_model"
 
 
-def _entry(message: str, node: str | None = None) -> dict[str, Any]:
-    entry: dict[str, Any] = {"field": FIELD, "message": message}
+def _entry(message: str, node: str | None = None) -> FieldError:
+    entry: FieldError = {"field": FIELD, "message": message}
     if node:
         entry["node"] = node
     return entry
@@ -43,12 +44,12 @@ def model_network(model: TrainedModel) -> dict[str, Any]:
     return model.definition["spec"]
 
 
-def check_data(model: TrainedModel, dataset: Dataset) -> list[dict[str, Any]]:
+def check_data(model: TrainedModel, dataset: Dataset) -> list[FieldError]:
     """Return why the dataset cannot be encoded with the model's preprocessing (empty: it can)."""
     if dataset.task != model.task:
         return [_entry(f"model {model.id} was trained for {model.task}; dataset {dataset.id} is a "
                        f"{dataset.task} dataset")]
-    errors = []
+    errors: list[FieldError] = []
     fitted = {f["name"]: f for f in model.preprocessing["features"]}
     columns = {c["name"]: c for c in dataset.columns}
     takes = ", ".join(fitted)
@@ -85,7 +86,7 @@ def check_data(model: TrainedModel, dataset: Dataset) -> list[dict[str, Any]]:
     return errors
 
 
-def check_loss(model: TrainedModel, loss: str) -> list[dict[str, Any]]:
+def check_loss(model: TrainedModel, loss: str) -> list[FieldError]:
     """Return why training with `loss` cannot continue the model (empty: it can).
 
     Each loss is its own family here: it fixes the task, the output width and how
@@ -110,7 +111,7 @@ def _describe(shape: tuple[int, int, bool]) -> str:
     return f"{inputs} inputs x {units} units" + (" with a bias" if bias else " without a bias")
 
 
-def check_parameters(model: TrainedModel, definition: Any) -> list[dict[str, Any]]:
+def check_parameters(model: TrainedModel, definition: Any) -> list[FieldError]:
     """Return the nodes whose parameters differ between the model and `definition` (a valid one).
 
     The widths are the model's: its input width after its preprocessing, its output width.
@@ -120,7 +121,7 @@ def check_parameters(model: TrainedModel, definition: Any) -> list[dict[str, Any
         own, theirs = _dense_shapes(model_network(model), width), _dense_shapes(definition, width)
     except backprop.SpecError as error:  # the caller checked the definition; stay a 422 anyway
         return [_entry(f"the network cannot take the model's input width {width}: {error}")]
-    errors = []
+    errors: list[FieldError] = []
     for name, shape in theirs.items():
         if name not in own:
             errors.append(_entry(f"node {name!r} has parameters but the model has no node of that name "
