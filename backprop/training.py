@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -84,7 +85,55 @@ def train(
         ``should_stop()`` returned true between two batches.
     """
     config = TrainingConfig.from_dict(training)
-    xp = network.xp
+    data, val = _split_data(network, X, y, validation_data, config)
+    run = _TrainingRun(network, config)
+    if checkpoint is not None:
+        run.resume(checkpoint)
+    # Overflow on the way to a non-finite loss is reported as TrainingDiverged,
+    # not as a stream of numpy warnings.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for epoch in range(run.start_epoch + 1, config.epochs + 1):
+            started = time.perf_counter()
+            learning_rate = run.schedule.rate(epoch)
+            run.optimizer.learning_rate = learning_rate
+            totals, layers, global_norm = _train_epoch(
+                run, data, epoch, learning_rate, on_batch_end, batch_callback_every, should_stop,
+            )
+            if not all(bool(run.xp.isfinite(p).all()) for p in run.params):
+                raise _diverged(epoch, learning_rate, config)
+            record = _epoch_metrics(network, epoch, totals, data, val, config.loss)
+            monitored = record.get("val_loss", record["loss"])
+            if not math.isfinite(monitored):
+                raise _diverged(epoch, learning_rate, config)
+            run.observe(epoch, monitored)
+            elapsed = time.perf_counter() - started
+            record.update({
+                "learning_rate": learning_rate,
+                "duration_s": elapsed,
+                "samples_per_second": data.n / elapsed if elapsed > 0 else None,
+                "layers": layers,
+                "flags": _flags(layers, global_norm),
+            })
+            run.history.append(record)
+            stop = run.patience_ran_out()
+            if on_checkpoint is not None:
+                on_checkpoint(run.checkpoint(epoch))
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+            if stop:
+                run.history.stopped_early = True
+                break
+    return run.finish()
+
+
+def _split_data(
+    network: Network, X: Any, y: Any, validation_data: tuple[Any, Any] | None, config: TrainingConfig,
+) -> tuple[_Data, _Data | None]:
+    """The training split and the validation split (None without one) on the network's device.
+
+    Without ``validation_data``, ``config.validation_split`` of the rows is
+    held out by :func:`train_validation_split`.
+    """
     X = np.asarray(X) if isinstance(X, (list, tuple)) else X
     y = np.asarray(y) if isinstance(y, (list, tuple)) else y
     if validation_data is None:
@@ -97,124 +146,151 @@ def train(
         X_val, y_val = validation_data
     data = _Data(network, X, y, config.loss)
     val = _Data(network, X_val, y_val, config.loss) if X_val is not None and len(X_val) else None
+    return data, val
 
-    rng = np.random.default_rng([config.seed, 0])
-    network.rng = rng  # dropout masks come from the same stream as the shuffles
-    nodes = network.dense_nodes
-    params = list(network.parameters().values())
-    # The gradient arrays are new every batch: fetch them by (node, attribute), in params' order.
-    grad_slots = [(node, name) for node in nodes
-                  for name in ("weight_grad", "bias_grad") if name == "weight_grad" or node.bias is not None]
-    weights = [node.weight for node in nodes]
-    optimizer = make_optimizer(config.optimizer, params, config.learning_rate, xp, config.momentum, config.nesterov)
-    schedule = LearningRateSchedule(
-        config.lr_schedule, config.learning_rate, config.epochs, config.lr_step_size, config.lr_decay,
-        config.lr_patience, config.min_learning_rate,
-    )
-    patience = config.early_stopping_patience or 0
-    history = History()
-    best_loss, best_epoch, bad_epochs, best_params = math.inf, 0, 0, None
-    start_epoch = 0
-    if checkpoint is not None:
-        network.set_parameters(checkpoint.params)
-        optimizer.load_state(checkpoint.optimizer_scalars, checkpoint.optimizer_slots)
-        rng.bit_generator.state = checkpoint.rng_state
-        schedule.load_state(checkpoint.schedule_state)
-        best_loss, best_epoch, bad_epochs = checkpoint.best_loss, checkpoint.best_epoch, checkpoint.bad_epochs
+
+class _TrainingRun:
+    """What a run carries from epoch to epoch: optimizer, schedule, RNG, early-stopping bookkeeping, history.
+
+    Everything a :class:`Checkpoint` saves lives here, so that :meth:`checkpoint`
+    and :meth:`resume` are each other's inverse.
+    """
+
+    def __init__(self, network: Network, config: TrainingConfig):
+        self.network = network
+        self.config = config
+        self.xp = xp = network.xp
+        self.rng = np.random.default_rng([config.seed, 0])
+        network.rng = self.rng  # dropout masks come from the same stream as the shuffles
+        self.nodes = network.dense_nodes
+        self.params = list(network.parameters().values())
+        # The gradient arrays are new every batch: fetch them by (node, attribute), in params' order.
+        self.grad_slots = [(node, name) for node in self.nodes
+                           for name in ("weight_grad", "bias_grad") if name == "weight_grad" or node.bias is not None]
+        self.weights = [node.weight for node in self.nodes]
+        self.optimizer = make_optimizer(
+            config.optimizer, self.params, config.learning_rate, xp, config.momentum, config.nesterov,
+        )
+        self.schedule = LearningRateSchedule(
+            config.lr_schedule, config.learning_rate, config.epochs, config.lr_step_size, config.lr_decay,
+            config.lr_patience, config.min_learning_rate,
+        )
+        self.patience = config.early_stopping_patience or 0
+        self.history = History()
+        self.best_loss, self.best_epoch, self.bad_epochs = math.inf, 0, 0
+        self.best_params: dict[str, Any] | None = None
+        self.start_epoch = 0
+
+    def resume(self, checkpoint: Checkpoint) -> None:
+        """Take up the run where ``checkpoint`` left it."""
+        self.network.set_parameters(checkpoint.params)
+        self.optimizer.load_state(checkpoint.optimizer_scalars, checkpoint.optimizer_slots)
+        self.rng.bit_generator.state = checkpoint.rng_state
+        self.schedule.load_state(checkpoint.schedule_state)
+        self.best_loss, self.best_epoch = checkpoint.best_loss, checkpoint.best_epoch
+        self.bad_epochs = checkpoint.bad_epochs
         if checkpoint.best_params is not None:
-            best_params = {k: xp.asarray(v) for k, v in checkpoint.best_params.items()}
-        history.extend(checkpoint.history)
-        start_epoch = checkpoint.epoch
+            self.best_params = {k: self.xp.asarray(v) for k, v in checkpoint.best_params.items()}
+        self.history.extend(checkpoint.history)
+        self.start_epoch = checkpoint.epoch
 
-    loss_fn, loss_name = LOSSES[config.loss], config.loss
-    n, batch_size = data.n, config.batch_size
-    # Overflow on the way to a non-finite loss is reported as TrainingDiverged,
-    # not as a stream of numpy warnings.
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        for epoch in range(start_epoch + 1, config.epochs + 1):
-            started = time.perf_counter()
-            learning_rate = schedule.rate(epoch)
-            optimizer.learning_rate = learning_rate
-            order = xp.asarray(rng.permutation(n))
-            totals = _Totals()
-            layers: dict[str, dict[str, float]] = {}
-            global_norm = 0.0
-            for batch, start in enumerate(range(0, n, batch_size)):
-                rows = order[start:start + batch_size]
-                X_batch, y_batch = data.X[rows], data.y[rows]
-                value, Z = network._loss_step(X_batch, y_batch, loss_name, training=True)
-                if not math.isfinite(value):
-                    raise TrainingDiverged(_diverged_message(epoch, learning_rate, config), epoch)
-                totals.add(value, Z, y_batch, data, xp)
-                diagnose = batch == 0
-                if diagnose:
-                    layers, global_norm = _gradient_diagnostics(network, nodes)
-                    before = [w.copy() for w in weights]
-                if config.weight_decay:
-                    for node in nodes:
-                        node.weight_grad += config.weight_decay * node.weight
-                grads = [getattr(node, name) for node, name in grad_slots]
-                if config.gradient_clip_norm is not None:
-                    _clip(grads, config.gradient_clip_norm, xp)
-                optimizer.update(params, grads)
-                if diagnose:
-                    for node, w, old in zip(nodes, weights, before):
-                        old -= w
-                        layers[node.name]["update_ratio"] = _ratio(_norm(old, xp), layers[node.name]["weight_norm"])
-                if on_batch_end is not None and (batch + 1) % batch_callback_every == 0:
-                    on_batch_end(epoch, batch + 1, value)
-                if should_stop is not None and should_stop():
-                    raise TrainingCancelled(epoch - 1)
+    def observe(self, epoch: int, monitored: float) -> None:
+        """Feed an epoch's monitored loss to the schedule and to early stopping."""
+        self.schedule.observe(monitored)
+        if monitored < self.best_loss:
+            self.best_loss, self.best_epoch, self.bad_epochs = monitored, epoch, 0
+            if self.patience:
+                self.best_params = {k: p.copy() for k, p in self.network.parameters().items()}
+        else:
+            self.bad_epochs += 1
 
-            if not all(bool(xp.isfinite(p).all()) for p in params):
-                raise TrainingDiverged(_diverged_message(epoch, learning_rate, config), epoch)
-            record: dict[str, Any] = {"epoch": epoch, **totals.metrics(data)}
-            if val is not None:
-                record.update({f"val_{k}": v for k, v in _evaluate(network, val, loss_fn, loss_name).items()})
-            monitored = record.get("val_loss", record["loss"])
-            if not math.isfinite(monitored):
-                raise TrainingDiverged(_diverged_message(epoch, learning_rate, config), epoch)
-            schedule.observe(monitored)
-            if monitored < best_loss:
-                best_loss, best_epoch, bad_epochs = monitored, epoch, 0
-                if patience:
-                    best_params = {k: p.copy() for k, p in network.parameters().items()}
-            else:
-                bad_epochs += 1
-            elapsed = time.perf_counter() - started
-            record.update({
-                "learning_rate": learning_rate,
-                "duration_s": elapsed,
-                "samples_per_second": n / elapsed if elapsed > 0 else None,
-                "layers": layers,
-                "flags": _flags(layers, global_norm),
-            })
-            history.append(record)
-            stop = bool(patience) and bad_epochs >= patience
-            if on_checkpoint is not None:
-                on_checkpoint(Checkpoint(
-                    epoch=epoch,
-                    params={k: to_numpy(p).copy() for k, p in network.parameters().items()},
-                    optimizer_scalars=optimizer.state()[0],
-                    optimizer_slots={k: [to_numpy(a).copy() for a in v] for k, v in optimizer.state()[1].items()},
-                    rng_state=rng.bit_generator.state,
-                    schedule_state=schedule.state(),
-                    best_params=None if best_params is None else {k: to_numpy(v).copy() for k, v in best_params.items()},
-                    best_loss=best_loss,
-                    best_epoch=best_epoch,
-                    bad_epochs=bad_epochs,
-                    history=list(history),
-                ))
-            if on_epoch_end is not None:
-                on_epoch_end(record)
-            if stop:
-                history.stopped_early = True
-                break
+    def patience_ran_out(self) -> bool:
+        """Whether early stopping ends the run after this epoch."""
+        return bool(self.patience) and self.bad_epochs >= self.patience
 
-    history.best_epoch = best_epoch
-    if patience and best_params is not None:
-        network.set_parameters(best_params)
-    return history
+    def checkpoint(self, epoch: int) -> Checkpoint:
+        """Host copies of the run's state after ``epoch``."""
+        scalars, slots = self.optimizer.state()
+        best = self.best_params
+        return Checkpoint(
+            epoch=epoch,
+            params={k: to_numpy(p).copy() for k, p in self.network.parameters().items()},
+            optimizer_scalars=scalars,
+            optimizer_slots={k: [to_numpy(a).copy() for a in v] for k, v in slots.items()},
+            rng_state=dict(self.rng.bit_generator.state),
+            schedule_state=self.schedule.state(),
+            best_params=None if best is None else {k: to_numpy(v).copy() for k, v in best.items()},
+            best_loss=self.best_loss,
+            best_epoch=self.best_epoch,
+            bad_epochs=self.bad_epochs,
+            history=list(self.history),
+        )
+
+    def finish(self) -> History:
+        """Restore the best epoch's weights when early stopping is on; return the history."""
+        self.history.best_epoch = self.best_epoch
+        if self.patience and self.best_params is not None:
+            self.network.set_parameters(self.best_params)
+        return self.history
+
+
+def _train_epoch(
+    run: _TrainingRun,
+    data: _Data,
+    epoch: int,
+    learning_rate: float,
+    on_batch_end: Callable[[int, int, float], None] | None,
+    batch_callback_every: int,
+    should_stop: Callable[[], bool] | None,
+) -> tuple[_Totals, dict[str, dict[str, float]], float]:
+    """One shuffled pass of minibatch updates over ``data``.
+
+    Returns the epoch's running training sums, the per-layer diagnostics of
+    its first batch and that batch's global gradient norm. The batch loop is
+    kept in one function: a call per batch shows on small batches.
+    """
+    network, config, xp = run.network, run.config, run.xp
+    nodes, weights, params, grad_slots, optimizer = run.nodes, run.weights, run.params, run.grad_slots, run.optimizer
+    loss_name, batch_size = config.loss, config.batch_size
+    order = xp.asarray(run.rng.permutation(data.n))
+    totals = _Totals()
+    layers: dict[str, dict[str, float]] = {}
+    global_norm = 0.0
+    for batch, start in enumerate(range(0, data.n, batch_size)):
+        rows = order[start:start + batch_size]
+        X_batch, y_batch = data.X[rows], data.y[rows]
+        value, Z = network._loss_step(X_batch, y_batch, loss_name, training=True)
+        if not math.isfinite(value):
+            raise _diverged(epoch, learning_rate, config)
+        totals.add(value, Z, y_batch, data, xp)
+        diagnose = batch == 0
+        if diagnose:
+            layers, global_norm = _gradient_diagnostics(network, nodes)
+            before = [w.copy() for w in weights]
+        if config.weight_decay:
+            for node in nodes:
+                node.weight_grad += config.weight_decay * node.weight
+        grads = [getattr(node, name) for node, name in grad_slots]
+        if config.gradient_clip_norm is not None:
+            _clip(grads, config.gradient_clip_norm, xp)
+        optimizer.update(params, grads)
+        if diagnose:
+            _update_ratios(layers, nodes, weights, before, xp)
+        if on_batch_end is not None and (batch + 1) % batch_callback_every == 0:
+            on_batch_end(epoch, batch + 1, value)
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled(epoch - 1)
+    return totals, layers, global_norm
+
+
+def _epoch_metrics(
+    network: Network, epoch: int, totals: _Totals, data: _Data, val: _Data | None, loss_name: str,
+) -> dict[str, Any]:
+    """An epoch's record so far: its training metrics, and ``val_``-prefixed ones on the validation split."""
+    record: dict[str, Any] = {"epoch": epoch, **totals.metrics(data)}
+    if val is not None:
+        record.update({f"val_{k}": v for k, v in _evaluate(network, val, LOSSES[loss_name], loss_name).items()})
+    return record
 
 
 class _Data:
@@ -309,6 +385,16 @@ def _gradient_diagnostics(network: Network, nodes: list) -> tuple[dict, float]:
     return layers, math.sqrt(total)
 
 
+def _update_ratios(layers: dict[str, dict[str, float]], nodes: list, weights: list, before: list, xp: Any) -> None:
+    """Add each node's update_ratio (norm of the step over norm of the weight) to ``layers``.
+
+    ``before`` holds copies of ``weights`` from before the update; they are overwritten.
+    """
+    for node, w, old in zip(nodes, weights, before):
+        old -= w
+        layers[node.name]["update_ratio"] = _ratio(_norm(old, xp), layers[node.name]["weight_norm"])
+
+
 def _flags(layers: dict[str, dict[str, float]], global_norm: float) -> list[str]:
     """Health flags of an epoch, by the thresholds at the top of this module."""
     flags = []
@@ -316,7 +402,8 @@ def _flags(layers: dict[str, dict[str, float]], global_norm: float) -> list[str]
     if norms and (min(norms) < VANISHING_ABSOLUTE or min(norms) < VANISHING_RELATIVE * max(norms)):
         flags.append("vanishing_gradients")
     ratios = [layer.get("update_ratio", 0.0) for layer in layers.values()]
-    if not math.isfinite(global_norm) or global_norm > EXPLODING_GLOBAL_NORM or max(ratios, default=0.0) > EXPLODING_UPDATE_RATIO:
+    huge_update = max(ratios, default=0.0) > EXPLODING_UPDATE_RATIO
+    if not math.isfinite(global_norm) or global_norm > EXPLODING_GLOBAL_NORM or huge_update:
         flags.append("exploding_gradients")
     if any(layer.get("saturation", 0.0) > SATURATION_FRACTION for layer in layers.values()):
         flags.append("saturation")
@@ -329,6 +416,11 @@ def _clip(grads: list, max_norm: float, xp: Any) -> None:
         scale = max_norm / total
         for g in grads:
             g *= scale
+
+
+def _diverged(epoch: int, learning_rate: float, config: TrainingConfig) -> TrainingDiverged:
+    """The error that ends a run whose loss or parameters became non-finite at ``epoch``."""
+    return TrainingDiverged(_diverged_message(epoch, learning_rate, config), epoch)
 
 
 def _diverged_message(epoch: int, learning_rate: float, config: TrainingConfig) -> str:
