@@ -51,7 +51,7 @@ TrainingSchema: type[BaseModel] = create_model(  # type: ignore[call-overload]  
 
 
 class NetworkDefinition(BaseModel):
-    """A network: `layers` (a stack) or `nodes` + `output` (a graph); see DESIGN.md.
+    """A network: `layers` (a stack) or `nodes` + `output` (a graph); see docs/design.md.
 
     The engine (backprop.validate) checks the content and reports every problem at once.
     """

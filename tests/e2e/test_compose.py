@@ -1,4 +1,4 @@
-"""docker-compose.yml is valid and describes the deployment of DESIGN.md.
+"""docker-compose.yml is valid and describes the deployment of docs/design.md.
 
 Docker does not run here: Debian's docker-compose validates the file, and the
 end-to-end tests run its migrate, api and worker commands as processes.
