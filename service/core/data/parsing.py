@@ -27,7 +27,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from service.core.problems import FieldErrors
+from service.core.problems import FieldError, FieldErrors
 
 MAX_CATEGORIES = 10_000
 MAX_CLASSIFICATION_INTEGER_LABELS = 20
@@ -104,7 +104,7 @@ def _float_or_none(cell: str) -> float | None:
 def _csv_rows(path: Path, field: str) -> tuple[list[str], Callable[[], Iterator[Row]]]:
     """Read the header of a CSV file and return it with a factory of its data rows."""
 
-    def open_reader() -> tuple[Any, Iterator[list[str]]]:
+    def open_reader() -> tuple[IO[str], Any]:  # Any: csv.reader's type is private (_csv.Reader)
         # utf-8-sig drops a BOM; newline="" lets the csv module handle CRLF and quoted newlines.
         handle = open(path, encoding="utf-8-sig", newline="")
         return handle, csv.reader(handle)
@@ -273,18 +273,45 @@ def parse_rows(header: list[str], rows: Callable[[], Iterable[Row]], field: str,
     A column is numeric when more than half of its non-empty cells are finite
     numbers; its other cells are then errors. Otherwise it is a string column.
     Empty cells are errors in every column.
+
+    Parameters
+    ----------
+    header
+        The column names, stripped.
+    rows
+        Returns a fresh iterable of the data rows each time it is called.
+    field
+        The request field that errors about the table as a whole name.
+    row_field
+        The request field of the rows (`data` for JSON rows), or None when the
+        rows come from the file named by `field`.
     """
-    errors: list[dict[str, Any]] = []
+    _check_header(header, field)
+    survey = _survey_rows(header, rows, field, row_field)
+    if survey.n_rows == 0 and not survey.errors:
+        raise TableError([{"field": row_field or field,
+                           "message": "the table has a header but no data rows"}])
+    kinds = survey.kinds()
+    errors = survey.errors + _column_errors(header, kinds, survey, field, row_field)
+    if errors:
+        errors.sort(key=lambda e: e.get("row", 0))
+        raise TableError(errors[:MAX_ERRORS])
+    values, codes = _fill_matrix(rows, survey.n_rows, kinds)
+    return ParsedTable(columns=_sort_categories(header, kinds, values, codes), values=values)
 
-    def where(number: int, column: int | None) -> str:
-        """Return the error's field: `data[i][j]` / `data[i]` for JSON rows, else the file field."""
-        if row_field is None:
-            return field
-        if column is None:
-            return f"{row_field}[{number - 1}]"
-        return f"{row_field}[{number - 1}][{column}]"
 
-    # The header.
+def _error_field(field: str, row_field: str | None, number: int, column: int | None) -> str:
+    """Return an error's field: `data[i][j]` / `data[i]` for JSON rows, else the file field."""
+    if row_field is None:
+        return field
+    if column is None:
+        return f"{row_field}[{number - 1}]"
+    return f"{row_field}[{number - 1}][{column}]"
+
+
+def _check_header(header: list[str], field: str) -> None:
+    """Raise TableError naming every empty, NUL-holding or repeated column name."""
+    errors: list[FieldError] = []
     seen: set[str] = set()
     for index, name in enumerate(header):
         if not name:
@@ -297,9 +324,32 @@ def parse_rows(header: list[str], rows: Callable[[], Iterable[Row]], field: str,
         seen.add(name)
     if errors:
         raise TableError(errors)
-    width = len(header)
 
-    # Pass 1: shape, kinds, bad cells.
+
+@dataclass
+class _RowSurvey:
+    """What the first pass over the rows found, per column (lists indexed by column)."""
+
+    n_rows: int
+    # Errors of whole rows (a wrong field count) and NUL bytes, at most MAX_ERRORS.
+    errors: list[FieldError]
+    numeric_count: list[int]  # non-empty cells that parse as numbers, finite or not
+    filled_count: list[int]  # non-empty cells
+    first_missing: list[tuple[int, str] | None]  # (row number, place) of the first empty cell
+    first_not_number: list[tuple[int, str, str] | None]  # (row number, place, cell) of the first non-finite one
+    strings: list[set[str]]  # distinct non-number cells, up to one past MAX_CATEGORIES
+
+    def kinds(self) -> list[str]:
+        """Return each column's kind: numeric when most of its filled cells are numbers, else string."""
+        return ["numeric" if self.numeric_count[j] * 2 > self.filled_count[j] or self.filled_count[j] == 0
+                else "string" for j in range(len(self.filled_count))]
+
+
+def _survey_rows(header: list[str], rows: Callable[[], Iterable[Row]], field: str,
+                 row_field: str | None) -> _RowSurvey:
+    """First pass: count each column's numbers and filled cells; note bad rows and first bad cells."""
+    width = len(header)
+    errors: list[FieldError] = []
     numeric_count = [0] * width
     filled_count = [0] * width
     first_missing: list[tuple[int, str] | None] = [None] * width
@@ -310,7 +360,7 @@ def parse_rows(header: list[str], rows: Callable[[], Iterable[Row]], field: str,
         n_rows = number
         if len(cells) != width:
             if len(errors) < MAX_ERRORS:
-                errors.append({"field": where(number, None), "row": number,
+                errors.append({"field": _error_field(field, row_field, number, None), "row": number,
                                "message": f"{place}: expected {width} fields, got {len(cells)}"})
             continue
         for j, cell in enumerate(cells):
@@ -327,39 +377,48 @@ def parse_rows(header: list[str], rows: Callable[[], Iterable[Row]], field: str,
                 if math.isfinite(value):
                     continue
             elif "\x00" in cell and len(errors) < MAX_ERRORS:
-                errors.append({"field": where(number, j), "row": number, "column": header[j],
+                errors.append({"field": _error_field(field, row_field, number, j), "row": number,
+                               "column": header[j],
                                "message": f"{place}, column {header[j]!r}: a NUL byte; "
                                           f"is this a binary file?"})
             if first_not_number[j] is None:
                 first_not_number[j] = (number, place, cell)
             if len(strings[j]) <= MAX_CATEGORIES:
                 strings[j].add(cell)
-    if n_rows == 0 and not errors:
-        raise TableError([{"field": row_field or field,
-                           "message": "the table has a header but no data rows"}])
+    return _RowSurvey(n_rows, errors, numeric_count, filled_count, first_missing, first_not_number, strings)
 
-    kinds = ["numeric" if numeric_count[j] * 2 > filled_count[j] or filled_count[j] == 0
-             else "string" for j in range(width)]
+
+def _column_errors(header: list[str], kinds: list[str], survey: _RowSurvey, field: str,
+                   row_field: str | None) -> list[FieldError]:
+    """Return each column's errors: its first empty cell, its first non-number if numeric, too many strings."""
+    errors: list[FieldError] = []
     for j, name in enumerate(header):
-        if first_missing[j] is not None:
-            number, place = first_missing[j]  # type: ignore[misc]
-            errors.append({"field": where(number, j), "row": number, "column": name,
+        missing = survey.first_missing[j]
+        if missing is not None:
+            number, place = missing
+            errors.append({"field": _error_field(field, row_field, number, j), "row": number, "column": name,
                            "message": f"{place}, column {name!r}: missing value"})
-        if kinds[j] == "numeric" and first_not_number[j] is not None:
-            number, place, cell = first_not_number[j]  # type: ignore[misc]
+        not_number = survey.first_not_number[j]
+        if kinds[j] == "numeric" and not_number is not None:
+            number, place, cell = not_number
             what = "a number" if _float_or_none(cell) is None else "a finite number"
-            errors.append({"field": where(number, j), "row": number, "column": name,
+            errors.append({"field": _error_field(field, row_field, number, j), "row": number, "column": name,
                            "message": f"{place}, column {name!r}: {cell[:50]!r} is not {what} "
                                       f"(the column is numeric)"})
-        if kinds[j] == "string" and len(strings[j]) > MAX_CATEGORIES:
+        if kinds[j] == "string" and len(survey.strings[j]) > MAX_CATEGORIES:
             errors.append({"field": field, "column": name,
                            "message": f"column {name!r} has more than {MAX_CATEGORIES} distinct "
                                       f"strings; drop it or encode it as numbers"})
-    if errors:
-        errors.sort(key=lambda e: e.get("row", 0))
-        raise TableError(errors[:MAX_ERRORS])
+    return errors
 
-    # Pass 2: fill the matrix in chunks; string cells become codes in first-seen order.
+
+def _fill_matrix(rows: Callable[[], Iterable[Row]], n_rows: int,
+                 kinds: list[str]) -> tuple[np.ndarray, list[dict[str, int]]]:
+    """Second pass: fill the matrix in chunks; string cells become codes in first-seen order.
+
+    Returns the matrix and, per column, the codes of its strings (empty for numeric columns).
+    """
+    width = len(kinds)
     values = np.empty((n_rows, width), dtype=np.float32)
     codes: list[dict[str, int]] = [{} for _ in range(width)]
     string_columns = [j for j in range(width) if kinds[j] == "string"]
@@ -384,8 +443,12 @@ def parse_rows(header: list[str], rows: Callable[[], Iterable[Row]], field: str,
             chunk = []
     if chunk:
         values[start:start + len(chunk)] = chunk
+    return values, codes
 
-    # Sort each string column's categories so that equal tables give equal bytes.
+
+def _sort_categories(header: list[str], kinds: list[str], values: np.ndarray,
+                     codes: list[dict[str, int]]) -> list[dict[str, Any]]:
+    """Recode each string column by its sorted categories (so equal tables give equal bytes); return the schema."""
     columns: list[dict[str, Any]] = []
     for j, name in enumerate(header):
         if kinds[j] == "numeric":
@@ -397,7 +460,7 @@ def parse_rows(header: list[str], rows: Callable[[], Iterable[Row]], field: str,
             remap[codes[j][value]] = new
         values[:, j] = remap[values[:, j].astype(np.int64)]
         columns.append({"name": name, "kind": "string", "categories": categories})
-    return ParsedTable(columns=columns, values=values)
+    return columns
 
 
 def describe_target(table: ParsedTable, target: str | list[str] | None,
@@ -416,7 +479,7 @@ def describe_target(table: ParsedTable, target: str | list[str] | None,
         targets = [t.strip() for t in target.split(",") if t.strip()]
     else:
         targets = [str(t).strip() for t in target]
-    errors = []
+    errors: list[FieldError] = []
     for name in targets:
         if name not in names:
             errors.append({"field": "target", "message": f"unknown target column {name!r}; "
