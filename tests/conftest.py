@@ -23,7 +23,10 @@ REDIS_URL = os.environ.get("BACKPROP_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 def _data_dir_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Point DATA_DIR at a temporary folder: nothing a test runs (run_job's dataset cache,
     say) writes under the checkout's var/."""
+    from service.core.settings import get_settings
+
     monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()  # the settings are read once per process: again for this test
 
 
 def services_required() -> bool:

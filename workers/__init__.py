@@ -29,10 +29,12 @@ def _set_blas_threads() -> None:
     """Give each training process cores // concurrency BLAS threads (before numpy loads).
 
     Celery's default concurrency is one process per core, hence one thread each.
-    An explicit setting in the environment wins.
+    An explicit setting in the environment (OMP_NUM_THREADS ...) wins.
     """
+    from service.core.settings import get_settings  # pydantic only: numpy is not loaded yet
+
     cores = os.cpu_count() or 1
-    concurrency = _concurrency(sys.argv) or int(os.environ.get("CELERY_CONCURRENCY", "0") or 0) or cores
+    concurrency = _concurrency(sys.argv) or get_settings().CELERY_CONCURRENCY or cores
     threads = str(max(1, cores // concurrency))
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(name, threads)

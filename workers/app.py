@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 from typing import Any
 
 from celery import Celery
@@ -18,7 +17,7 @@ from celery.signals import setup_logging, worker_process_init, worker_ready, wor
 from service.core import logs
 from service.core.db.engine import make_engine, make_session_factory
 from service.core.jobs.publishing import CeleryJobQueue, celery_settings
-from service.core.settings import load_config
+from service.core.settings import get_settings, load_config
 from workers.lease import JobSettings
 from workers.reaper import Reaper
 
@@ -45,7 +44,7 @@ def shutdown_requested() -> bool:
 def _configure_logging(loglevel: int | str | None = None, **_kwargs: object) -> None:
     """Log as the API does (service/core/logs.py) instead of Celery's own format."""
     celery_level = logging.getLevelName(loglevel) if isinstance(loglevel, int) else loglevel
-    logs.configure(level=os.environ.get("LOG_LEVEL") or celery_level)
+    logs.configure(level=get_settings().LOG_LEVEL or celery_level)
 
 # The main process's reaper (started when the worker is ready) and its database engine.
 _reaper: Any = None

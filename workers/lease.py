@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.core.db.engine import make_engine, make_session_factory
 from service.core.db.tables import Job
 from service.core.ids import utcnow
-from service.core.settings import load_config
+from service.core.settings import load_config, setting_default
+from service.core.statuses import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +38,18 @@ _default_sessions: sessionmaker[Session] | None = None
 
 @dataclass(frozen=True)
 class JobSettings:
-    """The recovery settings of service.core.settings.JOB_SETTINGS, in seconds unless named otherwise."""
+    """The job recovery settings (service.core.settings.JOB_SETTINGS), in seconds unless named otherwise.
 
-    lease_timeout_s: float = 60.0
-    reaper_interval_s: float = 10.0
-    requeue_queued_after_s: float = 300.0
-    max_attempts: int = 3
-    time_limit_s: float = 24 * 3600.0
-    checkpoint_interval_s: float = 30.0
-    progress_interval_s: float = 1.0
+    The defaults are the settings' defaults, so a test may name only what it changes.
+    """
+
+    lease_timeout_s: float = setting_default("LEASE_TIMEOUT_S")
+    reaper_interval_s: float = setting_default("REAPER_INTERVAL_S")
+    requeue_queued_after_s: float = setting_default("REQUEUE_QUEUED_AFTER_S")
+    max_attempts: int = setting_default("MAX_ATTEMPTS")
+    time_limit_s: float = setting_default("JOB_TIME_LIMIT_S")
+    checkpoint_interval_s: float = setting_default("CHECKPOINT_INTERVAL_S")
+    progress_interval_s: float = setting_default("PROGRESS_INTERVAL_S")
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> JobSettings:
@@ -136,10 +140,10 @@ def claim(sessions: sessionmaker[Session], job_id: str, owner: str,
         result = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.cancel_requested.is_(False),
-                   or_(Job.status == "queued",
-                       and_(Job.status == "running", Job.heartbeat_at < stale,
+                   or_(Job.status == JobStatus.QUEUED,
+                       and_(Job.status == JobStatus.RUNNING, Job.heartbeat_at < stale,
                             Job.attempt < settings.max_attempts)))
-            .values(status="running", owner=owner, attempt=Job.attempt + 1, heartbeat_at=now,
+            .values(status=JobStatus.RUNNING, owner=owner, attempt=Job.attempt + 1, heartbeat_at=now,
                     started_at=func.coalesce(Job.started_at, now), error=None))
         session.commit()
         return result.rowcount == 1
@@ -148,7 +152,7 @@ def claim(sessions: sessionmaker[Session], job_id: str, owner: str,
 def record_delivery(sessions: sessionmaker[Session], job_id: str) -> None:
     """Count a delivery that found the job queued (before any code that could fail to load)."""
     with sessions() as session:
-        session.execute(update(Job).where(Job.id == job_id, Job.status == "queued")
+        session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
                         .values(deliveries=Job.deliveries + 1))
         session.commit()
 
@@ -156,8 +160,8 @@ def record_delivery(sessions: sessionmaker[Session], job_id: str) -> None:
 def fail_queued(sessions: sessionmaker[Session], job_id: str, error: str) -> bool:
     """Fail a job that is still queued (nobody holds it); False when it was not queued."""
     with sessions() as session:
-        changed = session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(
-            status="failed", error=error, finished_at=utcnow())).rowcount
+        changed = session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(
+            status=JobStatus.FAILED, error=error, finished_at=utcnow())).rowcount
         session.commit()
         return changed == 1
 
@@ -170,8 +174,8 @@ def hand_back(sessions: sessionmaker[Session], job_id: str, owner: str) -> bool:
     """
     with sessions() as session:
         changed = session.execute(
-            update(Job).where(Job.id == job_id, Job.owner == owner, Job.status == "running")
-            .values(status="queued", owner=None, heartbeat_at=None, published_at=utcnow(),
+            update(Job).where(Job.id == job_id, Job.owner == owner, Job.status == JobStatus.RUNNING)
+            .values(status=JobStatus.QUEUED, owner=None, heartbeat_at=None, published_at=utcnow(),
                     attempt=Job.attempt - 1, deliveries=Job.deliveries - 1)).rowcount
         session.commit()
         return changed == 1

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.core.db.tables import Job
 from service.core.ids import utcnow
+from service.core.statuses import JobStatus
 from workers.lease import JobSettings, Publish, as_utc, fail_queued, lost_error, time_limit, undeliverable_error
 
 log = logging.getLogger(__name__)
@@ -31,13 +32,13 @@ def _lost_job_outcome(job: Any, settings: JobSettings, now: datetime) -> tuple[s
     """Decide what becomes of a running job whose lease went stale: (what happened, the new values)."""
     limit = time_limit(job.time_limit_s, settings)
     if job.cancel_requested:
-        return "cancelled", {"status": "cancelled", "finished_at": now}
+        return "cancelled", {"status": JobStatus.CANCELLED, "finished_at": now}
     if limit is not None and job.started_at is not None and \
             (now - as_utc(job.started_at)).total_seconds() > limit[0]:
-        return "failed", {"status": "failed", "finished_at": now, "error": limit[1]}
+        return "failed", {"status": JobStatus.FAILED, "finished_at": now, "error": limit[1]}
     if job.attempt >= settings.max_attempts:
-        return "failed", {"status": "failed", "finished_at": now, "error": lost_error(job.attempt)}
-    return "requeued", {"status": "queued", "owner": None, "heartbeat_at": None, "published_at": now}
+        return "failed", {"status": JobStatus.FAILED, "finished_at": now, "error": lost_error(job.attempt)}
+    return "requeued", {"status": JobStatus.QUEUED, "owner": None, "heartbeat_at": None, "published_at": now}
 
 
 def _reclaim_lost(session: Session, settings: JobSettings, now: datetime, counts: dict[str, int],
@@ -46,11 +47,11 @@ def _reclaim_lost(session: Session, settings: JobSettings, now: datetime, counts
     stale = now - timedelta(seconds=settings.lease_timeout_s)
     lost = session.execute(select(Job.id, Job.owner, Job.heartbeat_at, Job.attempt, Job.cancel_requested,
                                   Job.started_at, Job.device, Job.time_limit_s)
-                           .where(Job.status == "running", Job.heartbeat_at < stale)).all()
+                           .where(Job.status == JobStatus.RUNNING, Job.heartbeat_at < stale)).all()
     for job in lost:
         kind, values = _lost_job_outcome(job, settings, now)
         changed = session.execute(update(Job).where(
-            Job.id == job.id, Job.status == "running", _same(Job.owner, job.owner),
+            Job.id == job.id, Job.status == JobStatus.RUNNING, _same(Job.owner, job.owner),
             _same(Job.heartbeat_at, job.heartbeat_at)).values(**values)).rowcount
         session.commit()
         if changed:
@@ -65,7 +66,7 @@ def _republish_forgotten(sessions: sessionmaker[Session], session: Session, sett
     """Publish again every job queued longer than REQUEUE_QUEUED_AFTER_S (its message may be gone)."""
     waited = now - timedelta(seconds=settings.requeue_queued_after_s)
     forgotten = session.execute(select(Job.id, Job.published_at, Job.deliveries, Job.attempt, Job.device)
-                                .where(Job.status == "queued",
+                                .where(Job.status == JobStatus.QUEUED,
                                        func.coalesce(Job.published_at, Job.created_at) < waited)).all()
     for job in forgotten:
         if job.deliveries - job.attempt >= settings.max_attempts:
@@ -73,7 +74,7 @@ def _republish_forgotten(sessions: sessionmaker[Session], session: Session, sett
                 counts["failed"] += 1
             continue
         changed = session.execute(update(Job).where(
-            Job.id == job.id, Job.status == "queued", _same(Job.published_at, job.published_at))
+            Job.id == job.id, Job.status == JobStatus.QUEUED, _same(Job.published_at, job.published_at))
             .values(published_at=now)).rowcount
         session.commit()
         if changed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from service.core.jobs.publishing import TRAIN_TASK
+from service.core.statuses import JobStatus
 from workers.app import celery, publish_job, shutdown_requested
 from workers.lease import default_sessions, fail_queued, record_delivery
 
@@ -17,7 +18,7 @@ def train_job(job_id: str) -> str:
     if shutdown_requested():
         # A stopping worker may still be handed a message: pass it on untouched.
         publish_job(job_id, train_job.request.delivery_info.get("routing_key") or "cpu")
-        return "queued"
+        return JobStatus.QUEUED
     sessions = default_sessions()
     # Counted before anything that could fail to load: the reaper fails a job whose
     # deliveries keep dying before the claim, instead of re-publishing it forever.
@@ -30,5 +31,5 @@ def train_job(job_id: str) -> str:
         fail_queued(sessions, job_id, f"the worker could not load its training code "
                                       f"({type(error).__name__}: {error}); the operator must fix "
                                       f"the workers, then submit the job again")
-        return "failed"
+        return JobStatus.FAILED
     return run_job(job_id, sessions=sessions, shutdown=shutdown_requested, publish=publish_job)

@@ -20,6 +20,7 @@ from service.core.db.store import load_table
 from service.core.db.tables import Dataset, Job, JobCheckpoint, JobEpoch, TrainedModel
 from service.core.ids import new_id, utcnow
 from service.core.logs import job_context
+from service.core.statuses import JobStatus
 from workers.app import publish_job
 from workers.lease import (
     JobSettings,
@@ -110,7 +111,7 @@ class JobRecorder:
         self._limit_error = error
 
     def _held(self) -> Any:
-        return (Job.id == self.job_id, Job.owner == self.owner, Job.status == "running")
+        return (Job.id == self.job_id, Job.owner == self.owner, Job.status == JobStatus.RUNNING)
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
         """Keep the epoch's record; write the kept ones when they are due, with the checkpoint when one is.
@@ -383,8 +384,8 @@ def _train(sessions: sessionmaker[Session], job_id: str, recorder: JobRecorder) 
             raise LeaseLost(job_id)
         session.add(model)
         done = session.execute(update(Job).where(Job.id == job_id, Job.owner == owner,
-                                                 Job.status == "running").values(
-            status="succeeded", model_id=model.id, metrics=metrics, finished_at=utcnow(),
+                                                 Job.status == JobStatus.RUNNING).values(
+            status=JobStatus.SUCCEEDED, model_id=model.id, metrics=metrics, finished_at=utcnow(),
             heartbeat_at=utcnow())).rowcount
         if not done:
             session.rollback()
@@ -408,7 +409,7 @@ def _hand_back(sessions: sessionmaker[Session], job_id: str, recorder: JobRecord
     except Exception:  # the reaper publishes a queued job again after REQUEUE_QUEUED_AFTER_S
         log.exception("job %s: handed back but not published", job_id)
     log.warning("job %s: handed back at epoch %d (worker shutting down)", job_id, recorder.stored_epoch)
-    return "queued"
+    return JobStatus.QUEUED
 
 
 def run_job(job_id: str, sessions: sessionmaker[Session] | None = None, owner: str | None = None,
@@ -438,10 +439,10 @@ def _run_job(job_id: str, sessions: sessionmaker[Session] | None, owner: str | N
     recorder = JobRecorder(sessions, job_id, owner, settings, shutdown)
     try:
         _train(sessions, job_id, recorder)
-        return "succeeded"
+        return JobStatus.SUCCEEDED
     except backprop.TrainingCancelled:
-        recorder.finish("cancelled")
-        return "cancelled"
+        recorder.finish(JobStatus.CANCELLED)
+        return JobStatus.CANCELLED
     except ShuttingDown:
         return _hand_back(sessions, job_id, recorder, publish or publish_job)
     except SystemExit:
@@ -450,18 +451,18 @@ def _run_job(job_id: str, sessions: sessionmaker[Session] | None, owner: str | N
         _hand_back(sessions, job_id, recorder, publish or publish_job)
         raise
     except TimeLimitExceeded as error:
-        recorder.finish("failed", str(error))
-        return "failed"
+        recorder.finish(JobStatus.FAILED, str(error))
+        return JobStatus.FAILED
     except backprop.TrainingDiverged as error:
-        recorder.finish("failed", str(error))
-        return "failed"
+        recorder.finish(JobStatus.FAILED, str(error))
+        return JobStatus.FAILED
     except backprop.DeviceUnavailable as error:
-        recorder.finish("failed", f"this worker cannot train on the requested device: {error}; submit with "
+        recorder.finish(JobStatus.FAILED, f"this worker cannot train on the requested device: {error}; submit with "
                                   f"device cpu or start a GPU worker (queue gpu)")
-        return "failed"
+        return JobStatus.FAILED
     except (JobDataError, backprop.ConfigError) as error:
-        recorder.finish("failed", str(error))
-        return "failed"
+        recorder.finish(JobStatus.FAILED, str(error))
+        return JobStatus.FAILED
     except LeaseLost:
         log.warning("job %s: lease lost; another worker owns it now", job_id)
         return "lost"
@@ -470,9 +471,9 @@ def _run_job(job_id: str, sessions: sessionmaker[Session] | None, owner: str | N
         log.warning("job %s: the worker's parent process is gone; abandoning the job", job_id)
         return "abandoned"
     except MemoryError:
-        recorder.finish("failed", "the worker ran out of memory; use a smaller network, batch size or dataset")
-        return "failed"
+        recorder.finish(JobStatus.FAILED, "the worker ran out of memory; use a smaller network, batch size or dataset")
+        return JobStatus.FAILED
     except Exception as error:  # a bug: record it on the job rather than leave it running
         log.exception("job %s failed unexpectedly", job_id)
-        recorder.finish("failed", f"internal error in the worker: {type(error).__name__}: {error}")
-        return "failed"
+        recorder.finish(JobStatus.FAILED, f"internal error in the worker: {type(error).__name__}: {error}")
+        return JobStatus.FAILED

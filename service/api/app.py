@@ -16,7 +16,7 @@ from service.api.json_provider import ServiceJSONProvider
 from service.api.queue import celery_job_queue
 from service.core import logs
 from service.core.models.cache import ModelCache
-from service.core.settings import load_config
+from service.core.settings import get_settings
 
 # How much of a multipart body werkzeug's decoder takes per step (its default: 64 KiB).
 # Each step costs a fixed amount of Python work: a 100 MB CSV took ~0.46 s of CPU to
@@ -61,9 +61,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     publish(job_id, queue) and ping()) in place of Celery, and `UPGRADE_ON_START`.
     """
     app = Flask(__name__)
-    app.config.from_mapping(load_config())
-    if test_config:
-        app.config.from_mapping(test_config)
+    settings = get_settings().with_overrides(test_config) if test_config else get_settings()
+    app.config.from_mapping(test_config or {})
+    app.config.from_mapping(settings.as_config())  # the settings as validated, overrides included
     app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_UPLOAD_MB"]) * 1024 * 1024
     app.json = ServiceJSONProvider(app)
 
@@ -77,7 +77,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     cli.init_app(app)
     app.extensions["backprop.queue"] = app.config.get("QUEUE") or celery_job_queue(app.config)
-    app.extensions["backprop.models"] = ModelCache(int(app.config.get("MODEL_CACHE_SIZE", 32)))
+    app.extensions["backprop.models"] = ModelCache(app.config["MODEL_CACHE_SIZE"])
     init_api(app)
     app.register_blueprint(ui.bp)  # the dashboard: page shells that read the API
     metrics.init_app(app)

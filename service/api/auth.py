@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.core.db.tables import DEFAULT_TENANT
 from service.core.problems import ApiError
-from service.core.tenancy.keys import CREATE_HINT, KEY_CACHE_TTL_S, KeyCache, any_key, hash_key, tenant_of_key
+from service.core.tenancy.keys import CREATE_HINT, KeyCache, any_key, hash_key, tenant_of_key
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +93,8 @@ def _startup_notes(app: Flask) -> None:
 
 def init_app(app: Flask) -> None:
     """Resolve the tenant of every /v1 request."""
-    mode = str(app.config.get("AUTH", "on")).strip().lower()
-    if mode not in ("on", "off"):
-        raise ValueError(f"AUTH must be on or off, not {app.config.get('AUTH')!r}")
-    app.config["AUTH"] = mode
-    app.extensions["backprop.keys"] = KeyCache(float(app.config.get("KEY_CACHE_TTL_S", KEY_CACHE_TTL_S)))
+    # AUTH and KEY_CACHE_TTL_S were validated with the other settings (service/core/settings.py).
+    app.extensions["backprop.keys"] = KeyCache(app.config["KEY_CACHE_TTL_S"])
 
     @app.before_request
     def _resolve_tenant() -> None:

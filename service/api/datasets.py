@@ -18,6 +18,7 @@ from service.core.db.tables import Dataset, DatasetPayload, Job
 from service.core.ids import isoformat
 from service.core.problems import ApiError, invalid
 from service.core.schemas import DatasetJson
+from service.core.statuses import ACTIVE_STATUSES
 from service.core.tenancy import limits
 
 bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
@@ -153,7 +154,7 @@ def remove_dataset(dataset_id: str) -> Response:
     with get_session() as session:
         dataset = get_or_404(session, Dataset, dataset_id, "dataset")
         busy = session.scalar(select(exists().where(Job.dataset_id == dataset_id,
-                                                    Job.status.in_(("queued", "running")))))
+                                                    Job.status.in_(ACTIVE_STATUSES))))
         if busy:
             raise ApiError(409, "Conflict", f"dataset {dataset_id} is used by a queued or running "
                                             f"job; cancel it first", slug="dataset-in-use")

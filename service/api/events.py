@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,30 +12,18 @@ from sqlalchemy import select
 
 from service.api.common import get_or_404
 from service.api.db import get_session
-from service.core.db.tables import TERMINAL_STATUSES, Job, JobEpoch
+from service.core.db.tables import Job, JobEpoch
 from service.core.problems import invalid
+from service.core.statuses import TERMINAL_STATUSES
 
 bp = Blueprint("events", __name__, url_prefix="/v1/jobs")
-
-# Defaults; the app config, then the environment, may override each (docs/operations.md).
-EVENT_SETTINGS: dict[str, float] = {
-    "EVENTS_POLL_S": 0.5,        # how often the stream reads the database
-    "EVENTS_HEARTBEAT_S": 15.0,  # a comment line this often keeps proxies from closing an idle stream
-    # A stream holds a gunicorn thread: it ends after this long, and EventSource reconnects
-    # with Last-Event-ID, so a forgotten browser tab cannot hold a thread forever.
-    "EVENTS_MAX_S": 300.0,
-}
-
 
 MAX_EVENT_ID = 2**31 - 1
 
 
 def _setting(name: str) -> float:
-    raw = current_app.config.get(name, os.environ.get(name) or EVENT_SETTINGS[name])
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        return EVENT_SETTINGS[name]  # a bad value must not turn every stream into a 500
+    """Read an EVENTS_* setting (service/core/settings.py) from the app config, where tests may change it."""
+    return float(current_app.config[name])
 
 
 def _resume_after() -> int:

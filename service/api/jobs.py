@@ -16,12 +16,13 @@ from service.api.common import find_owned, get_or_404, json_body, page, page_arg
 from service.api.db import get_session
 from service.api.networks import check_definition, problem_entries
 from service.core.db.store import dataset_input_width, paginate
-from service.core.db.tables import JOB_STATUSES, Dataset, Job, JobEpoch, Network, TrainedModel
+from service.core.db.tables import Dataset, Job, JobEpoch, Network, TrainedModel
 from service.core.ids import isoformat, new_id, utcnow
 from service.core.jobs import warm_start
 from service.core.jobs.publishing import JobQueue
 from service.core.problems import ApiError, invalid
 from service.core.schemas import JOB_LOSS_FOR_TASK, JobCreate
+from service.core.statuses import JobStatus
 from service.core.tenancy import limits
 
 log = logging.getLogger(__name__)
@@ -164,8 +165,8 @@ def list_jobs() -> dict[str, Any]:
     status = request.args.get("status")
     statement = select(Job).where(Job.tenant_id == current_tenant())
     if status:
-        if status not in JOB_STATUSES:
-            raise invalid([{"field": "status", "message": f"must be one of {', '.join(JOB_STATUSES)}"}])
+        if status not in tuple(JobStatus):
+            raise invalid([{"field": "status", "message": f"must be one of {', '.join(JobStatus)}"}])
         statement = statement.where(Job.status == status)
     with get_session() as session:
         rows, next_cursor = paginate(session, statement, Job.id, limit, cursor)
@@ -199,14 +200,14 @@ def cancel_job(job_id: str) -> tuple[dict[str, Any], int]:
     """
     with get_session() as session:
         job = get_or_404(session, Job, job_id, "job")  # another tenant's job is not there to cancel
-        changed = session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(
-            status="cancelled", cancel_requested=True, finished_at=utcnow())).rowcount
+        changed = session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(
+            status=JobStatus.CANCELLED, cancel_requested=True, finished_at=utcnow())).rowcount
         if not changed:
-            changed = session.execute(update(Job).where(Job.id == job_id, Job.status == "running")
+            changed = session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING)
                                       .values(cancel_requested=True)).rowcount
         session.commit()
         session.refresh(job)
-        if not changed and job.status != "cancelled":  # cancelling twice is harmless
+        if not changed and job.status != JobStatus.CANCELLED:  # cancelling twice is harmless
             raise ApiError(409, "Conflict", f"job {job_id} has already {job.status}; "
                                             f"only queued or running jobs can be cancelled",
                            slug="job-finished")

@@ -22,8 +22,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import Engine
 
-from service.core.db.tables import JOB_STATUSES, Job, JobEpoch
+from service.core.db.tables import Job, JobEpoch
 from service.core.settings import DEVICES
+from service.core.statuses import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,12 @@ class StoreCollector(Collector):
         with sessions() as session:
             counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
             latest = (select(JobEpoch.job_id, func.max(JobEpoch.epoch).label("epoch"))
-                      .join(Job, Job.id == JobEpoch.job_id).where(Job.status == "running")
+                      .join(Job, Job.id == JobEpoch.job_id).where(Job.status == JobStatus.RUNNING)
                       .group_by(JobEpoch.job_id).subquery())
             records = session.scalars(select(JobEpoch.record).join(
                 latest, (JobEpoch.job_id == latest.c.job_id) & (JobEpoch.epoch == latest.c.epoch)))
             rate = sum(float(r.get("samples_per_second") or 0.0) for r in records)
-        for status in JOB_STATUSES:
+        for status in JobStatus:
             jobs.add_metric([status], counts.get(status, 0))
         throughput.add_metric([], rate)
         yield jobs

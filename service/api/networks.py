@@ -18,7 +18,6 @@ from service.core.db.tables import Dataset, Network
 from service.core.ids import isoformat, new_id
 from service.core.problems import invalid
 from service.core.schemas import NetworkDefinition
-from service.core.settings import DEFAULT_MAX_PARAMETERS
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +58,7 @@ def budget_problems(definition: Any, input_dim: int | None) -> list[backprop.Pro
     width the count for one input column is a lower bound (parameters only grow with
     the width), which already catches two huge hidden layers in a row.
     """
-    budget = current_app.config.get("MAX_PARAMETERS", DEFAULT_MAX_PARAMETERS)
+    budget = current_app.config["MAX_PARAMETERS"]
     try:
         network = parse(definition, input_dim or 1)
     except backprop.SpecError:

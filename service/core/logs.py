@@ -2,25 +2,25 @@
 
 LOG_FORMAT=json|text picks the format; unset, it is json when stderr is not a
 terminal (gunicorn, Celery, containers) and text in a terminal (`make run`).
-LOG_LEVEL sets the level (INFO by default).
+LOG_LEVEL sets the level (INFO by default). Both are settings (service/core/settings.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import IO, Any
 
+from service.core.settings import Settings, get_settings
+
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 JOB_ID: ContextVar[str | None] = ContextVar("job_id", default=None)
 
-FORMATS = ("json", "text")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(ids)s] %(message)s"
 
 
@@ -63,14 +63,14 @@ class TextFormatter(logging.Formatter):
         return super().format(record)
 
 
-def log_format(environ: Any = None) -> str:
-    """Return the configured format: LOG_FORMAT, else json unless stderr is a terminal."""
-    env = os.environ if environ is None else environ
-    chosen = (env.get("LOG_FORMAT") or "").lower()
-    if chosen in FORMATS:
-        return chosen
-    if chosen:
-        raise ValueError(f"LOG_FORMAT must be json or text, not {chosen!r}")
+def log_format(environ: Mapping[str, str] | None = None) -> str:
+    """Return the configured format: LOG_FORMAT, else json unless stderr is a terminal.
+
+    `environ` (a mapping of environment variables) replaces this process's settings.
+    """
+    settings = get_settings() if environ is None else Settings.from_environ(environ)
+    if settings.LOG_FORMAT is not None:
+        return settings.LOG_FORMAT
     return "text" if sys.stderr.isatty() else "json"
 
 
@@ -86,7 +86,7 @@ def configure(fmt: str | None = None, level: str | None = None, stream: IO[str] 
     handler.setFormatter(JsonFormatter() if fmt == "json"
                          else TextFormatter(TEXT_FORMAT))
     root.addHandler(handler)
-    root.setLevel((level or os.environ.get("LOG_LEVEL") or "INFO").upper())
+    root.setLevel((level or get_settings().LOG_LEVEL or "INFO").upper())
 
 
 @contextmanager

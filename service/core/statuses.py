@@ -17,3 +17,5 @@ class JobStatus(StrEnum):
 
 # The states a job never leaves.
 TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+# The states of a job that holds one of its tenant's job slots (TENANT_MAX_CONCURRENT_JOBS).
+ACTIVE_STATUSES = frozenset(JobStatus) - TERMINAL_STATUSES

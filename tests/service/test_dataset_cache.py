@@ -64,7 +64,10 @@ def test_missing_payload_without_cache_is_a_lookup_error(app, upload_csv, tmp_pa
 
 
 def test_default_cache_is_under_data_dir(app, upload_csv, tmp_path, monkeypatch):
+    from service.core.settings import get_settings
+
     monkeypatch.setenv("DATA_DIR", str(tmp_path / "host"))
+    get_settings.cache_clear()
     assert dataset_cache_dir() == tmp_path / "host" / "dataset-cache"
     dataset = uploaded(app, upload_csv)
     with app.extensions["backprop.sessions"]() as session:

@@ -15,8 +15,6 @@ from service.core.ids import utcnow
 
 # The tenant of everything when AUTH=off, and of rows stored before tenancy (migration 0003).
 DEFAULT_TENANT = "default"
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 
 class Base(DeclarativeBase):

@@ -15,14 +15,13 @@ from typing import Any, Protocol
 
 from kombu import Connection
 
-from service.core.settings import DEVICES
+from service.core.settings import DEVICES, setting_default
 
 TRAIN_TASK = "train_job"
 # Kombu's SQLAlchemy transport passes transport options to create_engine, so its
 # polling interval can only be set on the transport class; 0.1 s gets a task to an
 # idle embedded worker well within half a second.
 SQLA_POLLING_INTERVAL_S = 0.1
-DEFAULT_VISIBILITY_TIMEOUT_S = 3600.0
 
 
 def redis_transport_options(visibility_timeout_s: float) -> dict[str, Any]:
@@ -55,7 +54,7 @@ def celery_settings(config: dict[str, Any]) -> dict[str, Any]:
         # A job outliving the visibility timeout is delivered again (celery#5935);
         # harmless, since the second delivery finds the lease held and does not train.
         transport_options = redis_transport_options(
-            float(config.get("VISIBILITY_TIMEOUT_S", DEFAULT_VISIBILITY_TIMEOUT_S)))
+            float(config.get("VISIBILITY_TIMEOUT_S", setting_default("VISIBILITY_TIMEOUT_S"))))
     return dict(
         broker_url=broker,
         # JSON only: a message is a job id, and nothing is ever unpickled.

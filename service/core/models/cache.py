@@ -13,6 +13,7 @@ import numpy as np
 import backprop
 from service.core.data.preprocessing import Preprocessor
 from service.core.db.tables import TrainedModel
+from service.core.settings import setting_default
 
 
 class Predictor:
@@ -39,7 +40,7 @@ class ModelCache:
     with a cheap existence query before it is used again.
     """
 
-    def __init__(self, max_entries: int = 32, recheck_s: float = 1.0) -> None:
+    def __init__(self, max_entries: int = setting_default("MODEL_CACHE_SIZE"), recheck_s: float = 1.0) -> None:
         self.max_entries = max_entries
         self.recheck_s = recheck_s
         self._entries: OrderedDict[str, tuple[Predictor, float]] = OrderedDict()

@@ -22,9 +22,6 @@ from service.core.ids import new_id
 KEY_PREFIX = "bp_"
 # A tenant's name is its id: short, printable, safe in a log line and a URL.
 TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-# How long a key's tenant (or its absence) is remembered in a process: a revoked key
-# keeps working for at most this long (docs/service.md).
-KEY_CACHE_TTL_S = 10.0
 KEY_CACHE_MAX = 10_000
 CREATE_HINT = "flask --app service keys create --tenant NAME"
 
@@ -88,7 +85,7 @@ class KeyCache:
     revoked key keeps working in a process for up to `ttl_s`.
     """
 
-    def __init__(self, ttl_s: float = KEY_CACHE_TTL_S, max_entries: int = KEY_CACHE_MAX) -> None:
+    def __init__(self, ttl_s: float, max_entries: int = KEY_CACHE_MAX) -> None:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         self._entries: dict[str, tuple[str | None, float]] = {}

@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from service.core.db.tables import Dataset, DatasetPayload, Job, Tenant, TrainedModel
 from service.core.problems import ApiError
+from service.core.statuses import ACTIVE_STATUSES
 
-ACTIVE_STATUSES = ("queued", "running")
 MB = 1024 * 1024
 # A job slot frees up when a job ends; a client may try again after this many seconds.
 RETRY_AFTER_S = 30
