@@ -18,10 +18,10 @@ match the numpy backend's within float32 tolerance.
 Without CuPy or a CUDA device the script prints why and exits 0, so that
 ``make bench`` runs everywhere. On a GPU host, in one call:
 
-    python benchmarks/gpu.py --json "$OUT/gpu.json" && cp benchmarks/README.md "$OUT/"
+    python benchmarks/gpu.py --json "$OUT/gpu.json" && cp benchmarks/README.md benchmarks/history.csv "$OUT/"
 
 Options: ``--steps`` (timed batches per peer, default 40), ``--cpu-steps``
-(default 3), ``--no-readme`` (do not append rows to benchmarks/README.md).
+(default 3), ``--no-readme`` (record nothing in benchmarks/history.csv and README.md).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40, help="timed batches per GPU peer")
     parser.add_argument("--cpu-steps", type=int, default=3, help="timed batches of the CPU figure")
-    parser.add_argument("--no-readme", action="store_true", help="do not append to benchmarks/README.md")
+    parser.add_argument("--no-readme", action="store_true", help="record nothing in benchmarks/history.csv")
     parser.add_argument("--json", help="also write the results to this file")
     return parser.parse_args()
 
