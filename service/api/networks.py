@@ -2,77 +2,25 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request, url_for
 from sqlalchemy import select
 
 import backprop
-from backprop.spec import node_parameters, parse
 from service.api.auth import current_tenant
 from service.api.common import find_owned, get_or_404, int_arg, json_body, page, page_args, validate_body
 from service.api.db import get_session
 from service.core.db.store import dataset_input_width, paginate
 from service.core.db.tables import Dataset, Network
 from service.core.ids import isoformat, new_id
+from service.core.networks import check_definition, problem_entries
 from service.core.problems import invalid
 from service.core.schemas import NetworkDefinition
-
-log = logging.getLogger(__name__)
 
 bp = Blueprint("networks", __name__, url_prefix="/v1/networks")
 
 MAX_WIDTH = 10_000_000
-
-
-def problem_entries(problems: list[backprop.Problem], prefix: str = "") -> list[dict[str, Any]]:
-    """Render engine problems as problem+json `errors`, field paths under `prefix`."""
-    entries = []
-    for problem in problems:
-        field = f"{prefix}.{problem.field}" if prefix and problem.field else (prefix or problem.field)
-        entry: dict[str, Any] = {"field": field, "message": problem.message}
-        if problem.node:
-            entry["node"] = problem.node
-        entries.append(entry)
-    return entries
-
-
-def check_definition(definition: Any, input_dim: int | None = None,
-                     output_dim: int | None = None) -> list[backprop.Problem]:
-    """Run backprop.validate, then the parameter budget; a definition so odd that the check
-    itself fails is one problem."""
-    try:
-        problems = backprop.validate(definition, input_dim=input_dim, output_dim=output_dim)
-        return problems or budget_problems(definition, input_dim)
-    except Exception as error:  # the engine's checker must not turn bad input into a 500
-        log.warning("backprop.validate raised %r", error)
-        return [backprop.Problem("", f"the definition could not be checked: {type(error).__name__}: "
-                                     f"{error}")]
-
-
-def budget_problems(definition: Any, input_dim: int | None) -> list[backprop.Problem]:
-    """Refuse a valid definition with more parameters than MAX_PARAMETERS.
-
-    Counted from the definition alone, before anything is allocated. Without the input
-    width the count for one input column is a lower bound (parameters only grow with
-    the width), which already catches two huge hidden layers in a row.
-    """
-    budget = current_app.config["MAX_PARAMETERS"]
-    try:
-        network = parse(definition, input_dim or 1)
-    except backprop.SpecError:
-        return []  # widths that fit only the real input: the check at job creation counts
-    counts = node_parameters(network)
-    total = sum(count for _node, count in counts)
-    if total <= budget:
-        return []
-    node, largest = max(counts, key=lambda item: item[1])
-    bound = "" if input_dim else "at least "
-    return [backprop.Problem(f"{node.path}.units",
-                             f"the network has {bound}{total:,} parameters, more than the budget of "
-                             f"{budget:,} (MAX_PARAMETERS); node {node.name!r} alone has {largest:,}",
-                             node.name)]
 
 
 def definition_from_body(body: Any) -> tuple[str | None, dict[str, Any]]:
@@ -112,7 +60,7 @@ def validate_network() -> dict[str, Any]:
     """Check a definition without storing it; every problem at once."""
     _name, definition = definition_from_body(json_body())
     input_dim, output_dim = _width_args()
-    problems = check_definition(definition, input_dim, output_dim)
+    problems = check_definition(definition, input_dim, output_dim, current_app.config["MAX_PARAMETERS"])
     count = None
     if not problems and input_dim is not None:
         count = backprop.count_parameters(definition, input_dim)
@@ -125,7 +73,7 @@ def create_network() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Store a network definition after validating it."""
     name, definition = definition_from_body(json_body())
     input_dim, output_dim = _width_args()
-    problems = check_definition(definition, input_dim, output_dim)
+    problems = check_definition(definition, input_dim, output_dim, current_app.config["MAX_PARAMETERS"])
     if problems:
         raise invalid(problem_entries(problems))
     network = Network(id=new_id("net"), tenant_id=current_tenant(), name=name, definition=definition)

@@ -1,0 +1,193 @@
+"""Job creation: check a request against its dataset, network and warm-start model, commit the job, publish it.
+
+The rules behind POST /v1/jobs, without Flask or Celery: the route parses the body,
+calls :func:`create_job` and renders the row it returns. Every problem of a request
+is found before anything is written and reported at once as one 422; a valid job may
+still be refused by the tenant's limits (429, 413). The row is committed before its id
+is published, so a worker always finds the row it is handed (docs/jobs.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+from sqlalchemy import update
+from sqlalchemy.orm import Session, defer
+
+import backprop
+from backprop.config import TrainingConfig
+from service.core.db.store import dataset_input_width
+from service.core.db.tables import Dataset, Job, Network, TrainedModel
+from service.core.ids import new_id, utcnow
+from service.core.jobs import warm_start
+from service.core.jobs.publishing import JobQueue
+from service.core.networks import check_definition, problem_entries
+from service.core.problems import ApiError, FieldError, invalid
+from service.core.schemas import JOB_LOSS_FOR_TASK, JobCreate
+from service.core.statuses import JobStatus
+from service.core.tenancy import limits
+
+log = logging.getLogger(__name__)
+
+# The tables a job request names rows of by id.
+Owned = TypeVar("Owned", Dataset, TrainedModel, Network)
+
+
+def create_job(session: Session, tenant: str, request: JobCreate, config: Mapping[str, Any],
+               queue: JobQueue, sent_network: Mapping[str, Any] | None = None) -> Job:
+    """Check a job request, commit its row, then publish its id to the job's cpu or gpu queue.
+
+    Parameters
+    ----------
+    session
+        A session of the service's database; the job is committed in it.
+    tenant
+        The tenant asking: the dataset, network and model must be its own.
+    request
+        The validated request body.
+    config
+        The settings (the app's config): MAX_PARAMETERS and the tenant limits.
+    queue
+        Where the job's id is published once its row is committed.
+    sent_network
+        The `network` object as the client sent it, stored as it is (less its `name`);
+        by default the fields of ``request.network`` that were set.
+
+    Returns
+    -------
+    Job
+        The committed row, status queued.
+
+    Raises
+    ------
+    ApiError
+        422 listing every field at fault; 429 when the tenant has no job slot left; 413 when
+        it stores as much as it may; 503 when the queue cannot be reached (the job is then
+        failed, saying so).
+    """
+    dataset, definition, training = _checked_request(session, tenant, request, config, sent_network)
+    # A valid job may still be one too many, or add a model to a tenant out of room.
+    limits.check_job_slot(session, tenant, config)
+    limits.check_storage(session, tenant, config, 0)
+    job = Job(id=new_id("job"), tenant_id=tenant, status=JobStatus.QUEUED, dataset_id=dataset.id,
+              network_id=request.network_id, network=definition, training=training,
+              device=request.device, epochs=training["epochs"], epoch=0,
+              cancel_requested=False, attempt=0, deliveries=0, published_at=utcnow(),
+              time_limit_s=request.time_limit_s, init_from_model=request.init_from_model)
+    session.add(job)
+    session.commit()
+    # Published only after the commit: a worker must always find the row it is handed.
+    _publish(session, job, queue)
+    return job
+
+
+def training_fields(request: JobCreate, dataset: Dataset,
+                    source: TrainedModel | None = None) -> tuple[dict[str, Any], list[FieldError]]:
+    """Return the full training config (the loss following the task when not given) and its problems.
+
+    A warm start (`source`, the model of init_from_model) continues with the model's
+    loss and classes.
+    """
+    warm = source is not None and source.task == dataset.task
+    sent: BaseModel = request.training  # TrainingSchema's fields are built at run time
+    training = sent.model_dump()
+    if "loss" not in sent.model_fields_set:
+        training["loss"] = source.loss if warm and source is not None else JOB_LOSS_FOR_TASK[dataset.task]
+    loss = training["loss"]
+    n_classes = len((source.classes if warm and source is not None else dataset.classes) or [])
+    if backprop.TASK_OF_LOSS[loss] != dataset.task:
+        good = ", ".join(k for k, v in backprop.TASK_OF_LOSS.items() if v == dataset.task)
+        return training, [{"field": "training.loss",
+                           "message": f"{loss} does not fit a {dataset.task} dataset; use {good}"}]
+    if loss == "binary_cross_entropy" and n_classes != 2:
+        return training, [{"field": "training.loss", "message": f"binary_cross_entropy needs two classes; "
+                                                                f"the dataset has {n_classes}; use cross_entropy"}]
+    try:
+        # The engine's own check, so the worker can never reject what the API accepted.
+        return TrainingConfig.from_dict(training).to_dict(), []
+    except backprop.ConfigError as error:
+        return training, problem_entries(error.problems, "training")
+
+
+def _owned(session: Session, table: type[Owned], row_id: str, tenant: str, **options: Any) -> Owned | None:
+    """Return the row of `table` with this id when it is the tenant's, else None (another's is absent)."""
+    row = session.get(table, row_id, **options)
+    if row is None or row.tenant_id != tenant:
+        return None
+    return row
+
+
+def _checked_request(session: Session, tenant: str, request: JobCreate, config: Mapping[str, Any],
+                     sent_network: Mapping[str, Any] | None) -> tuple[Dataset, dict[str, Any], dict[str, Any]]:
+    """Return the job's dataset, network definition and full training config, or raise the 422."""
+    dataset = _owned(session, Dataset, request.dataset_id, tenant)
+    if dataset is None:
+        raise invalid([{"field": "dataset_id", "message": f"no dataset with id {request.dataset_id!r}"}])
+    source = None
+    if request.init_from_model is not None:
+        source = _owned(session, TrainedModel, request.init_from_model, tenant,
+                        options=[defer(TrainedModel.weights)])
+        if source is None:
+            raise invalid([{"field": "init_from_model",
+                            "message": f"no model with id {request.init_from_model!r}"}])
+    definition = _definition(session, tenant, request, sent_network, source)
+    training, errors = _problems(request, dataset, source, definition, int(config["MAX_PARAMETERS"]))
+    if errors:
+        raise invalid(errors)
+    return dataset, definition, training
+
+
+def _definition(session: Session, tenant: str, request: JobCreate, sent_network: Mapping[str, Any] | None,
+                source: TrainedModel | None) -> dict[str, Any]:
+    """Return the job's network definition: a stored network's, the one sent, or the warm-start model's."""
+    if request.network_id is not None:
+        network = _owned(session, Network, request.network_id, tenant)
+        if network is None:
+            raise invalid([{"field": "network_id", "message": f"no network with id {request.network_id!r}"}])
+        return network.definition
+    if request.network is not None:
+        sent = request.network.model_dump(exclude_unset=True) if sent_network is None else sent_network
+        return {k: v for k, v in sent.items() if k != "name"}
+    assert source is not None  # JobCreate takes no request without a network unless it warm-starts
+    return warm_start.model_network(source)
+
+
+def _problems(request: JobCreate, dataset: Dataset, source: TrainedModel | None, definition: dict[str, Any],
+              max_parameters: int) -> tuple[dict[str, Any], list[FieldError]]:
+    """Return the full training config and every problem of the job: training, network, warm start."""
+    warm = [] if source is None else warm_start.check_data(source, dataset)
+    training, errors = training_fields(request, dataset, source)
+    if source is not None and not errors:
+        warm += warm_start.check_loss(source, training["loss"])
+    # A warm start encodes the data with the model's preprocessing: the model's widths apply.
+    input_dim = dataset_input_width(dataset) if source is None else warm_start.model_input_width(source)
+    classes = dataset.classes if source is None else source.classes
+    # Without a valid loss the output width is unknown; check the rest of the network anyway.
+    output_dim = None if errors or warm else backprop.output_width(
+        training["loss"], n_classes=len(classes or []) or None, n_targets=len(dataset.targets))
+    network_problems = check_definition(definition, input_dim, output_dim, max_parameters)
+    errors += problem_entries(network_problems, "network")
+    if source is not None and not network_problems:
+        warm += warm_start.check_parameters(source, definition)
+    return training, errors + warm
+
+
+def _publish(session: Session, job: Job, queue: JobQueue) -> None:
+    """Publish a committed job; when the queue refuses, fail the job and raise the 503 problem.
+
+    A job that could not be queued must not stay queued: no worker would ever take it.
+    """
+    try:
+        queue.publish(job.id, job.device)
+    except Exception as error:  # the broker is down or refuses: say so, do not leave a ghost job
+        log.exception("could not publish job %s", job.id)
+        session.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.QUEUED).values(
+            status=JobStatus.FAILED, finished_at=utcnow(),
+            error=f"the job queue could not be reached ({type(error).__name__}); "
+                  f"check the broker and submit the job again"))
+        session.commit()
+        raise ApiError(503, "Service Unavailable", f"job {job.id} could not be queued: the broker "
+                                                   f"is unreachable", slug="broker-unavailable") from None
