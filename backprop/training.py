@@ -112,7 +112,7 @@ def train(
                 "duration_s": elapsed,
                 "samples_per_second": data.n / elapsed if elapsed > 0 else None,
                 "layers": layers,
-                "flags": _flags(layers, global_norm),
+                **_flags(layers, global_norm),
             })
             run.history.append(record)
             stop = run.patience_ran_out()
@@ -395,19 +395,28 @@ def _update_ratios(layers: dict[str, dict[str, float]], nodes: list, weights: li
         layers[node.name]["update_ratio"] = _ratio(_norm(old, xp), layers[node.name]["weight_norm"])
 
 
-def _flags(layers: dict[str, dict[str, float]], global_norm: float) -> list[str]:
-    """Health flags of an epoch, by the thresholds at the top of this module."""
-    flags = []
-    norms = [layer["grad_norm"] for layer in layers.values() if "grad_norm" in layer]
-    if norms and (min(norms) < VANISHING_ABSOLUTE or min(norms) < VANISHING_RELATIVE * max(norms)):
-        flags.append("vanishing_gradients")
-    ratios = [layer.get("update_ratio", 0.0) for layer in layers.values()]
-    huge_update = max(ratios, default=0.0) > EXPLODING_UPDATE_RATIO
+def _flags(layers: dict[str, dict[str, float]], global_norm: float) -> dict[str, Any]:
+    """Health flags of an epoch, by the thresholds at the top of this module: the record's
+    `flags` (their names) and `flag_details` (for each, the layers past its threshold and
+    its explanation), so that no reader has to apply the thresholds again.
+    """
+    norms = {name: layer["grad_norm"] for name, layer in layers.items() if "grad_norm" in layer}
+    largest = max(norms.values(), default=0.0)
+    raised: dict[str, list[str]] = {}
+    vanishing = [name for name, norm in norms.items()
+                 if norm < VANISHING_ABSOLUTE or norm < VANISHING_RELATIVE * largest]
+    if vanishing:
+        raised["vanishing_gradients"] = vanishing
+    huge_update = [name for name, layer in layers.items()
+                   if layer.get("update_ratio", 0.0) > EXPLODING_UPDATE_RATIO]
     if not math.isfinite(global_norm) or global_norm > EXPLODING_GLOBAL_NORM or huge_update:
-        flags.append("exploding_gradients")
-    if any(layer.get("saturation", 0.0) > SATURATION_FRACTION for layer in layers.values()):
-        flags.append("saturation")
-    return flags
+        raised["exploding_gradients"] = huge_update  # a huge global norm alone names no layer
+    saturated = [name for name, layer in layers.items() if layer.get("saturation", 0.0) > SATURATION_FRACTION]
+    if saturated:
+        raised["saturation"] = saturated
+    return {"flags": list(raised),
+            "flag_details": {flag: {"layers": names, "explanation": FLAG_EXPLANATIONS[flag]}
+                             for flag, names in raised.items()}}
 
 
 def _clip(grads: list, max_norm: float, xp: Any) -> None:

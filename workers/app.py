@@ -53,10 +53,13 @@ _reaper_engine: Any = None
 
 @worker_process_init.connect
 def _init_pool_process(**_kwargs: object) -> None:
-    """Load the training code in each pool process before its first job."""
-    if _reaper_engine is not None:  # forked after the reaper started: leave its connections alone
+    """Let a pool process forked after the reaper started leave the reaper's connections alone.
+
+    (workers/tasks.py loads the training code in each pool process: workers.training
+    imports this module, so importing it from here would make a cycle.)
+    """
+    if _reaper_engine is not None:
         _reaper_engine.dispose(close=False)
-    import workers.training  # noqa: F401
 
 
 @worker_shutting_down.connect

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import logging
 
+from celery.signals import worker_process_init
+
 from service.core.jobs.publishing import TRAIN_TASK
 from service.core.statuses import JobStatus
 from workers.app import celery, publish_job, shutdown_requested
 from workers.lease import default_sessions, fail_queued, record_delivery
 
 log = logging.getLogger(__name__)
+
+
+@worker_process_init.connect
+def _load_training_code(**_kwargs: object) -> None:
+    """Load the training code (numpy, CuPy on GPU hosts) in each pool process before its first job."""
+    import workers.training  # noqa: F401
 
 
 @celery.task(name=TRAIN_TASK, ignore_result=True)

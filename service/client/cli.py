@@ -19,8 +19,7 @@ from typing import Any, NoReturn, TextIO
 import click
 import requests
 
-from backprop import FLAG_EXPLANATIONS
-from service.client.client import DEFAULT_URL, TERMINAL, ApiError, Client
+from service.client.client import DEFAULT_URL, JOB_STATUSES, TERMINAL, ApiError, Client
 
 EXIT_ERROR, EXIT_FAILED, EXIT_CANCELLED, EXIT_INTERRUPTED = 1, 3, 4, 130
 PREDICT_CHUNK_ROWS = 10_000
@@ -222,7 +221,7 @@ def jobs() -> None:
 
 
 @jobs.command("list")
-@click.option("--status", type=click.Choice(TERMINAL + ("queued", "running")))
+@click.option("--status", type=click.Choice(JOB_STATUSES))
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
 @click.pass_context
 def jobs_list(ctx: click.Context, status: str | None, limit: int) -> None:
@@ -319,7 +318,7 @@ class Watcher:
             self.bar.refresh()
             if epoch > self.shown_epoch:
                 self.shown_epoch = epoch
-                self.warn(metrics.get("flags") or [], None)
+                self.warn(metrics.get("flags") or [], metrics)  # the latest epoch's record, less its layers
         elif epoch > self.shown_epoch:
             # Several epochs may end between two polls: the history has each of them.
             records = self.client.job_metrics(self.job_id)["epochs"]
@@ -330,30 +329,21 @@ class Watcher:
                     self.warn(record.get("flags") or [], record)
             self.shown_epoch = epoch
 
-    def warn(self, flags: list[str], record: dict[str, Any] | None) -> None:
-        """Explain each flag the first time it appears, naming the layers of `record` (or the latest epoch)."""
+    def warn(self, flags: list[str], record: dict[str, Any]) -> None:
+        """Explain each flag the first time it appears, naming the layers that raised it in `record`.
+
+        The engine's epoch record says both (`flag_details`: for each flag its layers and its
+        explanation), so nothing here knows the thresholds or the sentences.
+        """
         new = [flag for flag in flags if flag not in self.flags_seen]
         if not new:
             return
         self.flags_seen.update(new)
-        if record is None:
-            records = self.client.job_metrics(self.job_id)["epochs"]
-            record = records[-1] if records else {}
-        layers = self.layers_of(record)
+        details: dict[str, dict[str, Any]] = record.get("flag_details") or {}
         for flag in new:
-            where = f" ({', '.join(layers[flag])})" if layers.get(flag) else ""
-            self.line(f"warning: {flag}{where}: {FLAG_EXPLANATIONS.get(flag, '')}".rstrip(": "))
-
-    def layers_of(self, record: dict[str, Any]) -> dict[str, list[str]]:
-        """Name the layers behind each flag from an epoch's per-layer diagnostics."""
-        layers: dict[str, dict[str, float]] = record.get("layers") or {}
-        norms = {name: d.get("grad_norm") for name, d in layers.items() if d.get("grad_norm") is not None}
-        largest = max(norms.values(), default=0.0)
-        return {
-            "vanishing_gradients": [n for n, g in norms.items() if g < 1e-3 * largest or g < 1e-8],
-            "exploding_gradients": [n for n, d in layers.items() if (d.get("update_ratio") or 0) > 1.0],
-            "saturation": [n for n, d in layers.items() if (d.get("saturation") or 0) > 0.5],
-        }
+            detail = details.get(flag) or {}
+            where = f" ({', '.join(detail['layers'])})" if detail.get("layers") else ""
+            self.line(f"warning: {flag}{where}: {detail.get('explanation') or ''}".rstrip(": "))
 
     def line(self, text: str) -> None:
         if self.bar is not None:

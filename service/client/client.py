@@ -27,6 +27,11 @@ from typing import Any
 import requests
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+# A job's statuses, as the API answers them, and those it never leaves. The client is a
+# distributable of its own that imports nothing of the server, and a choice of --status must
+# be known without asking the API, so they are spelled here: tests/service/test_client_contract.py
+# pins them to the server's service.core.statuses.
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
