@@ -7,6 +7,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -331,7 +332,35 @@ def _time_left_s(job: Job, settings: JobSettings) -> tuple[float, str] | None:
     return limit[0] - (utcnow() - as_utc(job.started_at)).total_seconds(), limit[1]
 
 
+@dataclass
+class _JobInputs:
+    """What a job trains from, read in one short transaction before training starts."""
+
+    job: Job
+    preprocessor: Preprocessor
+    data: dict[str, Any]  # {"X": training inputs, "y": their targets}
+    validation: tuple[Any, Any] | None
+    # The checkpoint an earlier attempt stored; the warm-start model's (definition, weights),
+    # on a first attempt only.
+    saved_checkpoint: bytes | None
+    initial_weights: tuple[Any, bytes] | None
+
+
 def _train(sessions: sessionmaker[Session], job_id: str, recorder: JobRecorder) -> None:
+    """Train a claimed job and store its model: read its inputs, build its network, train, save."""
+    inputs = _load_inputs(sessions, job_id, recorder)
+    job, preprocessor = inputs.job, inputs.preprocessor
+    training = dict(job.training)
+    network = _build_network(job, preprocessor, inputs.initial_weights)
+    checkpoint = _resume_from(inputs.saved_checkpoint, job, recorder)
+    history = backprop.train(network, inputs.data["X"], inputs.data["y"], validation_data=inputs.validation,
+                             on_epoch_end=recorder.on_epoch_end, should_stop=recorder.should_stop,
+                             on_checkpoint=recorder.on_checkpoint, checkpoint=checkpoint, **training)
+    _save_model(sessions, job, recorder, network, history, preprocessor)
+
+
+def _load_inputs(sessions: sessionmaker[Session], job_id: str, recorder: JobRecorder) -> _JobInputs:
+    """Read the job, start its time limit, encode its data and fetch its checkpoint or warm-start model."""
     with sessions() as session:
         job = session.get(Job, job_id)
         assert job is not None
@@ -343,10 +372,13 @@ def _train(sessions: sessionmaker[Session], job_id: str, recorder: JobRecorder) 
         preprocessor, data, validation = _prepare(session, job, source)
         saved = session.scalar(select(JobCheckpoint.data).where(JobCheckpoint.job_id == job_id))
         initial = (source.definition, source.weights) if source is not None and saved is None else None
-    training = dict(job.training)
-    spec = job.network
+    return _JobInputs(job, preprocessor, data, validation, saved, initial)
+
+
+def _build_network(job: Job, preprocessor: Preprocessor, initial: tuple[Any, bytes] | None) -> backprop.Network:
+    """Build the job's network for the encoded input width; a warm start loads the model's weights into it."""
     try:
-        network = backprop.build(spec, input_dim=preprocessor.input_width, seed=training["seed"],
+        network = backprop.build(job.network, input_dim=preprocessor.input_width, seed=job.training["seed"],
                                  device=job.device)
     except backprop.SpecError as error:
         raise JobDataError(f"the network does not fit the training data ({error}); the input "
@@ -359,38 +391,46 @@ def _train(sessions: sessionmaker[Session], job_id: str, recorder: JobRecorder) 
         except ValueError as error:
             raise JobDataError(f"the network does not fit the weights of model {job.init_from_model} "
                                f"(init_from_model): {error}") from None
-    checkpoint = backprop.Checkpoint.from_bytes(saved) if saved is not None else None
-    if checkpoint is not None:
-        recorder.stored_epoch = recorder.recorded_epoch = int(checkpoint.epoch)
-        log.info("job %s: attempt %d resumes from its epoch %d checkpoint", job_id, job.attempt,
-                 checkpoint.epoch)
-    history = backprop.train(network, data["X"], data["y"], validation_data=validation,
-                             on_epoch_end=recorder.on_epoch_end, should_stop=recorder.should_stop,
-                             on_checkpoint=recorder.on_checkpoint, checkpoint=checkpoint, **training)
+    return network
+
+
+def _resume_from(saved: bytes | None, job: Job, recorder: JobRecorder) -> backprop.Checkpoint | None:
+    """Return the stored checkpoint to resume from (None: train from the start), telling the recorder its epoch."""
+    if saved is None:
+        return None
+    checkpoint = backprop.Checkpoint.from_bytes(saved)
+    recorder.stored_epoch = recorder.recorded_epoch = int(checkpoint.epoch)
+    log.info("job %s: attempt %d resumes from its epoch %d checkpoint", job.id, job.attempt, checkpoint.epoch)
+    return checkpoint
+
+
+def _save_model(sessions: sessionmaker[Session], job: Job, recorder: JobRecorder, network: backprop.Network,
+                history: Any, preprocessor: Preprocessor) -> None:
+    """Store the trained model and end the job succeeded, in one transaction while the lease is held."""
     definition, weights = backprop.save(network)
     metrics = _final_metrics(history)
     parameter_count = int(sum(np.prod(p.shape) for p in network.parameters().values()))
     owner = recorder.owner
     with sessions() as session:
         # The model is the tenant's whose job made it.
-        model = TrainedModel(id=new_id("mdl"), tenant_id=job.tenant_id, job_id=job_id, dataset_id=job.dataset_id,
-                             task=preprocessor.task, loss=training["loss"], definition=definition,
+        model = TrainedModel(id=new_id("mdl"), tenant_id=job.tenant_id, job_id=job.id, dataset_id=job.dataset_id,
+                             task=preprocessor.task, loss=job.training["loss"], definition=definition,
                              weights=weights, preprocessing=preprocessor.state,
                              classes=preprocessor.classes, metrics=metrics,
                              parameter_count=parameter_count)
         # The last records, the model and the job's success commit together, only while
         # the lease is held: a stale duplicate can never add a second model.
         if recorder.write_progress(session) is None:
-            raise LeaseLost(job_id)
+            raise LeaseLost(job.id)
         session.add(model)
-        done = session.execute(update(Job).where(Job.id == job_id, Job.owner == owner,
+        done = session.execute(update(Job).where(Job.id == job.id, Job.owner == owner,
                                                  Job.status == JobStatus.RUNNING).values(
             status=JobStatus.SUCCEEDED, model_id=model.id, metrics=metrics, finished_at=utcnow(),
             heartbeat_at=utcnow())).rowcount
         if not done:
             session.rollback()
-            raise LeaseLost(job_id)
-        session.execute(delete(JobCheckpoint).where(JobCheckpoint.job_id == job_id))
+            raise LeaseLost(job.id)
+        session.execute(delete(JobCheckpoint).where(JobCheckpoint.job_id == job.id))
         session.commit()
 
 
@@ -450,18 +490,13 @@ def _run_job(job_id: str, sessions: sessionmaker[Session] | None, owner: str | N
         # group): hand the job back on the way out rather than wait for the lease to go stale.
         _hand_back(sessions, job_id, recorder, publish or publish_job)
         raise
-    except TimeLimitExceeded as error:
-        recorder.finish(JobStatus.FAILED, str(error))
-        return JobStatus.FAILED
-    except backprop.TrainingDiverged as error:
+    except (TimeLimitExceeded, backprop.TrainingDiverged, JobDataError, backprop.ConfigError) as error:
+        # Their messages tell the user what to change.
         recorder.finish(JobStatus.FAILED, str(error))
         return JobStatus.FAILED
     except backprop.DeviceUnavailable as error:
         recorder.finish(JobStatus.FAILED, f"this worker cannot train on the requested device: {error}; submit with "
-                                  f"device cpu or start a GPU worker (queue gpu)")
-        return JobStatus.FAILED
-    except (JobDataError, backprop.ConfigError) as error:
-        recorder.finish(JobStatus.FAILED, str(error))
+                                          f"device cpu or start a GPU worker (queue gpu)")
         return JobStatus.FAILED
     except LeaseLost:
         log.warning("job %s: lease lost; another worker owns it now", job_id)
