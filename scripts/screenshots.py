@@ -35,10 +35,11 @@ from typing import Any
 import numpy as np
 import requests
 
+from service.core.statuses import TERMINAL_STATUSES
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 CHROMIUM = os.environ.get("BACKPROP_CHROMIUM", "/usr/bin/chromium")
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 # --- the service ----------------------------------------------------------------------------------
@@ -116,7 +117,7 @@ class Api:
             job = self.call("GET", f"/v1/jobs/{job_id}")
             if until(job):
                 return job
-            if job["status"] in TERMINAL:
+            if job["status"] in TERMINAL_STATUSES:
                 raise SystemExit(f"job {job_id} ended {job['status']}: {job.get('error')}")
             time.sleep(0.25)
         raise SystemExit(f"job {job_id} took longer than {timeout} s")

@@ -12,15 +12,20 @@ from typing import Any
 from flask import Blueprint, Response, current_app, render_template, request, url_for
 
 from backprop import FLAG_EXPLANATIONS
+from service.core.statuses import TERMINAL_STATUSES, JobStatus
+
+# The statuses a job never leaves, in JobStatus's order, for the page's JavaScript.
+TERMINAL = [status.value for status in JobStatus if status in TERMINAL_STATUSES]
 
 bp = Blueprint("ui", __name__, template_folder="templates", static_folder="static",
                static_url_path="/ui/static")
 
 
 def _page(template: str, **context: Any) -> Response:
-    """Render a page shell; it says whether the API wants a key and carries the flag table."""
-    auth = str(current_app.config.get("AUTH", "off")).lower()
-    response = Response(render_template(template, auth=auth, flag_explanations=FLAG_EXPLANATIONS, **context))
+    """Render a page shell; it says whether the API wants a key and carries the flag table and
+    the terminal statuses."""
+    response = Response(render_template(template, auth=current_app.config["AUTH"], flag_explanations=FLAG_EXPLANATIONS,
+                                        terminal_statuses=TERMINAL, **context))
     # The shell is the same for everyone, but a stale one may load stale JavaScript.
     response.headers["Cache-Control"] = "no-cache"
     return response

@@ -60,6 +60,17 @@ def test_the_flag_sentences_come_from_the_engines_table(client):
     assert json.loads(embedded.group(1)) == FLAG_EXPLANATIONS
 
 
+def test_the_terminal_statuses_come_from_the_servers_list(client):
+    from service.core.statuses import TERMINAL_STATUSES
+
+    page = client.get("/ui/jobs/job_x").text
+    embedded = re.search(r'<script type="application/json" id="terminal-statuses">(.*?)</script>', page, re.S)
+    assert json.loads(embedded.group(1)) == ["succeeded", "failed", "cancelled"]
+    assert set(json.loads(embedded.group(1))) == TERMINAL_STATUSES
+    script = (ROOT / "service" / "ui" / "static" / "dashboard.js").read_text()
+    assert '"succeeded", "failed"' not in script  # the page's list is the only one
+
+
 def test_the_pages_load_only_vendored_scripts_and_styles(client):
     for path in ("/ui", "/ui/jobs/job_x", "/ui/models/mdl_x"):
         page = client.get(path).text

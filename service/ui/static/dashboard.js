@@ -4,13 +4,14 @@
 
 (() => {
   const KEY_STORAGE = "backprop.apiKey";
-  const TERMINAL = ["succeeded", "failed", "cancelled"];
   const HEADLINE_METRICS = ["loss", "val_loss", "accuracy", "val_accuracy", "mae", "val_mae", "r2", "val_r2",
                             "epoch", "epochs_run"];
   const COLOURS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04",
                    "#db2777", "#4b5563", "#65a30d"];
   const body = document.body;
   const FLAG_EXPLANATIONS = JSON.parse(document.getElementById("flag-explanations").textContent);
+  // The statuses a job never leaves, as the server renders them (service/core/statuses.py).
+  const TERMINAL = JSON.parse(document.getElementById("terminal-statuses").textContent);
   // Exposed for the browser tests and for poking around in the console.
   const dashboard = (window.dashboard = { charts: {}, records: [] });
 
