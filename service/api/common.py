@@ -50,9 +50,12 @@ def validate_body(model: type[M], body: Any) -> M:
 
 def int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
     """Read an integer query parameter within bounds, or raise a 422 naming it."""
-    raw = request.args.get(name)
-    if raw is None or raw == "":
+    values = request.args.getlist(name)
+    if not values:
         return default
+    if len(values) > 1:  # which one was meant is a guess: refuse rather than take the first
+        raise invalid([{"field": name, "message": "give it once"}])
+    raw = values[0]
     try:
         value = int(raw)
     except ValueError:

@@ -10,7 +10,8 @@ from flask import Blueprint, Response, current_app, request, url_for
 from sqlalchemy import exists, select
 
 from service.api.auth import current_tenant
-from service.api.common import get_or_404, json_body, page, page_args, validate_body
+from service.api import responses
+from service.api.common import get_or_404, json_body, page_args, validate_body
 from service.api.db import get_session, get_session_factory
 from service.core.data.parsing import ParsedTable, TableError, describe_target, parse_csv, parse_json_rows
 from service.core.db.store import dataset_input_width, delete_dataset, paginate, save_dataset
@@ -26,8 +27,8 @@ bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
 TASKS = ("classification", "regression")
 
 
-def dataset_json(dataset: Dataset, size_bytes: int | None = None) -> dict[str, Any]:
-    """Render a dataset."""
+def dataset_answer(dataset: Dataset, size_bytes: int | None = None) -> responses.Dataset:
+    """Build the answer describing a dataset (its payload's size when given)."""
     body = {
         "id": dataset.id,
         "name": dataset.name,
@@ -45,7 +46,12 @@ def dataset_json(dataset: Dataset, size_bytes: int | None = None) -> dict[str, A
     }
     if size_bytes is not None:
         body["size_bytes"] = size_bytes
-    return body
+    return responses.Dataset.model_validate(body)
+
+
+def dataset_json(dataset: Dataset, size_bytes: int | None = None) -> dict[str, Any]:
+    """Render a dataset."""
+    return dataset_answer(dataset, size_bytes).answer()
 
 
 def _table_error(error: TableError) -> ApiError:
@@ -135,7 +141,7 @@ def list_datasets() -> dict[str, Any]:
     with get_session() as session:
         statement = select(Dataset).where(Dataset.tenant_id == current_tenant())
         rows, next_cursor = paginate(session, statement, Dataset.id, limit, cursor)
-        return page([dataset_json(d) for d in rows], next_cursor)
+        return responses.DatasetPage(items=[dataset_answer(d) for d in rows], next_cursor=next_cursor).answer()
 
 
 @bp.get("/<dataset_id>")

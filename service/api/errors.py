@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
-from flask import Flask, Response, json
+from flask import Flask, Response, json, request
 from pydantic import ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from service.api.responses import Problem, render
 from service.core.problems import PROBLEM_JSON, ApiError, from_validation_error
 
 log = logging.getLogger(__name__)
@@ -25,10 +27,35 @@ def problem_response(status: int, title: str, detail: str, errors: list[dict[str
     }
     if errors:
         body["errors"] = errors
-    response = Response(json.dumps(body), status=status, mimetype=PROBLEM_JSON)
+    response = Response(json.dumps(render(Problem, body)), status=status, mimetype=PROBLEM_JSON)
     for key, value in (headers or {}).items():
         response.headers[key] = value
     return response
+
+
+def route_methods(app: Flask, rule: str) -> list[str]:
+    """Return the methods of the route with this URL rule (every rule spelled so), sorted."""
+    return sorted({m for r in app.url_map.iter_rules() if r.rule == rule for m in r.methods or ()})
+
+
+def _allowed_for_405(app: Flask, valid_methods: Iterable[str]) -> list[str]:
+    """Return the Allow header of a 405: the methods of the route the path names.
+
+    Werkzeug offers the methods of every rule the path matches; of those rules the one
+    with the fewest variable parts is the route the path names (a static segment wins
+    over a converter, as in routing)."""
+    adapter = app.url_map.bind_to_environ(request.environ)
+    rules = []
+    for method in valid_methods:
+        try:
+            rule, _ = adapter.match(method=method, return_rule=True)
+        except HTTPException:
+            continue
+        rules.append(rule)
+    if not rules:
+        return sorted(valid_methods)
+    named = min(rules, key=lambda r: (len(r.arguments), r.rule))
+    return route_methods(app, named.rule)
 
 
 def init_app(app: Flask) -> None:
@@ -53,8 +80,17 @@ def init_app(app: Flask) -> None:
             detail = (f"the request body is larger than MAX_UPLOAD_MB "
                       f"({app.config['MAX_UPLOAD_MB']} MB)")
         response = problem_response(status, error.name, detail)
-        if status == 405 and error.get_response().headers.get("Allow"):
-            response.headers["Allow"] = error.get_response().headers["Allow"]
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            response.headers["Allow"] = ", ".join(_allowed_for_405(app, error.valid_methods))
+        return response
+
+    @app.after_request
+    def _options_allow(response: Response) -> Response:
+        # Flask's automatic OPTIONS answer lists the methods of every rule the path matches:
+        # /v1/networks/validate would advertise GET and DELETE, which only reach
+        # /v1/networks/<network_id> with the id "validate". Say those of the route it names.
+        if request.method == "OPTIONS" and request.url_rule is not None and "Allow" in response.headers:
+            response.headers["Allow"] = ", ".join(route_methods(app, request.url_rule.rule))
         return response
 
     @app.errorhandler(Exception)

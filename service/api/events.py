@@ -10,6 +10,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request, stream_with_context
 from sqlalchemy import select
 
+from service.api import responses
 from service.api.common import get_or_404
 from service.api.db import get_session
 from service.core.db.tables import Job, JobEpoch
@@ -52,8 +53,9 @@ def _poll(job_id: str, after: int) -> tuple[str | None, list[dict[str, Any]], di
             return None, [], {}
         records = list(session.scalars(select(JobEpoch.record).where(
             JobEpoch.job_id == job_id, JobEpoch.epoch > after).order_by(JobEpoch.epoch)))
-        summary = {"job_id": job_id, "status": job.status, "epoch": job.epoch, "epochs": job.epochs,
-                   "model_id": job.model_id, "metrics": job.metrics, "error": job.error}
+        summary = responses.render(responses.JobSummary, {
+            "job_id": job_id, "status": job.status, "epoch": job.epoch, "epochs": job.epochs,
+            "model_id": job.model_id, "metrics": job.metrics, "error": job.error})
         return job.status, records, summary
 
 
@@ -68,7 +70,7 @@ def _stream(job_id: str, after: int, poll_s: float, heartbeat_s: float, max_s: f
             last_sent = time.monotonic()
         if status is None or status in TERMINAL_STATUSES:
             # Records were read in the same session as the status: none can follow a terminal one.
-            yield _event("status", summary or {"job_id": job_id, "status": "deleted"})
+            yield _event("status", summary or responses.JobSummary(job_id=job_id, status="deleted").answer())
             return
         now = time.monotonic()
         if now - started >= max_s:

@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app
 from sqlalchemy import text
 
+from service.api import responses
 from service.api.db import get_session
 from service.api.errors import problem_response
 
@@ -16,7 +17,7 @@ bp = Blueprint("health", __name__)
 @bp.get("/healthz")
 def healthz() -> dict[str, Any]:
     """Say the process is alive (no dependency is checked)."""
-    return {"status": "ok"}
+    return responses.Health(status="ok").answer()
 
 
 @bp.get("/readyz")
@@ -35,7 +36,7 @@ def readyz() -> Response | dict[str, Any]:
     except Exception as error:
         checks["broker"] = f"unreachable: {type(error).__name__}"
     if all(v == "ok" for v in checks.values()):
-        return {"status": "ready", "checks": checks}
+        return responses.Readiness(status="ready", checks=checks).answer()
     failing = ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok")
     response = problem_response(503, "Service Unavailable", f"not ready: {failing}", slug="not-ready")
     return response

@@ -8,7 +8,8 @@ from flask import Blueprint, current_app, request, url_for
 from sqlalchemy import select, update
 
 from service.api.auth import current_tenant
-from service.api.common import get_or_404, json_body, page, page_args, validate_body
+from service.api import responses
+from service.api.common import get_or_404, json_body, page_args, validate_body
 from service.api.db import get_session
 from service.core.db.store import paginate
 from service.core.db.tables import Job, JobEpoch
@@ -22,9 +23,9 @@ from service.core.statuses import JobStatus
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 
-def job_json(job: Job) -> dict[str, Any]:
-    """Render a job: status, progress, latest metrics, model id, error."""
-    return {
+def job_answer(job: Job) -> responses.Job:
+    """Build the answer describing a job: status, progress, latest metrics, model id, error."""
+    return responses.Job.model_validate({
         "id": job.id,
         "status": job.status,
         "dataset_id": job.dataset_id,
@@ -43,7 +44,12 @@ def job_json(job: Job) -> dict[str, Any]:
         "created_at": isoformat(job.created_at),
         "started_at": isoformat(job.started_at),
         "finished_at": isoformat(job.finished_at),
-    }
+    })
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    """Render a job: status, progress, latest metrics, model id, error."""
+    return job_answer(job).answer()
 
 
 def job_queue() -> JobQueue:
@@ -74,7 +80,7 @@ def list_jobs() -> dict[str, Any]:
         statement = statement.where(Job.status == status)
     with get_session() as session:
         rows, next_cursor = paginate(session, statement, Job.id, limit, cursor)
-        return page([job_json(j) for j in rows], next_cursor)
+        return responses.JobPage(items=[job_answer(j) for j in rows], next_cursor=next_cursor).answer()
 
 
 @bp.get("/<job_id>")
@@ -92,7 +98,8 @@ def get_job_metrics(job_id: str) -> dict[str, Any]:
         job = get_or_404(session, Job, job_id, "job")
         records = session.scalars(select(JobEpoch.record).where(JobEpoch.job_id == job_id)
                                   .order_by(JobEpoch.epoch))
-        return {"job_id": job_id, "status": job.status, "epochs": list(records)}
+        return responses.render(responses.JobMetrics,
+                                {"job_id": job_id, "status": job.status, "epochs": list(records)})
 
 
 @bp.post("/<job_id>/cancel")

@@ -16,7 +16,8 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import defer
 
 from service.api.auth import authenticate, current_tenant
-from service.api.common import get_or_404, json_body, page, page_args, validate_body
+from service.api import responses
+from service.api.common import get_or_404, json_body, page_args, validate_body
 from service.api.db import get_session
 from service.api.request_ids import REQUEST_ID_HEADER, request_id_from
 from service.core.data.preprocessing import InputError
@@ -34,10 +35,10 @@ MAX_PREDICT_ROWS = 100_000
 ANSWER_TYPES = ["application/json", "text/csv"]
 
 
-def model_json(model: TrainedModel) -> dict[str, Any]:
-    """Render a model without its weights."""
+def model_answer(model: TrainedModel) -> responses.Model:
+    """Build the answer describing a model, without its weights."""
     preprocessing = model.preprocessing
-    return {
+    return responses.Model.model_validate({
         "id": model.id,
         "job_id": model.job_id,
         "dataset_id": model.dataset_id,
@@ -51,7 +52,12 @@ def model_json(model: TrainedModel) -> dict[str, Any]:
         "preprocessing": preprocessing,
         "metrics": model.metrics,
         "created_at": isoformat(model.created_at),
-    }
+    })
+
+
+def model_json(model: TrainedModel) -> dict[str, Any]:
+    """Render a model without its weights."""
+    return model_answer(model).answer()
 
 
 def model_cache() -> ModelCache:
@@ -67,7 +73,7 @@ def list_models() -> dict[str, Any]:
         statement = (select(TrainedModel).options(defer(TrainedModel.weights))
                      .where(TrainedModel.tenant_id == current_tenant()))
         rows, next_cursor = paginate(session, statement, TrainedModel.id, limit, cursor)
-        return page([model_json(m) for m in rows], next_cursor)
+        return responses.ModelPage(items=[model_answer(m) for m in rows], next_cursor=next_cursor).answer()
 
 
 @bp.get("/<model_id>")

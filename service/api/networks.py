@@ -9,7 +9,8 @@ from sqlalchemy import select
 
 import backprop
 from service.api.auth import current_tenant
-from service.api.common import find_owned, get_or_404, int_arg, json_body, page, page_args, validate_body
+from service.api import responses
+from service.api.common import find_owned, get_or_404, int_arg, json_body, page_args, validate_body
 from service.api.db import get_session
 from service.core.db.store import dataset_input_width, paginate
 from service.core.db.tables import Dataset, Network
@@ -44,15 +45,20 @@ def _width_args() -> tuple[int | None, int | None]:
     return input_dim, output_dim
 
 
-def network_json(network: Network, input_dim: int | None = None) -> dict[str, Any]:
-    """Render a network, with its parameter count when the input width is known."""
+def network_answer(network: Network, input_dim: int | None = None) -> responses.Network:
+    """Build the answer describing a network, with its parameter count when the input width is known."""
     count = None
     # Shown even over MAX_PARAMETERS: the count is what tells the user how far over it is.
     if input_dim is not None and not backprop.validate(network.definition, input_dim):
         count = backprop.count_parameters(network.definition, input_dim)
-    return {"id": network.id, "name": network.name, "definition": network.definition,
-            "input_dim": input_dim, "parameter_count": count,
-            "created_at": isoformat(network.created_at)}
+    return responses.Network.model_validate({
+        "id": network.id, "name": network.name, "definition": network.definition,
+        "input_dim": input_dim, "parameter_count": count, "created_at": isoformat(network.created_at)})
+
+
+def network_json(network: Network, input_dim: int | None = None) -> dict[str, Any]:
+    """Render a network, with its parameter count when the input width is known."""
+    return network_answer(network, input_dim).answer()
 
 
 @bp.post("/validate")
@@ -64,8 +70,9 @@ def validate_network() -> dict[str, Any]:
     count = None
     if not problems and input_dim is not None:
         count = backprop.count_parameters(definition, input_dim)
-    return {"valid": not problems, "problems": problem_entries(problems),
-            "input_dim": input_dim, "parameter_count": count}
+    return responses.render(responses.Validation, {
+        "valid": not problems, "problems": problem_entries(problems),
+        "input_dim": input_dim, "parameter_count": count})
 
 
 @bp.post("")
@@ -91,7 +98,7 @@ def list_networks() -> dict[str, Any]:
     with get_session() as session:
         statement = select(Network).where(Network.tenant_id == current_tenant())
         rows, next_cursor = paginate(session, statement, Network.id, limit, cursor)
-        return page([network_json(n) for n in rows], next_cursor)
+        return responses.NetworkPage(items=[network_answer(n) for n in rows], next_cursor=next_cursor).answer()
 
 
 @bp.get("/<network_id>")

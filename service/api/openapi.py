@@ -1,33 +1,43 @@
-"""The OpenAPI document, generated from the request schemas, and an offline page to read it."""
+"""The OpenAPI document, generated from the app's routes and the request and response models,
+and an offline page to read it.
+
+Paths, methods and path parameters come from `app.url_map`; each route's endpoint has one
+entry in OPERATIONS saying what the route takes (query, body model) and answers (status,
+response model, links to the operations that take the ids it returns). A route without an
+entry is an error when the document is built, so a new route cannot go undocumented.
+HEAD and OPTIONS, which Flask answers on every route, are not listed per operation
+(docs/service.md, "The OpenAPI document").
+"""
 
 from __future__ import annotations
 
-from functools import lru_cache
+import re
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from flask import Blueprint, current_app
+from flask import Blueprint, Flask, current_app
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from service.api import responses
+from service.api.common import DEFAULT_PAGE, MAX_PAGE
+from service.api.networks import MAX_WIDTH
 from service.core.models import export
+from service.core.problems import PROBLEM_JSON
 from service.core.schemas import REQUEST_MODELS
+from service.core.statuses import JobStatus
 
 bp = Blueprint("docs", __name__)
 
 REF = "#/components/schemas/{model}"
+# Methods Flask and Werkzeug add to every route by themselves.
+IMPLICIT_METHODS = frozenset({"HEAD", "OPTIONS"})
 
 
-def _ref(name: str) -> dict[str, str]:
+def _ref(model: type[BaseModel] | str) -> dict[str, str]:
+    name = model if isinstance(model, str) else model.model_config.get("title") or model.__name__
     return {"$ref": REF.format(model=name)}
-
-
-def _json_body(name: str) -> dict[str, Any]:
-    return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
-
-
-def _ok(description: str, status: str = "200", schema: str | None = None) -> dict[str, Any]:
-    body = _ref(schema) if schema else {"type": "object"}
-    return {status: {"description": description, "content": {"application/json": {"schema": body}}}}
 
 
 # The problem responses (RFC 9457) an operation can give, each with what causes it.
@@ -42,238 +52,223 @@ PROBLEM_CAUSES = {
     429: "the tenant has TENANT_MAX_CONCURRENT_JOBS jobs queued or running (see Retry-After)",
     503: "the database or the broker does not answer",
 }
-# Statuses besides those that follow from an operation's shape (see _problems).
-EXTRA_PROBLEMS = {
-    ("delete", "/v1/datasets/{dataset_id}"): (409,),
-    ("post", "/v1/jobs/{job_id}/cancel"): (409,),
-    ("post", "/v1/jobs"): (413, 429, 503),  # 413/429: tenant limits
-    ("get", "/readyz"): (503,),
+
+
+def _query(name: str, schema: dict[str, Any], description: str | None = None) -> dict[str, Any]:
+    parameter = {"name": name, "in": "query", "schema": schema}
+    return parameter | ({"description": description} if description else {})
+
+
+LIST_QUERY = [
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE}),
+    _query("cursor", {"type": "string"}, "next_cursor of the previous page"),
+]
+INPUT_DIM = _query("input_dim", {"type": "integer", "minimum": 1, "maximum": MAX_WIDTH})
+OUTPUT_DIM = _query("output_dim", {"type": "integer", "minimum": 1, "maximum": MAX_WIDTH})
+WIDTH_DATASET = _query("dataset_id", {"type": "string"}, "take the input width from this dataset")
+WIDTH_QUERY = [INPUT_DIM, OUTPUT_DIM, WIDTH_DATASET]
+
+# One Server-Sent Event (OpenAPI 3.1 reads the schema of an event stream per event): `epoch`
+# carries a JobEpoch, `status` a JobSummary.
+EVENT_SCHEMA = {"type": "object", "properties": {
+    "event": {"type": "string", "enum": ["epoch", "status"]},
+    "id": {"type": "string", "description": "the epoch, for Last-Event-ID"},
+    "data": {"type": "string", "contentMediaType": "application/json"}}}
+HTML = {"text/html": {"schema": {"type": "string"}}}
+
+
+def _json(model: type[BaseModel]) -> dict[str, Any]:
+    return {"application/json": {"schema": _ref(model)}}
+
+
+def _link(operation_id: str, parameters: dict[str, str] | None = None,
+          body: dict[str, str] | None = None) -> dict[str, Any]:
+    link: dict[str, Any] = {"operationId": operation_id}
+    if parameters:
+        link["parameters"] = parameters
+    if body:
+        link["requestBody"] = body
+    return link
+
+
+def _id_links(kind: str, pointer: str) -> dict[str, dict[str, Any]]:
+    """Links from an answer holding the id of a `kind` (at JSON pointer `pointer`) to every
+    operation taking that id."""
+    value = f"$response.body#{pointer}"
+    param = {kind: value}
+    by_kind: dict[str, dict[str, dict[str, Any]]] = {
+        "dataset_id": {
+            "GetDataset": _link("datasets.get_dataset", param),
+            "DeleteDataset": _link("datasets.remove_dataset", param),
+            "CreateJobOnDataset": _link("jobs.create_job", body={"dataset_id": value}),
+            "ValidateNetworkForDataset": _link("networks.validate_network", {"query.dataset_id": value}),
+        },
+        "network_id": {
+            "GetNetwork": _link("networks.get_network", param),
+            "DeleteNetwork": _link("networks.remove_network", param),
+            "CreateJobWithNetwork": _link("jobs.create_job", body={"network_id": value}),
+        },
+        "job_id": {
+            "GetJob": _link("jobs.get_job", param),
+            "GetJobMetrics": _link("jobs.get_job_metrics", param),
+            "GetJobEvents": _link("events.job_events", param),
+            "CancelJob": _link("jobs.cancel_job", param),
+        },
+        "model_id": {
+            "GetModel": _link("models.get_model", param),
+            "Predict": _link("models.predict", param),
+            "ExportModel": _link("export.export_model", param),
+            "DeleteModel": _link("models.remove_model", param),
+            "CreateJobFromModel": _link("jobs.create_job", body={"init_from_model": value}),
+        },
+    }
+    return by_kind[kind]
+
+
+@dataclass(frozen=True)
+class Operation:
+    """What one route takes and answers, besides what its URL rule says."""
+
+    answer: dict[str, Any] | None  # content of the success answer (None: no body)
+    status: int = 200
+    body: dict[str, Any] | None = None  # content of the request body
+    query: list[dict[str, Any]] = field(default_factory=list)
+    problems: tuple[int, ...] = ()  # beyond those that follow from the shape (see _problems)
+    links: dict[str, dict[str, Any]] = field(default_factory=dict)
+    description: str = ""
+
+
+JSON_BODY = {"application/json": {"schema": _ref("NetworkDefinition")}}
+
+# Endpoint -> its operation. The summary is the first line of the view's docstring.
+OPERATIONS: dict[str, Operation] = {
+    "datasets.create_dataset": Operation(
+        _json(responses.Dataset), 201,
+        body={"multipart/form-data": {"schema": _ref("DatasetUpload")},
+              "application/json": {"schema": _ref("DatasetJson")}},
+        links=_id_links("dataset_id", "/id")),
+    "datasets.list_datasets": Operation(_json(responses.DatasetPage), query=LIST_QUERY,
+                                        links=_id_links("dataset_id", "/items/0/id")),
+    "datasets.get_dataset": Operation(_json(responses.Dataset)),
+    "datasets.remove_dataset": Operation(None, 204, problems=(409,)),
+    "networks.validate_network": Operation(_json(responses.Validation), body=JSON_BODY, query=WIDTH_QUERY),
+    "networks.create_network": Operation(_json(responses.Network), 201, body=JSON_BODY, query=WIDTH_QUERY,
+                                         links=_id_links("network_id", "/id")),
+    "networks.list_networks": Operation(_json(responses.NetworkPage), query=LIST_QUERY,
+                                        links=_id_links("network_id", "/items/0/id")),
+    "networks.get_network": Operation(_json(responses.Network), query=[INPUT_DIM, WIDTH_DATASET]),
+    "networks.remove_network": Operation(None, 204),
+    "jobs.create_job": Operation(
+        _json(responses.Job), 202, body={"application/json": {"schema": _ref("JobCreate")}},
+        problems=(429, 503), description="Location names the job.",
+        links={**_id_links("job_id", "/id")}),
+    "jobs.list_jobs": Operation(
+        _json(responses.JobPage),
+        query=[*LIST_QUERY, _query("status", {"type": "string", "enum": [s.value for s in JobStatus]})],
+        links={**_id_links("job_id", "/items/0/id"), **_id_links("model_id", "/items/0/model_id")}),
+    "jobs.get_job": Operation(_json(responses.Job), links=_id_links("model_id", "/model_id")),
+    "jobs.get_job_metrics": Operation(_json(responses.JobMetrics)),
+    "jobs.cancel_job": Operation(_json(responses.Job), 202, problems=(409,)),
+    "events.job_events": Operation(
+        {"text/event-stream": {"schema": EVENT_SCHEMA}},
+        query=[_query("last_event_id", {"type": "integer", "minimum": 0}, "as the Last-Event-ID header")],
+        description="One `epoch` event (a JobEpoch) per epoch, then a `status` event (a JobSummary) "
+                    "when the job ends; Last-Event-ID resumes after that epoch."),
+    "models.list_models": Operation(_json(responses.ModelPage), query=LIST_QUERY,
+                                    links=_id_links("model_id", "/items/0/id")),
+    "models.get_model": Operation(_json(responses.Model)),
+    "models.remove_model": Operation(None, 204),
+    "models.predict": Operation(
+        {**_json(responses.Prediction), "text/csv": {"schema": {"type": "string"}}},
+        body={"application/json": {"schema": _ref("PredictRequest")}, "text/csv": {"schema": {"type": "string"}}},
+        description="CSV answers when Accept prefers text/csv."),
+    "export.export_model": Operation(
+        {media: {"schema": {"type": "string", "format": "binary"}} for media in set(export.MEDIA_TYPES.values())},
+        query=[_query("format", {"type": "string", "enum": list(export.FORMATS), "default": "onnx"})]),
+    "health.healthz": Operation(_json(responses.Health)),
+    "health.readyz": Operation(_json(responses.Readiness), problems=(503,)),
+    "metrics.metrics": Operation({"text/plain": {"schema": {"type": "string"}}}),
+    "docs.openapi_json": Operation({"application/json": {"schema": {"type": "object"}}}),
+    "docs.docs_page": Operation(HTML),
+    "ui.index": Operation({**HTML, "application/json": {"schema": {"type": "object"}}},
+                          description="HTML when Accept prefers it, else a JSON index of links."),
+    "ui.jobs": Operation(HTML),
+    "ui.job": Operation(HTML),
+    "ui.model": Operation(HTML),
+    "static": Operation({"*/*": {"schema": {"type": "string", "format": "binary"}}}, problems=(404,)),
+    "ui.static": Operation({"*/*": {"schema": {"type": "string", "format": "binary"}}}, problems=(404,)),
 }
 
+# <converter(args):name> or <name> in a Werkzeug rule.
+RULE_ARGUMENT = re.compile(r"<(?:(?P<converter>\w+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
+CONVERTER_SCHEMAS = {"default": {"type": "string"}, "string": {"type": "string"}, "path": {"type": "string"},
+                     "int": {"type": "integer"}, "float": {"type": "number"}, "uuid": {"type": "string", "format": "uuid"}}
 
-def _problems(path: str, method: str, operation: dict[str, Any]) -> dict[str, Any]:
+
+def _problems(path: str, operation: dict[str, Any], extra: tuple[int, ...]) -> dict[str, Any]:
     """Document each problem status the operation can answer: every /v1 route may refuse the
     caller, a body may be malformed, too large, of the wrong type or invalid, an id in the
     path may be unknown, a query parameter invalid. What is not listed is a bug."""
-    statuses = set(EXTRA_PROBLEMS.get((method, path), ()))
+    statuses = set(extra)
     if path.startswith("/v1/"):
         statuses.add(401)
     if "requestBody" in operation:
         statuses |= {400, 413, 415, 422}
     parameters = operation.get("parameters", [])
-    if any(p["in"] == "path" for p in parameters):
+    if any(p["in"] == "path" for p in parameters) and path.startswith("/v1/"):
         statuses.add(404)
     if any(p["in"] == "query" for p in parameters):
         statuses.add(422)
-    return {str(status): {"description": PROBLEM_CAUSES[status],
-                          "content": {"application/problem+json": {"schema": _ref("Problem")}}}
+    return {str(status): {"description": PROBLEM_CAUSES.get(status, "see detail"),
+                          "content": {PROBLEM_JSON: {"schema": _ref(responses.Problem)}}}
             for status in sorted(statuses)}
 
-LIST_PARAMS = [
-    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}},
-    {"name": "cursor", "in": "query", "schema": {"type": "string"},
-     "description": "next_cursor of the previous page"},
-]
+
+def _summary(app: Flask, endpoint: str) -> str:
+    doc = (app.view_functions[endpoint].__doc__ or endpoint).strip()
+    return doc.splitlines()[0].rstrip(".")
 
 
-def _id(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-
-
-def _operation(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"summary": summary, "responses": responses, **extra}
-
-
-WIDTH_PARAMS = [
-    {"name": "input_dim", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-    {"name": "output_dim", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-    {"name": "dataset_id", "in": "query", "schema": {"type": "string"},
-     "description": "take the input width from this dataset"},
-]
-
-
-# One Server-Sent Event (OpenAPI 3.1 reads the schema of an event stream per event).
-EVENT_SCHEMA = {"type": "object", "properties": {
-    "event": {"type": "string", "enum": ["epoch", "status"]},
-    "id": {"type": "string", "description": "the epoch, for Last-Event-ID"},
-    "data": {"type": "string", "contentMediaType": "application/json"}}}
-
-
-def _paths() -> dict[str, Any]:
-    return {
-        "/v1/datasets": {
-            "post": _operation("Upload a dataset (multipart CSV or JSON rows)", _ok("the dataset", "201", "Dataset"),
-                               requestBody={"required": True, "content": {
-                                   "multipart/form-data": {"schema": _ref("DatasetUpload")},
-                                   "application/json": {"schema": _ref("DatasetJson")}}}),
-            "get": _operation("List datasets", _ok("a page of datasets", schema="DatasetPage"), parameters=LIST_PARAMS),
-        },
-        "/v1/datasets/{dataset_id}": {
-            "get": _operation("Read a dataset", _ok("the dataset", schema="Dataset"), parameters=[_id("dataset_id")]),
-            "delete": _operation("Delete a dataset", {"204": {"description": "deleted"}},
-                                 parameters=[_id("dataset_id")]),
-        },
-        "/v1/networks": {
-            "post": _operation("Store a network definition after validating it", _ok("the network", "201", "Network"),
-                               requestBody=_json_body("NetworkDefinition"), parameters=WIDTH_PARAMS),
-            "get": _operation("List networks", _ok("a page of networks", schema="NetworkPage"), parameters=LIST_PARAMS),
-        },
-        "/v1/networks/validate": {
-            "post": _operation("Check a definition without storing it; every problem at once",
-                               _ok("{valid, problems, parameter_count}", schema="Validation"),
-                               requestBody=_json_body("NetworkDefinition"), parameters=WIDTH_PARAMS),
-        },
-        "/v1/networks/{network_id}": {
-            "get": _operation("Read a network, with its parameter count when the input width is known",
-                              _ok("the network", schema="Network"), parameters=[_id("network_id"), *WIDTH_PARAMS[::2]]),
-            "delete": _operation("Delete a network", {"204": {"description": "deleted"}},
-                                 parameters=[_id("network_id")]),
-        },
-        "/v1/jobs": {
-            "post": _operation("Create a training job", _ok("the queued job; Location names it", "202", "Job"),
-                               requestBody=_json_body("JobCreate")),
-            "get": _operation("List jobs", _ok("a page of jobs", schema="JobPage"), parameters=[*LIST_PARAMS, {
-                "name": "status", "in": "query", "schema": {
-                    "type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]}}]),
-        },
-        "/v1/jobs/{job_id}": {
-            "get": _operation("Read a job: status, progress, latest metrics, model_id, error",
-                              _ok("the job", schema="Job"), parameters=[_id("job_id")]),
-        },
-        "/v1/jobs/{job_id}/metrics": {
-            "get": _operation("Per-epoch history with per-layer diagnostics", _ok("{job_id, epochs}", schema="JobMetrics"),
-                              parameters=[_id("job_id")]),
-        },
-        "/v1/jobs/{job_id}/events": {
-            "get": _operation("Live events (Server-Sent Events): one `epoch` event per epoch, then a `status` "
-                              "event when the job ends; Last-Event-ID resumes after that epoch",
-                              {"200": {"description": "text/event-stream", "content": {
-                                  "text/event-stream": {"schema": EVENT_SCHEMA}}}},
-                              parameters=[_id("job_id"), {"name": "last_event_id", "in": "query",
-                                                          "schema": {"type": "integer", "minimum": 0},
-                                                          "description": "as the Last-Event-ID header"}]),
-        },
-        "/v1/jobs/{job_id}/cancel": {
-            "post": _operation("Cancel a queued job, or ask a running one to stop", _ok("the job", "202", "Job"),
-                               parameters=[_id("job_id")]),
-        },
-        "/v1/models": {
-            "get": _operation("List trained models", _ok("a page of models", schema="ModelPage"), parameters=LIST_PARAMS),
-        },
-        "/v1/models/{model_id}": {
-            "get": _operation("Read a model", _ok("the model", schema="Model"), parameters=[_id("model_id")]),
-            "delete": _operation("Delete a model", {"204": {"description": "deleted"}},
-                                 parameters=[_id("model_id")]),
-        },
-        "/v1/models/{model_id}/predict": {
-            "post": _operation("Predict from raw rows (JSON inputs or records, or a CSV body with a header row)",
-                               {"200": {"description": "{predictions, probabilities, classes} or "
-                                                       "{predictions, targets}; CSV when Accept prefers text/csv",
-                                        "content": {"application/json": {"schema": _ref("Prediction")},
-                                                    "text/csv": {"schema": {"type": "string"}}}}},
-                               requestBody={"required": True, "content": {
-                                   "application/json": {"schema": _ref("PredictRequest")},
-                                   "text/csv": {"schema": {"type": "string"}}}},
-                               parameters=[_id("model_id")]),
-        },
-        "/v1/models/{model_id}/export": {
-            "get": _operation("Download the model as ONNX (preprocessing included) or as a backprop .npz",
-                              {"200": {"description": "the model file",
-                                       "content": {"application/octet-stream": {}}}},
-                              parameters=[_id("model_id"), {"name": "format", "in": "query", "schema": {
-                                  "type": "string", "enum": list(export.FORMATS), "default": "onnx"}}]),
-        },
-        "/metrics": {"get": _operation("Prometheus metrics (text exposition format)", {"200": {
-            "description": "the metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}})},
-        "/healthz": {"get": _operation("Liveness", _ok("{status: ok}"))},
-        "/readyz": {"get": _operation("Readiness: the database and the broker answer", _ok("{status, checks}"))},
-    }
-
-
-PROBLEM_SCHEMA = {
-    "title": "Problem",
-    "type": "object",
-    "description": "RFC 9457 problem details",
-    "required": ["type", "title", "status", "detail"],
-    "properties": {
-        "type": {"type": "string"}, "title": {"type": "string"},
-        "status": {"type": "integer", "minimum": 400, "maximum": 599},
-        "detail": {"type": "string"},
-        "errors": {"type": "array", "items": {"type": "object", "required": ["field", "message"], "properties": {
-            "field": {"type": "string", "description": "the path of the field at fault; empty for the body"},
-            "message": {"type": "string"}}}},
-    },
-}
-
-
-def _object(required: dict[str, Any], **optional: Any) -> dict[str, Any]:
-    """A response object with these keys always present (more may come: clients ignore them)."""
-    return {"type": "object", "required": list(required), "properties": {**required, **optional}}
-
-
-STRING, INTEGER, OBJECT = {"type": "string"}, {"type": "integer"}, {"type": "object"}
-ARRAY, TIME = {"type": "array"}, {"type": "string", "format": "date-time"}
-
-
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
-def _page(item: str) -> dict[str, Any]:
-    return _object({"items": {"type": "array", "items": _ref(item)}, "next_cursor": _nullable(STRING)})
-
-
-# What the 2xx answers hold: the checks of tests/service/test_fuzz.py hold the service to it.
-RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
-    "Dataset": _object({
-        "id": STRING, "name": STRING, "n_rows": INTEGER, "n_columns": INTEGER, "columns": ARRAY,
-        "features": {"type": "array", "items": STRING}, "targets": {"type": "array", "items": STRING},
-        "task": {"enum": ["classification", "regression"]}, "classes": _nullable(ARRAY),
-        "input_width": INTEGER, "source": {"enum": ["csv", "json"]}, "sha256": STRING, "created_at": TIME},
-        size_bytes=_nullable(INTEGER)),
-    "Network": _object({"id": STRING, "name": _nullable(STRING), "definition": OBJECT,
-                        "input_dim": _nullable(INTEGER), "parameter_count": _nullable(INTEGER),
-                        "created_at": TIME}),
-    "Validation": _object({"valid": {"type": "boolean"}, "problems": {"type": "array", "items": _object(
-        {"field": STRING, "message": STRING})}, "input_dim": _nullable(INTEGER),
-        "parameter_count": _nullable(INTEGER)}),
-    "Job": _object({
-        "id": STRING, "status": {"enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
-        "dataset_id": STRING, "network_id": _nullable(STRING), "network": OBJECT, "training": OBJECT,
-        "device": {"enum": ["cpu", "gpu"]}, "progress": _object({"epoch": INTEGER, "epochs": INTEGER}),
-        "metrics": _nullable(OBJECT), "model_id": _nullable(STRING), "error": _nullable(STRING),
-        "cancel_requested": {"type": "boolean"}, "created_at": TIME, "started_at": _nullable(TIME),
-        "finished_at": _nullable(TIME)}),
-    "JobMetrics": _object({"job_id": STRING, "status": STRING, "epochs": {"type": "array", "items": OBJECT}}),
-    "Model": _object({
-        "id": STRING, "job_id": _nullable(STRING), "dataset_id": _nullable(STRING),
-        "task": {"enum": ["classification", "regression"]}, "loss": STRING, "network": OBJECT,
-        "parameter_count": INTEGER, "features": {"type": "array", "items": STRING},
-        "targets": {"type": "array", "items": STRING}, "classes": _nullable(ARRAY),
-        "preprocessing": OBJECT, "metrics": _nullable(OBJECT), "created_at": TIME}),
-    "Prediction": _object({"predictions": ARRAY, "model_id": STRING},
-                          probabilities={"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
-                          classes=ARRAY, targets={"type": "array", "items": STRING}),
-    "DatasetPage": _page("Dataset"),
-    "NetworkPage": _page("Network"),
-    "JobPage": _page("Job"),
-    "ModelPage": _page("Model"),
-}
-
-
-@lru_cache(maxsize=1)
-def openapi_document() -> dict[str, Any]:
-    """Build the OpenAPI 3.1 document from the pydantic request models."""
-    _, top = models_json_schema([(m, "validation") for m in REQUEST_MODELS], ref_template=REF)
-    schemas = dict(top.get("$defs", {}))
-    schemas["Problem"] = PROBLEM_SCHEMA
-    schemas.update(RESPONSE_SCHEMAS)
-    paths = _paths()
-    for path, operations in paths.items():
-        for method, operation in operations.items():
-            operation["responses"].update(_problems(path, method, operation))
+def _paths(app: Flask) -> dict[str, Any]:
+    """One path per URL rule, one operation per method it routes (HEAD and OPTIONS aside)."""
+    paths: dict[str, dict[str, Any]] = {}
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        spec = OPERATIONS.get(rule.endpoint)
+        if spec is None:
+            raise LookupError(f"route {rule.rule} ({rule.endpoint}) has no entry in OPERATIONS")
+        path = RULE_ARGUMENT.sub(lambda m: "{" + m["name"] + "}", rule.rule)
+        parameters = [{"name": m["name"], "in": "path", "required": True,
+                       "schema": CONVERTER_SCHEMAS[m["converter"] or "default"]}
+                      for m in RULE_ARGUMENT.finditer(rule.rule)]
+        for method in sorted((rule.methods or set()) - IMPLICIT_METHODS):
+            operation: dict[str, Any] = {"operationId": rule.endpoint, "summary": _summary(app, rule.endpoint)}
+            if spec.description:
+                operation["description"] = spec.description
+            if parameters or spec.query:
+                operation["parameters"] = [*parameters, *spec.query]
+            if spec.body:
+                operation["requestBody"] = {"required": True, "content": spec.body}
+            success: dict[str, Any] = {"description": _summary(app, rule.endpoint)}
+            if spec.answer:
+                success["content"] = spec.answer
+            if spec.links:
+                success["links"] = spec.links
+            operation["responses"] = {str(spec.status): success, **_problems(path, operation, spec.problems)}
             if path.startswith("/v1/"):
                 operation["security"] = [{"apiKey": []}]  # AUTH=on (docs/service.md)
+            paths.setdefault(path, {})[method.lower()] = operation
+    return paths
+
+
+def _schemas() -> dict[str, Any]:
+    """The components: request models as they validate, response models as they serialise."""
+    models = [(m, "validation") for m in REQUEST_MODELS] + [(m, "serialization") for m in responses.RESPONSE_MODELS]
+    _, top = models_json_schema(models, ref_template=REF)  # type: ignore[arg-type]
+    return dict(top.get("$defs", {}))
+
+
+def build_document(app: Flask) -> dict[str, Any]:
+    """Build the OpenAPI 3.1 document of an app from its routes and the pydantic models."""
     try:
         package_version = version("backprop-service")
     except PackageNotFoundError:
@@ -282,12 +277,20 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "backprop-service", "version": package_version,
                  "description": "Train neural networks by backpropagation and serve their predictions."},
-        "paths": paths,
-        "components": {"schemas": schemas, "securitySchemes": {"apiKey": {
+        "paths": _paths(app),
+        "components": {"schemas": _schemas(), "securitySchemes": {"apiKey": {
             "type": "http", "scheme": "bearer",
             "description": "an API key from `flask --app service keys create --tenant NAME`; "
                            "not needed when the service runs with AUTH=off"}}},
     }
+
+
+def openapi_document() -> dict[str, Any]:
+    """Return the current app's document (built once per app)."""
+    document = current_app.extensions.get("backprop.openapi")
+    if document is None:
+        document = current_app.extensions["backprop.openapi"] = build_document(current_app)
+    return document
 
 
 @bp.get("/openapi.json")

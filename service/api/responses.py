@@ -1,0 +1,255 @@
+"""Response models (pydantic v2): each answer is built through one, and /openapi.json describes it.
+
+The render functions of the resource modules (`dataset_json`, `job_json`, ...) validate
+what they answer with these models and dump it, so the document (service/api/openapi.py)
+cannot say one thing while an answer holds another: a key the model does not know is
+an error (`extra="forbid"`), in the tests as in production. The one exception is the
+/predict fast lane (service/api/models.py), which builds its answer by hand for speed;
+tests/service/test_openapi.py holds its answers to `Prediction`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+from service.core.schemas import Device, Task
+from service.core.statuses import JobStatus
+
+# Timestamps stay the strings service.core.ids.isoformat writes ("...Z"); a datetime field
+# would write them again in pydantic's own form.
+Timestamp = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
+# JSON numbers read back from a JSON column: `float` alone would turn 3600 into 3600.0.
+Number = int | float
+FreeObject = Annotated[dict[str, Any], Field(description="a JSON object (see docs/service.md)")]
+
+
+class Answer(BaseModel):
+    """A response body: every key it may hold is a field, and nothing else may appear."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def answer(self) -> dict[str, Any]:
+        """Return the JSON body: the fields that were given, in JSON types."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+def render(model: type[Answer], body: dict[str, Any]) -> dict[str, Any]:
+    """Validate a response body with its model and return it as JSON values."""
+    return model.model_validate(body).answer()
+
+
+class FieldProblem(Answer):
+    """One thing at fault: the field (dots and [i]) and what is wrong with it."""
+
+    model_config = ConfigDict(title="FieldProblem")
+
+    field: str = Field(description="the path of the field at fault; empty for the body")
+    message: str
+    node: str | None = Field(default=None, description="the network node at fault, where there is one")
+    row: int | None = Field(default=None, description="the data row at fault (1 = the first), where there is one")
+    column: str | None = Field(default=None, description="the data column at fault, where there is one")
+
+
+class Problem(Answer):
+    """RFC 9457 problem details."""
+
+    model_config = ConfigDict(title="Problem")
+
+    type: str = Field(description="urn:backprop:problem:<slug>, or about:blank for plain HTTP errors")
+    title: str
+    status: int = Field(ge=400, le=599)
+    detail: str
+    errors: list[FieldProblem] | None = Field(default=None, description="every field at fault (422)")
+
+
+class Dataset(Answer):
+    """An uploaded dataset."""
+
+    model_config = ConfigDict(title="Dataset")
+
+    id: str
+    name: str
+    n_rows: int
+    n_columns: int
+    columns: list[dict[str, Any]] = Field(description="each column's name and inferred kind")
+    features: list[str]
+    targets: list[str]
+    task: Task
+    classes: list[Any] | None = Field(description="the target's classes (classification)")
+    input_width: int = Field(description="the width of an encoded row: the network's input_dim")
+    source: Literal["csv", "json"]
+    sha256: str
+    created_at: Timestamp
+    size_bytes: int | None = Field(default=None, description="the stored payload's size (GET by id only)")
+
+
+class Network(Answer):
+    """A stored network definition."""
+
+    model_config = ConfigDict(title="Network")
+
+    id: str
+    name: str | None
+    definition: FreeObject
+    input_dim: int | None
+    parameter_count: int | None = Field(description="known when the input width is (input_dim or dataset_id)")
+    created_at: Timestamp
+
+
+class Validation(Answer):
+    """The result of checking a network definition without storing it."""
+
+    model_config = ConfigDict(title="Validation")
+
+    valid: bool
+    problems: list[FieldProblem]
+    input_dim: int | None
+    parameter_count: int | None
+
+
+class Progress(Answer):
+    """How far a job has trained."""
+
+    model_config = ConfigDict(title="Progress")
+
+    epoch: int
+    epochs: int
+
+
+class Job(Answer):
+    """A training job: status, progress, latest metrics, model id, error."""
+
+    model_config = ConfigDict(title="Job")
+
+    id: str
+    status: JobStatus
+    dataset_id: str
+    network_id: str | None
+    network: FreeObject
+    training: FreeObject
+    device: Device
+    time_limit_s: Number | None
+    init_from_model: str | None
+    progress: Progress
+    metrics: FreeObject | None
+    model_id: str | None
+    error: str | None
+    cancel_requested: bool
+    attempt: int
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+
+
+class JobEpoch(BaseModel):
+    """One epoch's record: its number, losses and metrics, per-layer diagnostics (docs/jobs.md)."""
+
+    model_config = ConfigDict(title="JobEpoch", extra="allow")
+
+    epoch: int
+
+
+class JobMetrics(Answer):
+    """A job's per-epoch history."""
+
+    model_config = ConfigDict(title="JobMetrics")
+
+    job_id: str
+    status: JobStatus
+    epochs: list[JobEpoch]
+
+
+class JobSummary(Answer):
+    """The data of the `status` event that ends a job's event stream."""
+
+    model_config = ConfigDict(title="JobSummary")
+
+    job_id: str
+    status: JobStatus | Literal["deleted"]
+    epoch: int | None = None
+    epochs: int | None = None
+    model_id: str | None = None
+    metrics: FreeObject | None = None
+    error: str | None = None
+
+
+class Model(Answer):
+    """A trained model, without its weights."""
+
+    model_config = ConfigDict(title="Model")
+
+    id: str
+    job_id: str | None
+    dataset_id: str | None
+    task: Task
+    loss: str
+    network: FreeObject
+    parameter_count: int
+    features: list[str]
+    targets: list[str]
+    classes: list[Any] | None
+    preprocessing: FreeObject
+    metrics: FreeObject | None
+    created_at: Timestamp
+
+
+class Prediction(Answer):
+    """Predictions: labels with probabilities (classification) or values with the target names."""
+
+    model_config = ConfigDict(title="Prediction")
+
+    predictions: list[Any]
+    probabilities: list[list[Number | None]] | None = None
+    classes: list[Any] | None = None
+    targets: list[str] | None = None
+    model_id: str
+
+
+ItemT = TypeVar("ItemT", bound=Answer)
+
+
+class Page(Answer, Generic[ItemT]):
+    """One page of a list, newest first; `next_cursor` asks for the next one."""
+
+    items: list[ItemT]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last")
+
+
+class DatasetPage(Page[Dataset]):
+    model_config = ConfigDict(title="DatasetPage")
+
+
+class NetworkPage(Page[Network]):
+    model_config = ConfigDict(title="NetworkPage")
+
+
+class JobPage(Page[Job]):
+    model_config = ConfigDict(title="JobPage")
+
+
+class ModelPage(Page[Model]):
+    model_config = ConfigDict(title="ModelPage")
+
+
+class Health(Answer):
+    """Liveness."""
+
+    model_config = ConfigDict(title="Health")
+
+    status: Literal["ok"]
+
+
+class Readiness(Answer):
+    """Readiness: each dependency and `ok` (a failing one is a 503 problem instead)."""
+
+    model_config = ConfigDict(title="Readiness")
+
+    status: Literal["ready"]
+    checks: dict[str, str]
+
+
+RESPONSE_MODELS: list[type[BaseModel]] = [Problem, Dataset, Network, Validation, Job, JobMetrics,
+                                          JobSummary, Model, Prediction, DatasetPage, NetworkPage,
+                                          JobPage, ModelPage, Health, Readiness]
