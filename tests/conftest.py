@@ -206,6 +206,10 @@ def csv_text(header: list[str], rows: list[list[Any]], newline: str = "\n") -> s
     return newline.join(lines) + newline
 
 
+# The columns of blobs_rows: four numeric features, then the 0/1 label.
+BLOBS_COLUMNS = ["a", "b", "c", "d", "label"]
+
+
 def blobs_rows(n: int = 120, seed: int = 0) -> list[list[Any]]:
     """Two separable classes (0/1) over four numeric features."""
     import numpy as np
@@ -257,3 +261,18 @@ def upload_csv(client: Any) -> Callable[..., Any]:
         return client.post("/v1/datasets", data=form, content_type="multipart/form-data")
 
     return upload
+
+
+@pytest.fixture
+def blobs(upload_csv: Callable[..., Any]) -> dict[str, Any]:
+    """A dataset of 40 blobs_rows, uploaded by tenant alice."""
+    return upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(40))).get_json()
+
+
+@pytest.fixture
+def blobs_model(client: Any, app: Any, upload_csv: Callable[..., Any]) -> str:
+    """The id of a model trained (as a worker would) for 3 epochs on 60 blobs_rows: 8 tanh units, then 2."""
+    from tests.helpers import mlp, train
+
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(60))).get_json()
+    return train(client, app, dataset["id"], mlp(activation="tanh"), epochs=3, batch_size=16)

@@ -12,9 +12,6 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-# The columns of tests.conftest.blobs_rows: four numeric features and a 0/1 label.
-BLOBS_COLUMNS = ["a", "b", "c", "d", "label"]
-
 
 def problem(response: Any, status: int) -> dict[str, Any]:
     """Assert that a Flask test-client response is a problem+json document of `status`; return it.
@@ -34,7 +31,7 @@ def problem(response: Any, status: int) -> dict[str, Any]:
 
 
 def mlp(hidden: Sequence[int] = (8,), activation: str | None = "relu", outputs: int = 2,
-        output_activation: str | None = None, **dense: Any) -> dict[str, Any]:
+        output: dict[str, Any] | None = None, **dense: Any) -> dict[str, Any]:
     """Return a layer-stack network definition: dense hidden layers, then a dense output layer.
 
     Parameters
@@ -45,34 +42,34 @@ def mlp(hidden: Sequence[int] = (8,), activation: str | None = "relu", outputs: 
         The hidden layers' activation (None: the key is left out, the engine's default).
     outputs
         The output layer's units.
-    output_activation
-        The output layer's activation (None: the key is left out).
+    output
+        More keys for the output layer (``{"activation": "sigmoid"}``, ``{"init": "normal"}``).
     **dense
-        More keys for every dense layer, output included (``init="normal"``, ``use_bias=False``).
+        More keys for every hidden layer (``init="normal"``, ``use_bias=False``).
 
     Examples
     --------
     >>> mlp()
     {'layers': [{'type': 'dense', 'units': 8, 'activation': 'relu'}, {'type': 'dense', 'units': 2}]}
     """
-    def layer(units: int, layer_activation: str | None) -> dict[str, Any]:
-        spec: dict[str, Any] = {"type": "dense", "units": units}
-        if layer_activation is not None:
-            spec["activation"] = layer_activation
-        return {**spec, **dense}
+    active = {} if activation is None else {"activation": activation}
+    layers = [{"type": "dense", "units": units, **active, **dense} for units in hidden]
+    return {"layers": [*layers, {"type": "dense", "units": outputs, **(output or {})}]}
 
-    return {"layers": [*(layer(units, activation) for units in hidden), layer(outputs, output_activation)]}
+
+def create_job(client: Any, **body: Any) -> str:
+    """POST a job body through the Flask test client (asserting 202); return the job's id."""
+    response = client.post("/v1/jobs", json=body)
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()["id"]
 
 
 def submit(client: Any, dataset_id: str, network: dict[str, Any], **training: Any) -> str:
-    """Create a job through the Flask test client (asserting 202); return its id.
+    """Create a job of a dataset and a network through the Flask test client (asserting 202); return its id.
 
     ``training`` is the job's ``training`` object (empty: the defaults).
     """
-    response = client.post("/v1/jobs", json={"dataset_id": dataset_id, "network": network,
-                                             "training": training})
-    assert response.status_code == 202, response.get_json()
-    return response.get_json()["id"]
+    return create_job(client, dataset_id=dataset_id, network=network, training=training)
 
 
 def run_job(app: Any, job_id: str, owner: str = "test-worker", **kwargs: Any) -> str:
@@ -103,6 +100,61 @@ def on_each_epoch(monkeypatch: Any, action: Callable[[Any, Any], None], before: 
             action(self, record)
 
     monkeypatch.setattr(training.JobRecorder, "on_epoch_end", wrapped)
+
+
+# Worker tests: a lease that a test can let go stale at once, and the job's row as the worker sees it.
+FAST_LEASE = {"lease_timeout_s": 30.0, "checkpoint_interval_s": 0.0}
+
+
+def job_settings(**overrides: Any) -> Any:
+    """Return the worker's JobSettings for tests: FAST_LEASE, then `overrides`."""
+    from workers.lease import JobSettings
+
+    return JobSettings(**{**FAST_LEASE, **overrides})
+
+
+def job_row(app: Any, job_id: str) -> Any:
+    """Return the job's database row (a detached tables.Job)."""
+    from service.core.db.tables import Job
+
+    with app.extensions["backprop.sessions"]() as session:
+        return session.get(Job, job_id)
+
+
+def set_row(app: Any, job_id: str, **values: Any) -> None:
+    """Write columns of the job's row directly, as another worker or the reaper would."""
+    from sqlalchemy import update
+
+    from service.core.db.tables import Job
+
+    with app.extensions["backprop.sessions"]() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(**values))
+        session.commit()
+
+
+def make_stale(app: Any, job_id: str, seconds: float = 3600) -> None:
+    """Date the job's heartbeat `seconds` back: its lease looks expired to the reaper and to a claim."""
+    from datetime import timedelta
+
+    from service.core.ids import utcnow
+
+    set_row(app, job_id, heartbeat_at=utcnow() - timedelta(seconds=seconds))
+
+
+def abandon_after(monkeypatch: Any, epoch: int) -> list[int]:
+    """Make the worker's parent 'die' after `epoch`; return the list of epochs trained."""
+    from workers import training
+
+    trained: list[int] = []
+    parent = training.os.getppid()
+
+    def record(recorder: Any, record: Any) -> None:
+        trained.append(record["epoch"])
+        if record["epoch"] == epoch:
+            monkeypatch.setattr(training.os, "getppid", lambda: parent + 1)
+
+    on_each_epoch(monkeypatch, record)
+    return trained
 
 
 def wait_for(condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,

@@ -9,15 +9,11 @@ import pytest
 
 import backprop
 from backprop.optimizers import LearningRateSchedule
+from tests.helpers import mlp
 
 XOR_X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=float)
 XOR_Y = np.array([0, 1, 1, 0])
 FULL_BATCH = dict(validation_split=0, early_stopping_patience=0)
-
-
-def stack(*units, activation="relu", **dense):
-    layers = [{"type": "dense", "units": u, "activation": activation, **dense} for u in units[:-1]]
-    return {"layers": [*layers, {"type": "dense", "units": units[-1]}]}
 
 
 def blobs(n=200, seed=0):
@@ -31,8 +27,7 @@ def blobs(n=200, seed=0):
 def test_xor_like_the_1986_paper(hidden, needed):
     solved = 0
     for seed in range(10):
-        net = backprop.build({"layers": [{"type": "dense", "units": hidden, "activation": "sigmoid"},
-                                         {"type": "dense", "units": 1, "activation": "sigmoid"}]}, 2, seed=seed)
+        net = backprop.build(mlp((hidden,), "sigmoid", 1, output={"activation": "sigmoid"}), 2, seed=seed)
         backprop.train(net, XOR_X, XOR_Y, epochs=2000, batch_size=4, optimizer="momentum", learning_rate=0.5,
                        loss="binary_cross_entropy", seed=seed, **FULL_BATCH)
         predicted = net.predict(XOR_X, "binary_cross_entropy")[:, 0] > 0.5
@@ -42,7 +37,7 @@ def test_xor_like_the_1986_paper(hidden, needed):
 
 def test_8_3_8_encoder_learns_the_identity():
     X = np.eye(8)
-    net = backprop.build({"layers": [{"type": "dense", "units": 3, "activation": "sigmoid"}, {"type": "dense", "units": 8}]}, 8)
+    net = backprop.build(mlp((3,), "sigmoid", 8), 8)
     backprop.train(net, X, np.arange(8), epochs=3000, batch_size=8, learning_rate=0.05, **FULL_BATCH)
     assert (net.predict(X).argmax(axis=1) == np.arange(8)).all()
 
@@ -57,11 +52,11 @@ def _digits():
 @pytest.mark.slow
 def test_glorot_bengio_in_miniature():
     X, y = _digits()
-    saturating = backprop.build(stack(256, 256, 256, 256, 256, 10, activation="sigmoid", init="normal"), 64)
+    saturating = backprop.build(mlp((256,) * 5, "sigmoid", 10, init="normal"), 64)
     history = backprop.train(saturating, X, y, epochs=3, batch_size=32, optimizer="sgd", learning_rate=0.05, early_stopping_patience=0)
     assert all({"saturation", "vanishing_gradients"} & set(record["flags"]) for record in history)
 
-    healthy = backprop.build(stack(256, 256, 256, 256, 256, 10, activation="tanh", init="glorot_uniform"), 64)
+    healthy = backprop.build(mlp((256,) * 5, "tanh", 10, init="glorot_uniform"), 64)
     history = backprop.train(healthy, X, y, epochs=10, batch_size=32, optimizer="sgd", learning_rate=0.05, early_stopping_patience=0)
     assert all(record["flags"] == [] for record in history)
     assert history[-1]["val_accuracy"] > 0.93
@@ -96,7 +91,7 @@ def test_digits_test_accuracy():
 def test_breast_cancer_test_accuracy():
     from sklearn.datasets import load_breast_cancer
 
-    accuracies = _mean_test_accuracy(load_breast_cancer, stack(32, 2), epochs=60, weight_decay=1e-2, **FULL_BATCH)
+    accuracies = _mean_test_accuracy(load_breast_cancer, mlp((32,)), epochs=60, weight_decay=1e-2, **FULL_BATCH)
     assert np.mean(accuracies) >= 0.96, accuracies
 
 
@@ -105,7 +100,7 @@ def test_nonlinear_regression():
     rng = np.random.default_rng(0)
     X = rng.uniform(-2, 2, (3000, 3))
     y = np.sin(2 * X[:, 0]) + X[:, 1] ** 2 - X[:, 1] * X[:, 2]
-    net = backprop.build(stack(64, 64, 1, activation="tanh"), 3)
+    net = backprop.build(mlp((64, 64), "tanh", 1), 3)
     history = backprop.train(net, X[:2250], y[:2250], epochs=120, learning_rate=0.003, loss="mse", early_stopping_patience=20)
     predicted = net.predict(X[2250:], "mse")[:, 0]
     residual = ((predicted - y[2250:]) ** 2).sum()
@@ -118,7 +113,7 @@ def test_nonlinear_regression():
                                              ("adam", {}), ("rmsprop", {})])
 def test_every_optimizer_learns(optimizer, extra):
     X, y = blobs()
-    net = backprop.build(stack(16, 2, activation="tanh"), 4)
+    net = backprop.build(mlp((16,), "tanh"), 4)
     rate = {"sgd": 0.3, "momentum": 0.05}.get(optimizer, 0.01)
     history = backprop.train(net, X, y, epochs=30, optimizer=optimizer, learning_rate=rate, **FULL_BATCH, **extra)
     assert history[-1]["loss"] < 0.6 * history[0]["loss"]
@@ -135,7 +130,7 @@ def test_learning_rate_schedules():
         plateau.observe(loss)
     assert plateau.rate(5) == pytest.approx(0.1)
     X, y = blobs()
-    net = backprop.build(stack(8, 2), 4)
+    net = backprop.build(mlp((8,)), 4)
     history = backprop.train(net, X, y, epochs=5, lr_schedule="step", lr_step_size=2, learning_rate=0.01, **FULL_BATCH)
     assert [r["learning_rate"] for r in history] == pytest.approx([0.01, 0.01, 0.005, 0.005, 0.0025])
 
@@ -174,7 +169,7 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(optimizer):
 
 def test_checkpoint_bytes_load_without_pickle():
     X, y = blobs(50)
-    net = backprop.build(stack(4, 2), 4)
+    net = backprop.build(mlp((4,)), 4)
     saved = []
     backprop.train(net, X, y, epochs=1, on_checkpoint=saved.append)
     with np.load(io.BytesIO(saved[0].to_bytes()), allow_pickle=False) as archive:
@@ -185,7 +180,7 @@ def test_early_stopping_restores_the_best_epoch():
     rng = np.random.default_rng(1)
     X = rng.normal(size=(60, 10))
     y = rng.integers(0, 2, 60)  # pure noise: validation loss soon rises
-    net = backprop.build(stack(64, 2), 10)
+    net = backprop.build(mlp((64,)), 10)
     history = backprop.train(net, X, y, epochs=200, learning_rate=0.01, early_stopping_patience=5)
     assert history.stopped_early and len(history) == history.best_epoch + 5
     X_train, X_val = X[backprop.train_validation_split(60, 0.2)[0]], X[backprop.train_validation_split(60, 0.2)[1]]
@@ -200,7 +195,7 @@ def test_weight_decay_spares_biases():
     y = np.ones((8, 2))
     trajectories = {}
     for decay in (0.0, 0.5):
-        net = backprop.build(stack(2, activation="identity"), 3, seed=1)
+        net = backprop.build(mlp(hidden=()), 3, seed=1)
         start = net.parameters()["dense_0.weight"].copy()
         backprop.train(net, X, y, epochs=3, batch_size=8, optimizer="sgd", learning_rate=0.1, loss="mse",
                        weight_decay=decay, **FULL_BATCH)
@@ -212,7 +207,7 @@ def test_weight_decay_spares_biases():
 
 def test_gradient_clipping_bounds_the_step():
     X, y = blobs(32)
-    net = backprop.build(stack(8, 1), 4)
+    net = backprop.build(mlp((8,), outputs=1), 4)
     before = {k: v.copy() for k, v in net.parameters().items()}
     backprop.train(net, X, y * 1000.0, epochs=1, batch_size=32, optimizer="sgd", learning_rate=1.0, loss="mse",
                    gradient_clip_norm=0.01, **FULL_BATCH)
@@ -222,7 +217,7 @@ def test_gradient_clipping_bounds_the_step():
 
 def test_divergence_names_the_epoch_and_the_fix():
     X, y = blobs(64)
-    net = backprop.build(stack(32, 32, 1), 4)
+    net = backprop.build(mlp((32, 32), outputs=1), 4)
     with pytest.raises(backprop.TrainingDiverged) as raised:
         backprop.train(net, X * 100, y * 1e6, epochs=50, optimizer="sgd", learning_rate=5.0, loss="mse", **FULL_BATCH)
     message = str(raised.value)
@@ -232,7 +227,7 @@ def test_divergence_names_the_epoch_and_the_fix():
 
 def test_cancellation_between_batches():
     X, y = blobs(100)
-    net = backprop.build(stack(8, 2), 4)
+    net = backprop.build(mlp((8,)), 4)
     calls = []
 
     def should_stop():
@@ -263,7 +258,7 @@ def test_callbacks_and_diagnostics():
 
 def test_exploding_gradients_flag():
     X, y = blobs(64)
-    net = backprop.build(stack(64, 64, 1, init="normal", activation="relu"), 4)
+    net = backprop.build(mlp((64, 64), outputs=1, init="normal"), 4)
     history = backprop.train(net, X * 50, y * 1000.0, epochs=1, optimizer="sgd", learning_rate=1e-9, loss="mse", **FULL_BATCH)
     assert "exploding_gradients" in history[0]["flags"]
 
@@ -278,7 +273,7 @@ def test_training_config_reports_every_bad_field():
 
 
 def test_cross_entropy_is_stable_for_large_logits():
-    net = backprop.build({"layers": [{"type": "dense", "units": 3, "activation": "softmax"}]}, 2, dtype="float64")
+    net = backprop.build(mlp((), outputs=3, output={"activation": "softmax"}), 2, dtype="float64")
     net.parameters()["dense_0.weight"][...] = [[1e4, -1e4, 0], [0, 0, 0]]
     loss, grads = net.loss_and_gradients(np.array([[1.0, 0.0]]), np.array([1]), "cross_entropy")
     assert loss == pytest.approx(2e4)
@@ -299,9 +294,9 @@ def test_save_and_load_round_trip():
 
 
 def test_float64_on_request():
-    net = backprop.build(stack(4, 2), 3, dtype="float64")
+    net = backprop.build(mlp((4,)), 3, dtype="float64")
     assert all(p.dtype == np.float64 for p in net.parameters().values())
-    assert backprop.build(stack(4, 2), 3).forward(np.ones((2, 3))).dtype == np.float32
+    assert backprop.build(mlp((4,)), 3).forward(np.ones((2, 3))).dtype == np.float32
 
 
 def test_gpu_without_cupy_is_a_clear_error():
@@ -310,6 +305,6 @@ def test_gpu_without_cupy_is_a_clear_error():
         import cupy  # noqa: F401
     except ImportError:
         with pytest.raises(backprop.DeviceUnavailable, match="CuPy"):
-            backprop.build(stack(4, 2), 3, device="gpu")
+            backprop.build(mlp((4,)), 3, device="gpu")
     else:
         pytest.skip("CuPy is installed here")

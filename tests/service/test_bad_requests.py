@@ -18,11 +18,12 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import blobs_rows, csv_text, pets_rows
+from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text, pets_rows
+from tests.helpers import mlp, run_job, submit
 
 PROBLEM_JSON = "application/problem+json"
 NO_BODY = object()
-MLP = {"layers": [{"type": "dense", "units": 4, "activation": "relu"}, {"type": "dense", "units": 2}]}
+MLP = mlp((4,))
 GOOD_CSV = csv_text(["a", "b", "label"], [[i, i * 0.5, i % 2] for i in range(8)])
 
 
@@ -283,7 +284,7 @@ def ids(request: pytest.FixtureRequest) -> dict[str, str]:
 
 @pytest.fixture
 def dataset_id(upload_csv) -> str:
-    return upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(20))).get_json()["id"]
+    return upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(20))).get_json()["id"]
 
 
 @pytest.fixture
@@ -294,13 +295,10 @@ def network_id(client) -> str:
 @pytest.fixture
 def trained_job(client, app, upload_csv) -> dict[str, Any]:
     """A finished job on the pets table, and its model."""
-    from workers.training import run_job
-
     dataset = upload_csv(csv_text(["weight", "color", "pet"], pets_rows(40))).get_json()
-    job = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "training": {"epochs": 1},
-                                        "network": {"layers": [{"type": "dense", "units": 2}]}}).get_json()
-    assert run_job(job["id"], sessions=app.extensions["backprop.sessions"], owner="t") == "succeeded"
-    return client.get(f"/v1/jobs/{job['id']}").get_json()
+    job_id = submit(client, dataset["id"], mlp(hidden=()), epochs=1)
+    assert run_job(app, job_id) == "succeeded"
+    return client.get(f"/v1/jobs/{job_id}").get_json()
 
 
 @pytest.fixture

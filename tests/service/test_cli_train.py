@@ -16,9 +16,10 @@ from click.testing import CliRunner
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
-from tests.conftest import blobs_rows, csv_text
+from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text
+from tests.helpers import mlp
 
-MLP = {"layers": [{"type": "dense", "units": 8, "activation": "relu"}, {"type": "dense", "units": 2}]}
+MLP = mlp()
 
 
 class FlaskAdapter(BaseAdapter):
@@ -66,7 +67,7 @@ def backprop_cli(client, monkeypatch):
 def test_train_sends_init_from_model_and_time_limit(client, app, upload_csv, tmp_path, backprop_cli):
     from workers.training import run_job
 
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(40))).get_json()
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(40))).get_json()
     network = tmp_path / "mlp.json"
     network.write_text(json.dumps(MLP))
     code, output = backprop_cli("train", "--dataset", dataset["id"], "--network", str(network),

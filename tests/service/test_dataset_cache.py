@@ -8,13 +8,13 @@ from sqlalchemy import update
 from service.core.data.parsing import ParsedTable, sha256
 from service.core.db.store import dataset_cache_dir, load_table
 from service.core.db.tables import Dataset, DatasetPayload
-from tests.conftest import blobs_rows, csv_text
+from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
 
 
 def uploaded(app, upload_csv) -> Dataset:
-    body = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(30))).get_json()
+    body = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(30))).get_json()
     with app.extensions["backprop.sessions"]() as session:
         dataset = session.get(Dataset, body["id"])
         session.expunge(dataset)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import blobs_rows, csv_text, pets_rows
+from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text, pets_rows
 from tests.helpers import problem
 
 # The store runs on SQLite everywhere and on PostgreSQL where it is reachable.
@@ -12,7 +12,7 @@ pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect
 
 
 def test_csv_upload_detects_kinds_target_and_task(upload_csv):
-    response = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(40)), name="blobs")
+    response = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(40)), name="blobs")
     assert response.status_code == 201, response.get_json()
     body = response.get_json()
     assert response.headers["Location"] == f"/v1/datasets/{body['id']}"
@@ -75,7 +75,7 @@ def test_same_table_twice_stores_one_payload(app, upload_csv):
 
     from service.core.db.tables import DatasetPayload
 
-    text = csv_text(["a", "b", "c", "d", "label"], blobs_rows(30))
+    text = csv_text(BLOBS_COLUMNS, blobs_rows(30))
     first = upload_csv(text).get_json()
     second = upload_csv(text, name="again", target="a").get_json()
     assert first["id"] != second["id"] and first["sha256"] == second["sha256"]

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from tests.conftest import blobs_rows, csv_text
-from tests.helpers import problem
+from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text
+from tests.helpers import mlp, problem, run_job, submit
 
-MLP = {"layers": [{"type": "dense", "units": 4, "activation": "relu"}, {"type": "dense", "units": 2}]}
+MLP = mlp((4,))
 
 
 def parse_events(text: str) -> list[dict]:
@@ -29,20 +29,12 @@ def parse_events(text: str) -> list[dict]:
 
 @pytest.fixture
 def job_id(client, upload_csv) -> str:
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(80))).get_json()
-    response = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "network": MLP,
-                                             "training": {"epochs": 4, "batch_size": 16}})
-    return response.get_json()["id"]
-
-
-def run(app, job_id: str) -> str:
-    from workers.training import run_job
-
-    return run_job(job_id, sessions=app.extensions["backprop.sessions"], owner="test-worker")
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(80))).get_json()
+    return submit(client, dataset["id"], MLP, epochs=4, batch_size=16)
 
 
 def test_finished_job_streams_every_epoch_then_its_status(client, app, job_id):
-    assert run(app, job_id) == "succeeded"
+    assert run_job(app, job_id) == "succeeded"
     response = client.get(f"/v1/jobs/{job_id}/events")
     assert response.status_code == 200 and response.mimetype == "text/event-stream"
     events = [e for e in parse_events(response.get_data(as_text=True)) if "event" in e]
@@ -56,7 +48,7 @@ def test_finished_job_streams_every_epoch_then_its_status(client, app, job_id):
 
 
 def test_last_event_id_resumes_after_that_epoch(client, app, job_id):
-    run(app, job_id)
+    run_job(app, job_id)
     by_header = parse_events(client.get(f"/v1/jobs/{job_id}/events",
                                         headers={"Last-Event-ID": "2"}).get_data(as_text=True))
     by_query = parse_events(client.get(f"/v1/jobs/{job_id}/events?last_event_id=3").get_data(as_text=True))

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import blobs_rows, csv_text, linear_rows, pets_rows
-from tests.helpers import problem
+from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text, linear_rows, pets_rows
+from tests.helpers import mlp, problem, train
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
@@ -26,15 +26,8 @@ GRAPH = {"nodes": [
 
 def trained_model(client: Any, app: Any, dataset: dict[str, Any], network: dict[str, Any],
                   **training: Any) -> str:
-    """Train a job on the test database with the worker's run_job; return the model id."""
-    from workers.training import run_job
-
-    response = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "network": network,
-                                             "training": {"epochs": 3, "seed": 0, **training}})
-    assert response.status_code == 202, response.get_json()
-    job_id = response.get_json()["id"]
-    assert run_job(job_id, sessions=app.extensions["backprop.sessions"], owner="test") == "succeeded"
-    return client.get(f"/v1/jobs/{job_id}").get_json()["model_id"]
+    """Train a job on the test database with the worker's run_job (3 epochs, seed 0); return the model id."""
+    return train(client, app, dataset["id"], network, **{"epochs": 3, "seed": 0, **training})
 
 
 def onnx_session(client: Any, model_id: str) -> Any:
@@ -57,9 +50,8 @@ def feeds(columns: list[str], rows: list[list[Any]], kinds: dict[str, str]) -> d
 
 
 def test_classification_onnx_matches_predict(client, app, upload_csv):
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(80))).get_json()
-    model_id = trained_model(client, app, dataset, {"layers": [
-        {"type": "dense", "units": 8, "activation": "relu"}, {"type": "dense", "units": 2}]})
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(80))).get_json()
+    model_id = trained_model(client, app, dataset, mlp())
     rows = [r[:4] for r in blobs_rows(30, seed=3)]
     expected = client.post(f"/v1/models/{model_id}/predict", json={"inputs": rows}).get_json()
 
@@ -107,9 +99,8 @@ def test_graph_network_with_add_concat_and_a_categorical_feature(client, app, up
 
 
 def test_binary_cross_entropy_and_multi_output_regression(client, app, upload_csv):
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(60))).get_json()
-    model_id = trained_model(client, app, dataset, {"layers": [
-        {"type": "dense", "units": 4, "activation": "sigmoid"}, {"type": "dense", "units": 1}]},
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(60))).get_json()
+    model_id = trained_model(client, app, dataset, mlp((4,), "sigmoid", 1),
         loss="binary_cross_entropy")
     rows = [r[:4] for r in blobs_rows(20, seed=6)]
     expected = client.post(f"/v1/models/{model_id}/predict", json={"inputs": rows}).get_json()
@@ -121,8 +112,7 @@ def test_binary_cross_entropy_and_multi_output_regression(client, app, upload_cs
     data = [[i / 10, (i % 7) / 3, i / 5 + 10, 100 - i / 2] for i in range(40)]
     dataset = client.post("/v1/datasets", json={"columns": ["x", "z", "y1", "y2"], "data": data,
                                                 "target": ["y1", "y2"]}).get_json()
-    model_id = trained_model(client, app, dataset, {"layers": [
-        {"type": "dense", "units": 4, "activation": "tanh"}, {"type": "dense", "units": 2}]})
+    model_id = trained_model(client, app, dataset, mlp((4,), "tanh"))
     rows = [r[:2] for r in data[:10]]
     expected = client.post(f"/v1/models/{model_id}/predict", json={"inputs": rows}).get_json()
     (predictions,) = onnx_session(client, model_id).run(None, feeds(["x", "z"], rows,

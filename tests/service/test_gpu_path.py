@@ -20,7 +20,8 @@ import backprop.backend
 import backprop.checkpoint
 import backprop.network
 import backprop.training
-from tests.conftest import blobs_rows, csv_text
+from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text
+from tests.helpers import create_job, mlp, run_job
 
 NETWORK = {"nodes": [
     {"name": "h1", "type": "dense", "units": 16, "activation": "tanh", "inputs": ["input"]},
@@ -192,23 +193,18 @@ def test_device_gpu_without_cupy_is_device_unavailable(monkeypatch):
         backprop.build(NETWORK, input_dim=5, device="gpu")
 
 
-MLP = {"layers": [{"type": "dense", "units": 8, "activation": "relu"}, {"type": "dense", "units": 2}]}
+MLP = mlp()
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_worker_trains_a_gpu_job_on_the_device_like_a_cpu_job(fake_cupy, client, app, queue, upload_csv):
-    from workers.training import run_job
-
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(80))).get_json()
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(80))).get_json()
     models = {}
     for device in ("cpu", "gpu"):
-        response = client.post("/v1/jobs", json={
-            "dataset_id": dataset["id"], "network": MLP, "device": device,
-            "training": {"epochs": 5, "batch_size": 16, "learning_rate": 0.01, "seed": 1}})
-        assert response.status_code == 202, response.get_json()
-        job_id = response.get_json()["id"]
+        job_id = create_job(client, dataset_id=dataset["id"], network=MLP, device=device,
+                            training={"epochs": 5, "batch_size": 16, "learning_rate": 0.01, "seed": 1})
         assert queue.published[-1] == (job_id, device)  # gpu jobs reach the gpu workers' queue
-        assert run_job(job_id, sessions=app.extensions["backprop.sessions"], owner=f"w-{device}") == "succeeded"
+        assert run_job(app, job_id, owner=f"w-{device}") == "succeeded"
         job = client.get(f"/v1/jobs/{job_id}").get_json()
         assert job["device"] == device
         models[device] = job["model_id"]

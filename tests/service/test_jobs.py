@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import blobs_rows, csv_text, linear_rows, pets_rows
-from tests.helpers import problem
+from tests.conftest import csv_text, linear_rows, pets_rows
+from tests.helpers import mlp, problem
 
 # The store runs on SQLite everywhere and on PostgreSQL where it is reachable.
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
 
-MLP = {"layers": [{"type": "dense", "units": 8, "activation": "relu"}, {"type": "dense", "units": 2}]}
-
-
-@pytest.fixture
-def blobs(upload_csv) -> dict:
-    return upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(40))).get_json()
+MLP = mlp()
 
 
 def test_create_job_commits_then_publishes(client, app, queue, blobs):
@@ -43,7 +38,7 @@ def test_gpu_jobs_go_to_the_gpu_queue(client, queue, blobs):
 
 def test_regression_dataset_defaults_to_mse(client, upload_csv):
     dataset = upload_csv(csv_text(["a", "b", "price"], linear_rows(20))).get_json()
-    network = {"layers": [{"type": "dense", "units": 4, "activation": "tanh"}, {"type": "dense", "units": 1}]}
+    network = mlp((4,), "tanh", 1)
     job = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "network": network}).get_json()
     assert job["training"]["loss"] == "mse"
 
@@ -80,7 +75,7 @@ def test_every_bad_field_at_once(client, blobs):
 
 
 def test_network_that_does_not_fit_the_dataset_names_the_node(client, queue, blobs):
-    wrong_output = {"layers": [{"type": "dense", "units": 8}, {"type": "dense", "units": 3}]}
+    wrong_output = mlp(activation=None, outputs=3)
     body = problem(client.post("/v1/jobs", json={"dataset_id": blobs["id"], "network": wrong_output}), 422)
     assert body["errors"][0]["field"] == "network.layers[1].units"
     assert body["errors"][0]["node"] == "dense_1"
@@ -93,7 +88,7 @@ def test_network_that_does_not_fit_the_dataset_names_the_node(client, queue, blo
 
 
 def test_binary_cross_entropy_needs_one_output_and_two_classes(client, blobs, upload_csv):
-    one = {"layers": [{"type": "dense", "units": 4, "activation": "relu"}, {"type": "dense", "units": 1}]}
+    one = mlp((4,), outputs=1)
     ok = client.post("/v1/jobs", json={"dataset_id": blobs["id"], "network": one,
                                        "training": {"loss": "binary_cross_entropy"}})
     assert ok.status_code == 202
@@ -178,7 +173,7 @@ def test_dataset_in_use_cannot_be_deleted(client, blobs):
 
 
 def test_training_and_network_problems_come_together(client, blobs):
-    wrong_output = {"layers": [{"type": "dense", "units": 8}, {"type": "dense", "units": 3}]}
+    wrong_output = mlp(activation=None, outputs=3)
     body = problem(client.post("/v1/jobs", json={"dataset_id": blobs["id"], "network": wrong_output,
                                                  "training": {"loss": "mse"}}), 422)
     assert [e["field"] for e in body["errors"]] == ["training.loss"]  # output width unknown without a loss

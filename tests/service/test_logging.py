@@ -9,7 +9,8 @@ import logging
 import pytest
 
 from service.core import logs
-from tests.conftest import blobs_rows, csv_text
+from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text
+from tests.helpers import mlp, run_job, submit, train
 
 
 @pytest.fixture
@@ -45,13 +46,8 @@ def test_a_missing_or_malformed_request_id_is_replaced(client, sent):
 
 def test_problems_and_the_fast_lane_echo_the_request_id(client, app, upload_csv):
     assert client.get("/v1/jobs/nope", headers={"X-Request-ID": "r1"}).headers["X-Request-ID"] == "r1"
-    from workers.training import run_job
-
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(60))).get_json()
-    job_id = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "training": {"epochs": 1},
-                                           "network": {"layers": [{"type": "dense", "units": 2}]}}).get_json()["id"]
-    run_job(job_id, sessions=app.extensions["backprop.sessions"], owner="w")
-    model_id = client.get(f"/v1/jobs/{job_id}").get_json()["model_id"]
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(60))).get_json()
+    model_id = train(client, app, dataset["id"], mlp(hidden=()), epochs=1)
     for request_id in ("p1", "p2"):  # the second is answered by the fast lane (the entry is fresh)
         response = client.post(f"/v1/models/{model_id}/predict", json={"inputs": [[0, 0, 0, 0]]},
                                headers={"X-Request-ID": request_id})
@@ -59,13 +55,10 @@ def test_problems_and_the_fast_lane_echo_the_request_id(client, app, upload_csv)
 
 
 def test_worker_lines_about_a_job_carry_its_id(client, app, upload_csv, log_lines):
-    from workers.training import run_job
-
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(60))).get_json()
-    job_id = client.post("/v1/jobs", json={"dataset_id": dataset["id"],
-                                           "network": {"layers": [{"type": "dense", "units": 2}]}}).get_json()["id"]
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(60))).get_json()
+    job_id = submit(client, dataset["id"], mlp(hidden=()))
     client.post(f"/v1/jobs/{job_id}/cancel")
-    assert run_job(job_id, sessions=app.extensions["backprop.sessions"], owner="w") == "cancelled"
+    assert run_job(app, job_id, owner="w") == "cancelled"
     worker_lines = [entry for entry in log_lines() if entry["logger"].startswith("workers.")]
     assert worker_lines and all(entry["job_id"] == job_id for entry in worker_lines)
     assert logs.JOB_ID.get() is None  # the context ends with the job

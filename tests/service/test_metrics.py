@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import blobs_rows, csv_text
+from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text
+from tests.helpers import mlp, run_job, submit
 
-MLP = {"layers": [{"type": "dense", "units": 4, "activation": "relu"}, {"type": "dense", "units": 2}]}
+MLP = mlp((4,))
 
 
 def scrape(client) -> dict[tuple[str, tuple], float]:
@@ -35,13 +36,10 @@ def test_requests_are_counted_by_url_rule_and_status(client):
 
 
 def test_jobs_by_status_cache_and_fast_lane(client, app, upload_csv):
-    from workers.training import run_job
-
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(80))).get_json()
-    job_ids = [client.post("/v1/jobs", json={"dataset_id": dataset["id"], "network": MLP,
-                                             "training": {"epochs": 2}}).get_json()["id"] for _ in range(2)]
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(80))).get_json()
+    job_ids = [submit(client, dataset["id"], MLP, epochs=2) for _ in range(2)]
     client.post(f"/v1/jobs/{job_ids[1]}/cancel")
-    assert run_job(job_ids[0], sessions=app.extensions["backprop.sessions"], owner="w") == "succeeded"
+    assert run_job(app, job_ids[0], owner="w") == "succeeded"
     samples = scrape(client)
     jobs = {dict(labels)["status"]: v for (name, labels), v in samples.items() if name == "backprop_jobs"}
     assert jobs == {"queued": 0, "running": 0, "succeeded": 1, "failed": 0, "cancelled": 1}
@@ -62,8 +60,8 @@ def test_running_jobs_report_their_latest_throughput(client, app, upload_csv):
 
     from service.core.db.tables import Job, JobEpoch
 
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(80))).get_json()
-    job_id = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "network": MLP}).get_json()["id"]
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(80))).get_json()
+    job_id = submit(client, dataset["id"], MLP)
     with app.extensions["backprop.sessions"]() as session:
         session.execute(update(Job).where(Job.id == job_id).values(status="running"))
         session.add_all([JobEpoch(job_id=job_id, epoch=1, record={"epoch": 1, "samples_per_second": 10.0}),

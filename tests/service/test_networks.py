@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from tests.conftest import blobs_rows, csv_text
-from tests.helpers import problem
+from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text
+from tests.helpers import mlp, problem
 
-MLP = {"layers": [{"type": "dense", "units": 8, "activation": "relu"}, {"type": "dense", "units": 2}]}
+MLP = mlp()
 GRAPH = {"nodes": [
     {"name": "h1", "type": "dense", "units": 4, "activation": "tanh", "inputs": ["input"]},
     {"name": "h2", "type": "dense", "units": 4, "activation": "tanh", "inputs": ["h1"]},
@@ -49,7 +49,7 @@ def test_create_and_get_network_with_parameter_count(client, upload_csv):
     assert network["parameter_count"] is None
     fetched = client.get(f"/v1/networks/{network['id']}?input_dim=3").get_json()
     assert fetched["parameter_count"] == (3 * 4 + 4) + (4 * 4 + 4) + (7 * 2 + 2)
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(10))).get_json()
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(10))).get_json()
     by_dataset = client.get(f"/v1/networks/{network['id']}?dataset_id={dataset['id']}").get_json()
     assert by_dataset["input_dim"] == 4 and by_dataset["parameter_count"] == (4 * 4 + 4) + 20 + (8 * 2 + 2)
     listed = client.get("/v1/networks").get_json()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import csv_text, pets_rows
+from tests.helpers import mlp, train
 
 GARBAGE = [None, 0, -1, 1e308, "x", "", [], {}, [[]], [None], {"a": None}, True, [1, [2, [3]]],
            {"layers": None}, 10**400]
@@ -17,13 +18,8 @@ def _keys() -> list[str]:
 
 @pytest.fixture
 def model_id(client, app, upload_csv) -> str:
-    from workers.training import run_job
-
     dataset = upload_csv(csv_text(["weight", "color", "pet"], pets_rows(40))).get_json()
-    job = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "training": {"epochs": 1},
-                                        "network": {"layers": [{"type": "dense", "units": 2}]}}).get_json()
-    run_job(job["id"], sessions=app.extensions["backprop.sessions"], owner="t")
-    return client.get(f"/v1/jobs/{job['id']}").get_json()["model_id"]
+    return train(client, app, dataset["id"], mlp(hidden=()), epochs=1)
 
 
 def test_garbage_bodies_never_get_500(client, model_id):

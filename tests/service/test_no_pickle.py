@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import blobs_rows, csv_text
+from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("backprop", "service", "workers")
@@ -130,7 +130,7 @@ def test_the_worker_takes_json_messages_only():
 def test_a_client_file_name_is_never_a_path(client, upload_csv, tmp_path, filename):
     marker = uuid.uuid4().hex
     filename = filename.format(marker=marker, data_dir=tmp_path)
-    response = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(10)), filename=filename)
+    response = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(10)), filename=filename)
     assert response.status_code == 201, response.get_json()
     name = response.get_json()["name"]  # the last part only: a label, not a path
     assert name.endswith(f"pwned-{marker}.csv") and "/" not in name and "\\" not in name, name

@@ -9,31 +9,21 @@ import numpy as np
 import pytest
 
 from tests.conftest import blobs_rows, csv_text, pets_rows
-from tests.helpers import problem
+from tests.helpers import mlp, problem, train
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
-MLP = {"layers": [{"type": "dense", "units": 8, "activation": "tanh"}, {"type": "dense", "units": 2}]}
+MLP = mlp(activation="tanh")
 
 
 def trained(client, app, upload_csv, header, rows, network=MLP) -> str:
-    from workers.training import run_job
-
     dataset = upload_csv(csv_text(header, rows)).get_json()
-    job = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "network": network,
-                                        "training": {"epochs": 3, "batch_size": 16}}).get_json()
-    assert run_job(job["id"], sessions=app.extensions["backprop.sessions"], owner="t") == "succeeded"
-    return client.get(f"/v1/jobs/{job['id']}").get_json()["model_id"]
+    return train(client, app, dataset["id"], network, epochs=3, batch_size=16)
 
 
 def post_csv(client, model_id, text, accept="application/json"):
     return client.post(f"/v1/models/{model_id}/predict", data=text.encode() if isinstance(text, str) else text,
                        content_type="text/csv", headers={"Accept": accept})
-
-
-@pytest.fixture
-def blobs_model(client, app, upload_csv) -> str:
-    return trained(client, app, upload_csv, ["a", "b", "c", "d", "label"], blobs_rows(60))
 
 
 def test_csv_body_answers_like_json_inputs(client, blobs_model):
@@ -113,15 +103,10 @@ def test_csv_with_string_features(client, app, upload_csv):
 
 
 def test_regression_csv_answer_names_the_targets(client, app):
-    from workers.training import run_job
-
     rows = [[i / 10, (i % 7) / 3, i / 5 + 10, 100 - i / 2] for i in range(60)]
     dataset = client.post("/v1/datasets", json={"columns": ["x", "z", "y1", "y2"], "data": rows,
                                                 "target": ["y1", "y2"]}).get_json()
-    job = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "network": MLP,
-                                        "training": {"epochs": 2}}).get_json()
-    assert run_job(job["id"], sessions=app.extensions["backprop.sessions"], owner="t") == "succeeded"
-    model_id = client.get(f"/v1/jobs/{job['id']}").get_json()["model_id"]
+    model_id = train(client, app, dataset["id"], MLP, epochs=2)
     answer = post_csv(client, model_id, "x,z\n1,1\n2,0\n", accept="text/csv").get_data(as_text=True)
     lines = answer.splitlines()
     assert lines[0] == "y1,y2" and len(lines) == 3 and len(lines[1].split(",")) == 2

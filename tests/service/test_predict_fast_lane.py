@@ -11,14 +11,13 @@ from service.api import models
 from service.core.db.tables import TrainedModel
 from tests.conftest import blobs_rows
 from tests.helpers import problem
-from tests.service.test_predict_csv import trained
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
 
 @pytest.fixture
-def model_id(client, app, upload_csv) -> str:
-    return trained(client, app, upload_csv, ["a", "b", "c", "d", "label"], blobs_rows(60))
+def model_id(blobs_model) -> str:
+    return blobs_model
 
 
 @pytest.fixture

@@ -16,11 +16,11 @@ from sqlalchemy import func, select
 
 from service.api import models as models_api
 from service.core.db.tables import Dataset, DatasetPayload, Job, Network, TrainedModel
-from tests.conftest import blobs_rows, client_with_key, csv_text
-from tests.helpers import problem
+from tests.conftest import BLOBS_COLUMNS, blobs_rows, client_with_key, csv_text
+from tests.helpers import mlp, problem, run_job, submit
 
-HEADER = ["a", "b", "c", "d", "label"]
-MLP = {"layers": [{"type": "dense", "units": 4, "activation": "tanh"}, {"type": "dense", "units": 2}]}
+MLP = mlp((4,), "tanh")
+TRAINING = {"epochs": 2, "batch_size": 16}
 # Which of alice's resources a path parameter names.
 PARAMETER_KINDS = {"dataset_id": "dataset", "network_id": "network", "job_id": "job", "model_id": "model"}
 both_databases = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
@@ -35,7 +35,7 @@ def v1_rules(app: Any) -> list[tuple[str, str, Any]]:
 def upload(client: Any, rows: list[list[Any]] | None = None, **fields: str) -> dict[str, Any]:
     import io
 
-    data = csv_text(HEADER, rows or blobs_rows(60)).encode()
+    data = csv_text(BLOBS_COLUMNS, rows or blobs_rows(60)).encode()
     response = client.post("/v1/datasets", data={"file": (io.BytesIO(data), "d.csv"), **fields},
                            content_type="multipart/form-data")
     assert response.status_code == 201, response.get_data(as_text=True)
@@ -43,22 +43,20 @@ def upload(client: Any, rows: list[list[Any]] | None = None, **fields: str) -> d
 
 
 def start_job(client: Any, dataset_id: str, **extra: Any) -> Any:
-    return client.post("/v1/jobs", json={"dataset_id": dataset_id, "network": MLP,
-                                         "training": {"epochs": 2, "batch_size": 16}, **extra})
+    """POST a job of MLP on the dataset; return the response (a test may expect it refused)."""
+    return client.post("/v1/jobs", json={"dataset_id": dataset_id, "network": MLP, "training": TRAINING, **extra})
 
 
 @pytest.fixture
 def alice(client: Any, app: Any) -> dict[str, str]:
     """Alice's dataset, network, a job that is still queued, and a finished job's model."""
-    from workers.training import run_job
-
     dataset = upload(client)
     network = client.post("/v1/networks", json=MLP).get_json()
-    done = start_job(client, dataset["id"]).get_json()
-    assert run_job(done["id"], sessions=app.extensions["backprop.sessions"], owner="t") == "succeeded"
-    model_id = client.get(f"/v1/jobs/{done['id']}").get_json()["model_id"]
-    queued = start_job(client, dataset["id"]).get_json()
-    return {"dataset": dataset["id"], "network": network["id"], "job": queued["id"], "done_job": done["id"],
+    done = submit(client, dataset["id"], MLP, **TRAINING)
+    assert run_job(app, done) == "succeeded"
+    model_id = client.get(f"/v1/jobs/{done}").get_json()["model_id"]
+    queued = submit(client, dataset["id"], MLP, **TRAINING)
+    return {"dataset": dataset["id"], "network": network["id"], "job": queued, "done_job": done,
             "model": model_id}
 
 
@@ -350,12 +348,12 @@ def test_concurrent_jobs_of_one_tenant_cannot_share_its_last_slot(app, api_keys,
     start = threading.Barrier(8)
     statuses: list[int] = []
 
-    def submit() -> None:
+    def post_a_job() -> None:
         own_client = client_with_key(app, api_keys["alice"])
         start.wait()
         statuses.append(start_job(own_client, dataset["id"]).status_code)
 
-    threads = [threading.Thread(target=submit) for _ in range(8)]
+    threads = [threading.Thread(target=post_a_job) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -402,7 +400,7 @@ def test_storage_over_the_limit_is_413_naming_it(app, client, bob_client):
     before = state(app)
     import io
 
-    data = csv_text(HEADER, blobs_rows(200, seed=5)).encode()
+    data = csv_text(BLOBS_COLUMNS, blobs_rows(200, seed=5)).encode()
     response = client.post("/v1/datasets", data={"file": (io.BytesIO(data), "d.csv")},
                            content_type="multipart/form-data")
     body = problem(response, 413)

@@ -4,30 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import blobs_rows, csv_text, linear_rows, pets_rows
-from tests.helpers import problem
+from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text, linear_rows, pets_rows
+from tests.helpers import mlp, problem, train
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
 
-MLP = {"layers": [{"type": "dense", "units": 8, "activation": "relu"}, {"type": "dense", "units": 2}]}
-BLOBS = ["a", "b", "c", "d", "label"]
+MLP = mlp()
 
 
 def train_model(client, app, dataset_id: str, network: dict, **training) -> dict:
     """Train a small model for real (workers.training.run_job) and return it."""
-    from workers.training import run_job
-
-    job = client.post("/v1/jobs", json={"dataset_id": dataset_id, "network": network,
-                                        "training": {"epochs": 2, "batch_size": 8, **training}})
-    assert job.status_code == 202, job.get_json()
-    assert run_job(job.get_json()["id"], sessions=app.extensions["backprop.sessions"], owner="t") == "succeeded"
-    model_id = client.get(f"/v1/jobs/{job.get_json()['id']}").get_json()["model_id"]
+    model_id = train(client, app, dataset_id, network, **{"epochs": 2, "batch_size": 8, **training})
     return client.get(f"/v1/models/{model_id}").get_json()
-
-
-@pytest.fixture
-def blobs(upload_csv) -> dict:
-    return upload_csv(csv_text(BLOBS, blobs_rows(40))).get_json()
 
 
 @pytest.fixture
@@ -58,7 +46,7 @@ def test_an_inline_network_with_the_same_shapes_is_accepted(client, blobs, model
     bad = problem(create(client, dataset_id=blobs["id"], init_from_model=model["id"], network=renamed), 422)
     assert {e["field"] for e in bad["errors"]} == {"init_from_model"}
     assert {e.get("node") for e in bad["errors"]} == {"dense_2", "dense_1"}
-    same = {"layers": [{"type": "dense", "units": 8, "activation": "tanh"}, {"type": "dense", "units": 2}]}
+    same = mlp(activation="tanh")
     assert create(client, dataset_id=blobs["id"], init_from_model=model["id"], network=same).status_code == 202
 
 
@@ -69,7 +57,7 @@ def test_an_unknown_model_is_a_422_on_init_from_model(client, blobs):
 
 
 def test_a_width_mismatch_is_a_422_naming_the_node(client, blobs, model):
-    wider = {"layers": [{"type": "dense", "units": 16, "activation": "relu"}, {"type": "dense", "units": 2}]}
+    wider = mlp((16,))
     body = problem(create(client, dataset_id=blobs["id"], init_from_model=model["id"], network=wider), 422)
     errors = [e for e in body["errors"] if e["field"] == "init_from_model"]
     assert errors and errors[0]["node"] == "dense_0"
@@ -90,14 +78,14 @@ def test_a_dataset_of_other_columns_or_task_is_a_422(client, app, upload_csv, mo
 
 def test_a_class_or_category_the_model_does_not_know_is_a_422(client, app, upload_csv, model):
     three = blobs_rows(40) + [[0.0, 0.0, 0.0, 0.0, 2]]
-    dataset = upload_csv(csv_text(BLOBS, three)).get_json()
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, three)).get_json()
     body = problem(create(client, dataset_id=dataset["id"], init_from_model=model["id"]), 422)
     assert [e["field"] for e in body["errors"]] == ["init_from_model"]
     assert "classes the model does not know: 2" in body["errors"][0]["message"]
 
     pets = upload_csv(csv_text(["weight", "color", "pet"], pets_rows(80))).get_json()
     pet_model = train_model(client, app, pets["id"],
-                            {"layers": [{"type": "dense", "units": 4}, {"type": "dense", "units": 2}]})
+                            mlp((4,), activation=None))
     purple = upload_csv(csv_text(["weight", "color", "pet"], pets_rows(80) + [[3.0, "purple", "cat"]])).get_json()
     body = problem(create(client, dataset_id=purple["id"], init_from_model=pet_model["id"]), 422)
     assert [e["field"] for e in body["errors"]] == ["init_from_model"]
@@ -108,7 +96,7 @@ def test_a_class_or_category_the_model_does_not_know_is_a_422(client, app, uploa
 
 def test_another_loss_is_a_422(client, blobs, model):
     body = problem(create(client, dataset_id=blobs["id"], init_from_model=model["id"],
-                          network={"layers": [{"type": "dense", "units": 8}, {"type": "dense", "units": 1}]},
+                          network=mlp(activation=None, outputs=1),
                           training={"loss": "binary_cross_entropy"}), 422)
     assert any(e["field"] == "init_from_model" and "cross_entropy" in e["message"] for e in body["errors"])
 

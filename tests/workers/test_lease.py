@@ -6,63 +6,18 @@ import sys
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
-from tests.conftest import blobs_rows, csv_text
-from tests.workers.test_training import MLP, on_each_epoch, run, submit
+from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text
+from tests.helpers import abandon_after, job_row, job_settings, make_stale, mlp, on_each_epoch, run_job, set_row, submit
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
-
-FAST = {"lease_timeout_s": 30.0, "checkpoint_interval_s": 0.0}
-
-
-def settings(**overrides):
-    from workers.lease import JobSettings
-
-    return JobSettings(**{**FAST, **overrides})
 
 
 @pytest.fixture
 def job_id(client, upload_csv) -> str:
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(60))).get_json()
-    return submit(client, dataset["id"], MLP, epochs=8, batch_size=8, learning_rate=0.01)
-
-
-def job_row(app, job_id):
-    from service.core.db.tables import Job
-
-    with app.extensions["backprop.sessions"]() as session:
-        return session.get(Job, job_id)
-
-
-def set_row(app, job_id, **values):
-    from service.core.db.tables import Job
-
-    with app.extensions["backprop.sessions"]() as session:
-        session.execute(update(Job).where(Job.id == job_id).values(**values))
-        session.commit()
-
-
-def make_stale(app, job_id, seconds=3600):
-    from service.core.ids import utcnow
-
-    set_row(app, job_id, heartbeat_at=utcnow() - timedelta(seconds=seconds))
-
-
-def abandon_after(monkeypatch, epoch: int) -> list[int]:
-    """Make the worker's parent 'die' after `epoch`; return the list of epochs trained."""
-    from workers import training
-
-    trained: list[int] = []
-    parent = training.os.getppid()
-
-    def record(recorder, record):
-        trained.append(record["epoch"])
-        if record["epoch"] == epoch:
-            monkeypatch.setattr(training.os, "getppid", lambda: parent + 1)
-
-    on_each_epoch(monkeypatch, record)
-    return trained
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(60))).get_json()
+    return submit(client, dataset["id"], mlp(), epochs=8, batch_size=8, learning_rate=0.01)
 
 
 def model_count(app, job_id) -> int:
@@ -77,28 +32,28 @@ def test_a_stale_lease_is_reclaimed_and_the_old_owner_can_no_longer_write(app, j
     from workers.training import JobRecorder, LeaseLost
 
     sessions = app.extensions["backprop.sessions"]
-    assert claim(sessions, job_id, "a", settings())
-    assert not claim(sessions, job_id, "b", settings())  # fresh heartbeat: held
+    assert claim(sessions, job_id, "a", job_settings())
+    assert not claim(sessions, job_id, "b", job_settings())  # fresh heartbeat: held
     make_stale(app, job_id)
-    assert claim(sessions, job_id, "b", settings())
+    assert claim(sessions, job_id, "b", job_settings())
     row = job_row(app, job_id)
     assert (row.owner, row.attempt, row.status) == ("b", 2, "running")
     with pytest.raises(LeaseLost):
         JobRecorder(sessions, job_id, "a").on_epoch_end({"epoch": 1, "loss": 0.5})
     make_stale(app, job_id)
-    assert not claim(sessions, job_id, "c", settings(max_attempts=2))  # out of attempts
+    assert not claim(sessions, job_id, "c", job_settings(max_attempts=2))  # out of attempts
 
 
 def test_a_reclaimed_job_resumes_from_its_checkpoint_and_trains_once(app, job_id, monkeypatch, client):
     trained = abandon_after(monkeypatch, 3)
-    assert run(app, job_id, owner="first", settings=settings()) == "abandoned"
+    assert run_job(app, job_id, owner="first", settings=job_settings()) == "abandoned"
     assert trained == [1, 2, 3] and job_row(app, job_id).status == "running"
     monkeypatch.undo()
     trained = abandon_after(monkeypatch, 99)
     # A second delivery while the lease is fresh does not train.
-    assert run(app, job_id, owner="second", settings=settings()) == "running" and trained == []
+    assert run_job(app, job_id, owner="second", settings=job_settings()) == "running" and trained == []
     make_stale(app, job_id)
-    assert run(app, job_id, owner="second", settings=settings()) == "succeeded"
+    assert run_job(app, job_id, owner="second", settings=job_settings()) == "succeeded"
     assert trained == [4, 5, 6, 7, 8]  # from the epoch 3 checkpoint, not from epoch 0
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["attempt"] == 2 and model_count(app, job_id) == 1
@@ -106,9 +61,9 @@ def test_a_reclaimed_job_resumes_from_its_checkpoint_and_trains_once(app, job_id
 
     # Bit for bit the run an uninterrupted job makes.
     monkeypatch.undo()
-    again = client.post("/v1/jobs", json={"dataset_id": job["dataset_id"], "network": MLP,
+    again = client.post("/v1/jobs", json={"dataset_id": job["dataset_id"], "network": mlp(),
                                            "training": job["training"]}).get_json()["id"]
-    assert run(app, again, settings=settings()) == "succeeded"
+    assert run_job(app, again, settings=job_settings()) == "succeeded"
     timing = ("duration_s", "samples_per_second")
 
     def learned(metrics):
@@ -119,11 +74,11 @@ def test_a_reclaimed_job_resumes_from_its_checkpoint_and_trains_once(app, job_id
 
 def test_checkpoint_writes_are_throttled(app, job_id, monkeypatch):
     trained = abandon_after(monkeypatch, 3)
-    assert run(app, job_id, owner="first", settings=settings(checkpoint_interval_s=3600)) == "abandoned"
+    assert run_job(app, job_id, owner="first", settings=job_settings(checkpoint_interval_s=3600)) == "abandoned"
     monkeypatch.undo()
     trained = abandon_after(monkeypatch, 99)
     make_stale(app, job_id)
-    assert run(app, job_id, owner="second", settings=settings()) == "succeeded"
+    assert run_job(app, job_id, owner="second", settings=job_settings()) == "succeeded"
     assert trained[0] == 1  # no checkpoint was stored within the interval: a fresh start
 
 
@@ -134,7 +89,7 @@ def test_a_shutting_down_worker_hands_the_job_back_with_a_checkpoint(app, job_id
     on_each_epoch(monkeypatch, lambda recorder, record: trained.append(record["epoch"]))
     published = []
     # The checkpoint interval is long: the hand-back stores the latest one anyway.
-    assert run(app, job_id, owner="first", settings=settings(checkpoint_interval_s=3600),
+    assert run_job(app, job_id, owner="first", settings=job_settings(checkpoint_interval_s=3600),
                shutdown=lambda: len(trained) >= 2, publish=lambda *a: published.append(a)) == "queued"
     row = job_row(app, job_id)
     assert (row.status, row.owner, row.attempt) == ("queued", None, 0)
@@ -142,12 +97,12 @@ def test_a_shutting_down_worker_hands_the_job_back_with_a_checkpoint(app, job_id
     with app.extensions["backprop.sessions"]() as session:
         assert session.scalar(select(JobCheckpoint.epoch).where(JobCheckpoint.job_id == job_id)) == 2
     trained.clear()
-    assert run(app, job_id, owner="second", settings=settings()) == "succeeded"
+    assert run_job(app, job_id, owner="second", settings=job_settings()) == "succeeded"
     assert trained[0] == 3 and job_row(app, job_id).attempt == 1
 
 
 def test_the_time_limit_fails_the_job_with_the_reason(app, job_id):
-    assert run(app, job_id, settings=settings(time_limit_s=1e-6)) == "failed"
+    assert run_job(app, job_id, settings=job_settings(time_limit_s=1e-6)) == "failed"
     error = job_row(app, job_id).error
     assert "time limit" in error and "JOB_TIME_LIMIT_S" in error
 
@@ -158,18 +113,18 @@ def test_the_reaper_requeues_cancels_and_fails_lost_jobs(app, client, upload_csv
     from workers.reaper import reap
 
     sessions = app.extensions["backprop.sessions"]
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(40))).get_json()
-    ids = [submit(client, dataset["id"], MLP, epochs=2) for _ in range(5)]
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(40))).get_json()
+    ids = [submit(client, dataset["id"], mlp(), epochs=2) for _ in range(5)]
     lost, cancelled, poison, too_long, alive = ids
     for job in ids:
-        assert claim(sessions, job, "dead-worker", settings())
+        assert claim(sessions, job, "dead-worker", job_settings())
     for job in ids[:-1]:
         make_stale(app, job)
     set_row(app, cancelled, cancel_requested=True)
     set_row(app, poison, attempt=3)
     set_row(app, too_long, started_at=utcnow() - timedelta(days=2))
     published = []
-    counts = reap(sessions, lambda *a: published.append(a), settings(time_limit_s=3600))
+    counts = reap(sessions, lambda *a: published.append(a), job_settings(time_limit_s=3600))
     assert counts == {"requeued": 1, "republished": 0, "cancelled": 1, "failed": 2}
     assert published == [(lost, "cpu")]
     statuses = {job: client.get(f"/v1/jobs/{job}").get_json() for job in ids}
@@ -178,7 +133,7 @@ def test_the_reaper_requeues_cancels_and_fails_lost_jobs(app, client, upload_csv
     assert statuses[poison]["status"] == "failed" and "MAX_ATTEMPTS" in statuses[poison]["error"]
     assert statuses[too_long]["status"] == "failed" and "time limit" in statuses[too_long]["error"]
     # A second reaper at the same moment finds nothing left to do.
-    assert not any(reap(sessions, lambda *a: published.append(a), settings(time_limit_s=3600)).values())
+    assert not any(reap(sessions, lambda *a: published.append(a), job_settings(time_limit_s=3600)).values())
 
 
 def test_the_reaper_republishes_forgotten_queued_jobs_once_and_fails_undeliverable_ones(app, job_id):
@@ -187,7 +142,7 @@ def test_the_reaper_republishes_forgotten_queued_jobs_once_and_fails_undeliverab
 
     sessions = app.extensions["backprop.sessions"]
     published = []
-    quick = settings(requeue_queued_after_s=60)
+    quick = job_settings(requeue_queued_after_s=60)
     assert not any(reap(sessions, lambda *a: published.append(a), quick).values())  # just queued
     set_row(app, job_id, published_at=utcnow() - timedelta(minutes=5))
     later = utcnow()

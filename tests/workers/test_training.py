@@ -5,48 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import blobs_rows, csv_text, linear_rows, pets_rows
-from tests.helpers import problem
+from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text, linear_rows, pets_rows
+from tests.helpers import create_job, mlp, on_each_epoch, problem, run_job, submit
 
 # Workers read and write the store on SQLite, and on PostgreSQL where it is reachable.
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
 
-MLP = {"layers": [{"type": "dense", "units": 8, "activation": "relu"}, {"type": "dense", "units": 2}]}
-
-
-def submit(client, dataset_id: str, network: dict, **training) -> str:
-    response = client.post("/v1/jobs", json={"dataset_id": dataset_id, "network": network,
-                                             "training": training})
-    assert response.status_code == 202, response.get_json()
-    return response.get_json()["id"]
-
-
-def run(app, job_id: str, owner: str = "test-worker", **kwargs) -> str:
-    from workers.training import run_job
-
-    return run_job(job_id, sessions=app.extensions["backprop.sessions"], owner=owner, **kwargs)
-
-
-def on_each_epoch(monkeypatch, action, before: bool = False) -> None:
-    """Call action(recorder, record) when the worker has handled each epoch's record (or just before)."""
-    from workers import training
-
-    original = training.JobRecorder.on_epoch_end
-
-    def wrapped(self, record):
-        if before:
-            action(self, record)
-        original(self, record)
-        if not before:
-            action(self, record)
-
-    monkeypatch.setattr(training.JobRecorder, "on_epoch_end", wrapped)
+MLP = mlp()
 
 
 def test_classification_job_succeeds_with_metrics_model_and_predict(client, app, upload_csv):
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(120))).get_json()
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(120))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=15, batch_size=16, learning_rate=0.01)
-    assert run(app, job_id) == "succeeded"
+    assert run_job(app, job_id) == "succeeded"
 
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["status"] == "succeeded" and job["error"] is None and job["attempt"] == 1
@@ -79,9 +50,9 @@ def test_classification_job_succeeds_with_metrics_model_and_predict(client, app,
 
 def test_string_target_and_categorical_feature_predict_strings(client, app, upload_csv):
     dataset = upload_csv(csv_text(["weight", "color", "pet"], pets_rows(200))).get_json()
-    network = {"layers": [{"type": "dense", "units": 8, "activation": "tanh"}, {"type": "dense", "units": 2}]}
+    network = mlp(activation="tanh")
     job_id = submit(client, dataset["id"], network, epochs=20, batch_size=16, learning_rate=0.02)
-    assert run(app, job_id) == "succeeded"
+    assert run_job(app, job_id) == "succeeded"
     model_id = client.get(f"/v1/jobs/{job_id}").get_json()["model_id"]
     model = client.get(f"/v1/models/{model_id}").get_json()
     colours = model["preprocessing"]["features"][1]
@@ -120,9 +91,9 @@ def test_string_target_and_categorical_feature_predict_strings(client, app, uplo
 def test_regression_predicts_in_the_targets_scale(client, app, upload_csv):
     dataset = upload_csv(csv_text(["a", "b", "price"], linear_rows(300))).get_json()
     assert dataset["task"] == "regression"
-    network = {"layers": [{"type": "dense", "units": 16, "activation": "tanh"}, {"type": "dense", "units": 1}]}
+    network = mlp((16,), "tanh", 1)
     job_id = submit(client, dataset["id"], network, epochs=60, batch_size=16, learning_rate=0.01)
-    assert run(app, job_id) == "succeeded"
+    assert run_job(app, job_id) == "succeeded"
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert "val_r2" in job["metrics"] and job["metrics"]["val_r2"] > 0.9
     body = client.post(f"/v1/models/{job['model_id']}/predict",
@@ -136,9 +107,9 @@ def test_multi_output_regression(client, app):
     rows = [[i / 10, (i % 7) / 3, i / 5 + 10, 100 - i / 2] for i in range(80)]
     dataset = client.post("/v1/datasets", json={"columns": ["x", "z", "y1", "y2"], "data": rows,
                                                 "target": ["y1", "y2"]}).get_json()
-    network = {"layers": [{"type": "dense", "units": 8, "activation": "tanh"}, {"type": "dense", "units": 2}]}
+    network = mlp(activation="tanh")
     job_id = submit(client, dataset["id"], network, epochs=5)
-    assert run(app, job_id) == "succeeded"
+    assert run_job(app, job_id) == "succeeded"
     model_id = client.get(f"/v1/jobs/{job_id}").get_json()["model_id"]
     body = client.post(f"/v1/models/{model_id}/predict", json={"inputs": [[1.0, 1.0]]}).get_json()
     assert body["targets"] == ["y1", "y2"] and len(body["predictions"][0]) == 2
@@ -146,11 +117,9 @@ def test_multi_output_regression(client, app):
 
 def test_divergence_fails_the_job_with_an_actionable_message(client, app, upload_csv):
     dataset = upload_csv(csv_text(["a", "b", "price"], linear_rows(100))).get_json()
-    network = {"layers": [{"type": "dense", "units": 64, "activation": "relu", "init": "normal"},
-                          {"type": "dense", "units": 64, "activation": "relu", "init": "normal"},
-                          {"type": "dense", "units": 1, "init": "normal"}]}
+    network = mlp((64, 64), outputs=1, output={"init": "normal"}, init="normal")
     job_id = submit(client, dataset["id"], network, epochs=50, optimizer="sgd", learning_rate=10.0)
-    assert run(app, job_id) == "failed"
+    assert run_job(app, job_id) == "failed"
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["status"] == "failed" and job["model_id"] is None
     assert "non-finite" in job["error"] and "learning" in job["error"]
@@ -162,7 +131,7 @@ def test_cancellation_between_batches(client, app, upload_csv, monkeypatch):
     from service.core.db.tables import Job
     from workers.lease import JobSettings
 
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(120))).get_json()
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(120))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=1000, batch_size=4)
 
     def cancel_after_second_epoch(self, record):
@@ -174,7 +143,7 @@ def test_cancellation_between_batches(client, app, upload_csv, monkeypatch):
 
     on_each_epoch(monkeypatch, cancel_after_second_epoch)
     # No write of its own within the epoch: the flag is read between batches.
-    assert run(app, job_id, settings=JobSettings(progress_interval_s=0.0)) == "cancelled"
+    assert run_job(app, job_id, settings=JobSettings(progress_interval_s=0.0)) == "cancelled"
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["status"] == "cancelled" and job["model_id"] is None
     assert job["progress"]["epoch"] == 2
@@ -184,26 +153,26 @@ def test_the_progress_write_reads_the_cancel_flag(client, app, upload_csv, monke
     # No other query for an hour: the first epoch's progress transaction must see the flag.
     from workers.lease import JobSettings
 
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(120))).get_json()
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(120))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=1000, batch_size=4)
     def cancel_during_the_first_epoch(self, record):
         if record["epoch"] == 1:
             assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
 
     on_each_epoch(monkeypatch, cancel_during_the_first_epoch, before=True)
-    assert run(app, job_id, settings=JobSettings(progress_interval_s=3600.0)) == "cancelled"
+    assert run_job(app, job_id, settings=JobSettings(progress_interval_s=3600.0)) == "cancelled"
     assert client.get(f"/v1/jobs/{job_id}").get_json()["progress"]["epoch"] == 1
 
 
 def test_progress_is_written_every_progress_interval_and_in_full_at_the_end(client, app, upload_csv, monkeypatch):
     from workers.lease import JobSettings
 
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(120))).get_json()
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(120))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=6, batch_size=16)
     stored = []
     on_each_epoch(monkeypatch, lambda recorder, record: stored.append(
         client.get(f"/v1/jobs/{job_id}").get_json()["progress"]["epoch"]))
-    assert run(app, job_id, settings=JobSettings(progress_interval_s=3600.0)) == "succeeded"
+    assert run_job(app, job_id, settings=JobSettings(progress_interval_s=3600.0)) == "succeeded"
     assert stored == [1] * 6  # the first epoch at once, the rest kept until the job ends
     history = client.get(f"/v1/jobs/{job_id}/metrics").get_json()["epochs"]
     assert [r["epoch"] for r in history] == list(range(1, 7))
@@ -215,7 +184,7 @@ def test_a_failed_job_keeps_the_records_of_the_epochs_it_finished(client, app, u
     import backprop
     from workers.lease import JobSettings
 
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(120))).get_json()
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(120))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=1000, batch_size=16)
     def fail_after_the_third_epoch(self, record):
         if record["epoch"] == 3:
@@ -225,7 +194,7 @@ def test_a_failed_job_keeps_the_records_of_the_epochs_it_finished(client, app, u
                 raise backprop.TrainingDiverged("loss became non-finite at epoch 4", 4)
 
     on_each_epoch(monkeypatch, fail_after_the_third_epoch)
-    assert run(app, job_id, settings=JobSettings(progress_interval_s=3600.0)) == "failed"
+    assert run_job(app, job_id, settings=JobSettings(progress_interval_s=3600.0)) == "failed"
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["status"] == "failed" and job["progress"]["epoch"] == 3
     history = client.get(f"/v1/jobs/{job_id}/metrics").get_json()["epochs"]
@@ -237,7 +206,7 @@ def test_a_job_whose_records_cannot_be_written_still_fails_with_the_error(client
 
     from workers import training
 
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(120))).get_json()
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(120))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=5, batch_size=16)
     original = training.JobRecorder.write_progress
 
@@ -247,7 +216,7 @@ def test_a_job_whose_records_cannot_be_written_still_fails_with_the_error(client
         return original(self, session)
 
     monkeypatch.setattr(training.JobRecorder, "write_progress", reject_records)
-    assert run(app, job_id) == "failed"
+    assert run_job(app, job_id) == "failed"
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["status"] == "failed" and job["finished_at"]
     assert job["error"].startswith("internal error in the worker: DataError")
@@ -272,32 +241,32 @@ def test_progress_only_transactions_skip_the_wal_flush_wait_on_postgresql(app):
 def test_cancel_endpoint_on_a_running_job_stops_it(client, app, upload_csv, monkeypatch):
     from workers.lease import JobSettings
 
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(120))).get_json()
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(120))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=1000, batch_size=4)
     def cancel_through_the_api(self, record):
         if record["epoch"] == 1:
             assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
 
     on_each_epoch(monkeypatch, cancel_through_the_api)
-    assert run(app, job_id, settings=JobSettings(progress_interval_s=0.0)) == "cancelled"
+    assert run_job(app, job_id, settings=JobSettings(progress_interval_s=0.0)) == "cancelled"
 
 
 def test_a_job_is_claimed_once(client, app, upload_csv):
     from workers.training import claim
 
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(40))).get_json()
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(40))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=2)
     sessions = app.extensions["backprop.sessions"]
     assert claim(sessions, job_id, "first") is True
     assert claim(sessions, job_id, "second") is False
-    assert run(app, job_id, owner="third") == "running"  # a second delivery does not train
+    assert run_job(app, job_id, owner="third") == "running"  # a second delivery does not train
 
 
 def test_cancelled_queued_job_is_not_trained(client, app, upload_csv):
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(40))).get_json()
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(40))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=2)
     client.post(f"/v1/jobs/{job_id}/cancel")
-    assert run(app, job_id) == "cancelled"
+    assert run_job(app, job_id) == "cancelled"
     assert client.get("/v1/models").get_json()["items"] == []
 
 
@@ -306,19 +275,19 @@ def test_deleted_dataset_fails_the_job(client, app, upload_csv):
 
     from service.core.db.tables import Dataset
 
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(40))).get_json()
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(40))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=2)
     with app.extensions["backprop.sessions"]() as session:
         session.execute(delete(Dataset).where(Dataset.id == dataset["id"]))
         session.commit()
-    assert run(app, job_id) == "failed"
+    assert run_job(app, job_id) == "failed"
     assert "was deleted" in client.get(f"/v1/jobs/{job_id}").get_json()["error"]
 
 
 def test_model_delete_evicts_the_cache(client, app, upload_csv):
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(40))).get_json()
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(40))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=2)
-    run(app, job_id)
+    run_job(app, job_id)
     model_id = client.get(f"/v1/jobs/{job_id}").get_json()["model_id"]
     assert client.post(f"/v1/models/{model_id}/predict", json={"inputs": [[0, 0, 0, 0]]}).status_code == 200
     assert client.delete(f"/v1/models/{model_id}").status_code == 204
@@ -328,11 +297,10 @@ def test_model_delete_evicts_the_cache(client, app, upload_csv):
 
 
 def test_binary_cross_entropy_job_predicts_two_class_probabilities(client, app, upload_csv):
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(80))).get_json()
-    network = {"layers": [{"type": "dense", "units": 4, "activation": "relu"},
-                          {"type": "dense", "units": 1, "activation": "sigmoid"}]}
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(80))).get_json()
+    network = mlp((4,), outputs=1, output={"activation": "sigmoid"})
     job_id = submit(client, dataset["id"], network, epochs=40, loss="binary_cross_entropy", learning_rate=0.05)
-    assert run(app, job_id) == "succeeded"
+    assert run_job(app, job_id) == "succeeded"
     model_id = client.get(f"/v1/jobs/{job_id}").get_json()["model_id"]
     body = client.post(f"/v1/models/{model_id}/predict", json={"inputs": [[0, 0, 0, 0], [3, 3, 3, 3]]}).get_json()
     assert body["predictions"] == [0, 1] and len(body["probabilities"][0]) == 2
@@ -343,7 +311,7 @@ def test_an_orphaned_pool_process_abandons_the_job_without_writing(client, app, 
 
     from workers import training
 
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(40))).get_json()
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(40))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=1000, batch_size=4)
     parent = os.getppid()
     original = training.JobRecorder.on_epoch_end
@@ -353,7 +321,7 @@ def test_an_orphaned_pool_process_abandons_the_job_without_writing(client, app, 
         monkeypatch.setattr(training.os, "getppid", lambda: parent + 1 if parent != 1 else 2)
 
     monkeypatch.setattr(training.JobRecorder, "on_epoch_end", parent_dies)
-    assert run(app, job_id) == "abandoned"
+    assert run_job(app, job_id) == "abandoned"
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["status"] == "running" and job["progress"]["epoch"] == 1
 
@@ -364,11 +332,9 @@ def test_gpu_job_on_a_host_without_cupy_fails_with_what_to_do(client, app, uploa
         pytest.skip("CuPy is installed here: the GPU path would run")
     except ImportError:
         pass
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(40))).get_json()
-    response = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "network": MLP, "device": "gpu",
-                                             "training": {"epochs": 1}})
-    job_id = response.get_json()["id"]
-    assert run(app, job_id) == "failed"
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(40))).get_json()
+    job_id = create_job(client, dataset_id=dataset["id"], network=MLP, device="gpu", training={"epochs": 1})
+    assert run_job(app, job_id) == "failed"
     error = client.get(f"/v1/jobs/{job_id}").get_json()["error"]
     assert "device" in error and "gpu" in error
 
@@ -380,7 +346,7 @@ def test_heartbeat_between_batches_and_a_lost_lease_stops_the_worker(client, app
     from workers import training
     from workers.lease import JobSettings
 
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(40))).get_json()
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(40))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=1000, batch_size=4)
     original = training.JobRecorder.on_epoch_end
 
@@ -392,6 +358,6 @@ def test_heartbeat_between_batches_and_a_lost_lease_stops_the_worker(client, app
 
     monkeypatch.setattr(training.JobRecorder, "on_epoch_end", another_worker_takes_over)
     # A lease of a millisecond: the heartbeat is renewed between every two batches.
-    assert run(app, job_id, settings=JobSettings(lease_timeout_s=0.001)) == "lost"
+    assert run_job(app, job_id, settings=JobSettings(lease_timeout_s=0.001)) == "lost"
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["status"] == "running" and job["progress"]["epoch"] == 1  # nothing written after the loss

@@ -8,20 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.conftest import blobs_rows, csv_text, pets_rows
-from tests.workers.test_lease import abandon_after, job_row, make_stale, set_row, settings
-from tests.workers.test_training import MLP, run
+from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text, pets_rows
+from tests.helpers import abandon_after, create_job, job_row, job_settings, make_stale, mlp, run_job, set_row
 
 # Workers read and write the store on SQLite, and on PostgreSQL where it is reachable.
 BOTH = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
 
 TRAINING = {"epochs": 15, "batch_size": 8, "learning_rate": 0.01, "seed": 3}
-
-
-def create(client, **body) -> str:
-    response = client.post("/v1/jobs", json=body)
-    assert response.status_code == 202, response.get_json()
-    return response.get_json()["id"]
 
 
 def history(client, job_id: str) -> list[dict]:
@@ -37,17 +30,17 @@ def pets(upload_csv) -> dict:
 @pytest.fixture
 def source(client, app, pets) -> dict:
     """A model trained for 15 epochs on the pets."""
-    job_id = create(client, dataset_id=pets["id"], network=MLP, training=TRAINING)
-    assert run(app, job_id) == "succeeded"
+    job_id = create_job(client, dataset_id=pets["id"], network=mlp(), training=TRAINING)
+    assert run_job(app, job_id) == "succeeded"
     model_id = client.get(f"/v1/jobs/{job_id}").get_json()["model_id"]
     return client.get(f"/v1/models/{model_id}").get_json()
 
 
 @BOTH
 def test_a_warm_start_continues_where_the_model_stopped(client, app, pets, source):
-    warm = create(client, dataset_id=pets["id"], init_from_model=source["id"], training={**TRAINING, "epochs": 3})
-    cold = create(client, dataset_id=pets["id"], network=MLP, training={**TRAINING, "epochs": 3})
-    assert run(app, warm) == "succeeded" and run(app, cold) == "succeeded"
+    warm = create_job(client, dataset_id=pets["id"], init_from_model=source["id"], training={**TRAINING, "epochs": 3})
+    cold = create_job(client, dataset_id=pets["id"], network=mlp(), training={**TRAINING, "epochs": 3})
+    assert run_job(app, warm) == "succeeded" and run_job(app, cold) == "succeeded"
     final = source["metrics"]["loss"]
     warm_first, cold_first = history(client, warm)[0]["loss"], history(client, cold)[0]["loss"]
     # The source's final loss is far below a fresh network's first epoch; the warm job starts there.
@@ -71,30 +64,30 @@ def test_a_resumed_warm_job_takes_its_checkpoint_not_the_models_weights(client, 
         loads.append("load")
         return real_load(*args, **kwargs)
 
-    job_id = create(client, **body)
+    job_id = create_job(client, **body)
     trained = abandon_after(monkeypatch, 2)
     monkeypatch.setattr(training.backprop, "load", load)
-    assert run(app, job_id, owner="first", settings=settings()) == "abandoned"
+    assert run_job(app, job_id, owner="first", settings=job_settings()) == "abandoned"
     assert trained == [1, 2] and loads == ["load"]
     monkeypatch.undo()
     trained = abandon_after(monkeypatch, 99)
     monkeypatch.setattr(training.backprop, "load", load)
     make_stale(app, job_id)
-    assert run(app, job_id, owner="second", settings=settings()) == "succeeded"
+    assert run_job(app, job_id, owner="second", settings=job_settings()) == "succeeded"
     assert trained == [3, 4, 5, 6] and loads == ["load"]  # from the checkpoint; the model was not loaded again
 
     # The same result as an uninterrupted warm job.
     monkeypatch.undo()
-    again = create(client, **body)
-    assert run(app, again, settings=settings()) == "succeeded"
+    again = create_job(client, **body)
+    assert run_job(app, again, settings=job_settings()) == "succeeded"
     assert [r["loss"] for r in history(client, again)] == [r["loss"] for r in history(client, job_id)]
 
 
 @BOTH
 def test_a_warm_job_whose_model_was_deleted_fails_with_the_reason(client, app, pets, source):
-    job_id = create(client, dataset_id=pets["id"], init_from_model=source["id"])
+    job_id = create_job(client, dataset_id=pets["id"], init_from_model=source["id"])
     assert client.delete(f"/v1/models/{source['id']}").status_code == 204
-    assert run(app, job_id) == "failed"
+    assert run_job(app, job_id) == "failed"
     assert "init_from_model" in job_row(app, job_id).error and "deleted" in job_row(app, job_id).error
 
 
@@ -110,9 +103,9 @@ class Clock:
 def test_a_job_past_its_own_time_limit_fails_naming_time_limit_s(client, app, monkeypatch):
     from workers import training
 
-    dataset = client.post("/v1/datasets", json={"name": "blobs", "columns": ["a", "b", "c", "d", "label"],
+    dataset = client.post("/v1/datasets", json={"name": "blobs", "columns": BLOBS_COLUMNS,
                                                 "data": blobs_rows(60)}).get_json()
-    job_id = create(client, dataset_id=dataset["id"], network=MLP, time_limit_s=5,
+    job_id = create_job(client, dataset_id=dataset["id"], network=mlp(), time_limit_s=5,
                     training={"epochs": 50, "batch_size": 8})
     clock = Clock()
     monkeypatch.setattr(training, "time", clock.module)
@@ -124,7 +117,7 @@ def test_a_job_past_its_own_time_limit_fails_naming_time_limit_s(client, app, mo
             clock.offset = 6.0  # six seconds pass: past the job's 5 s, far from JOB_TIME_LIMIT_S
 
     monkeypatch.setattr(training.JobRecorder, "on_epoch_end", record)
-    assert run(app, job_id, settings=settings(time_limit_s=3600)) == "failed"
+    assert run_job(app, job_id, settings=job_settings(time_limit_s=3600)) == "failed"
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["status"] == "failed" and job["progress"]["epoch"] == 2 and job["time_limit_s"] == 5
     assert "time limit" in job["error"] and "the job's time_limit_s of 5 s" in job["error"]
@@ -134,14 +127,14 @@ def test_a_job_past_its_own_time_limit_fails_naming_time_limit_s(client, app, mo
 def test_the_smaller_limit_applies_and_is_named():
     from workers.lease import time_limit
 
-    assert time_limit(None, settings(time_limit_s=0)) is None
-    seconds, error = time_limit(5, settings(time_limit_s=0))
+    assert time_limit(None, job_settings(time_limit_s=0)) is None
+    seconds, error = time_limit(5, job_settings(time_limit_s=0))
     assert seconds == 5 and "time_limit_s of 5 s" in error
-    seconds, error = time_limit(5, settings(time_limit_s=3600))
+    seconds, error = time_limit(5, job_settings(time_limit_s=3600))
     assert seconds == 5 and "time_limit_s of 5 s" in error and "JOB_TIME_LIMIT_S" not in error
-    seconds, error = time_limit(7200, settings(time_limit_s=3600))
+    seconds, error = time_limit(7200, job_settings(time_limit_s=3600))
     assert seconds == 3600 and "3600 s (JOB_TIME_LIMIT_S" in error and "time_limit_s of 7200 s" in error
-    seconds, error = time_limit(None, settings(time_limit_s=3600))
+    seconds, error = time_limit(None, job_settings(time_limit_s=3600))
     assert seconds == 3600 and "JOB_TIME_LIMIT_S" in error and "time_limit_s of" not in error
 
 
@@ -152,15 +145,15 @@ def test_the_reaper_and_a_late_claim_apply_the_jobs_own_limit(client, app, uploa
     from workers.reaper import reap
 
     sessions = app.extensions["backprop.sessions"]
-    dataset = upload_csv(csv_text(["a", "b", "c", "d", "label"], blobs_rows(40))).get_json()
-    lost, alive = (create(client, dataset_id=dataset["id"], network=MLP, time_limit_s=60) for _ in range(2))
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(40))).get_json()
+    lost, alive = (create_job(client, dataset_id=dataset["id"], network=mlp(), time_limit_s=60) for _ in range(2))
     for job in (lost, alive):
-        assert claim(sessions, job, "dead-worker", settings())
+        assert claim(sessions, job, "dead-worker", job_settings())
         set_row(app, job, started_at=utcnow() - timedelta(minutes=2))
     make_stale(app, lost)
-    assert reap(sessions, lambda *a: None, settings(time_limit_s=3600))["failed"] == 1
+    assert reap(sessions, lambda *a: None, job_settings(time_limit_s=3600))["failed"] == 1
     assert "the job's time_limit_s of 60 s" in job_row(app, lost).error
     # A job that is found past its limit when (re)claimed fails before training.
     make_stale(app, alive)
-    assert run(app, alive, settings=settings(time_limit_s=0)) == "failed"
+    assert run_job(app, alive, settings=job_settings(time_limit_s=0)) == "failed"
     assert "the job's time_limit_s of 60 s" in job_row(app, alive).error
