@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEVICES = ("cpu", "gpu")
 AUTH_MODES = ("on", "off")
@@ -39,6 +40,26 @@ _POSITIVE_INTEGERS = ("PORT", "MAX_UPLOAD_MB", "MAX_PARAMETERS", "TENANT_MAX_CON
                       "TENANT_MAX_STORED_MB", "MODEL_CACHE_SIZE", "CELERY_CONCURRENCY")
 
 
+# Set while Settings are made from a mapping alone: the process's environment is not read then.
+_MAPPING_ONLY: ContextVar[bool] = ContextVar("settings_from_a_mapping", default=False)
+
+
+@contextmanager
+def _validated(mapping_only: bool) -> Iterator[None]:
+    """Read from the given values only (or the environment too); pydantic's errors as one ValueError.
+
+    pydantic's ValidationError is a ValueError too, but its text is pydantic's: ours names
+    each bad variable in the validators' words.
+    """
+    token = _MAPPING_ONLY.set(mapping_only)
+    try:
+        yield
+    except ValidationError as error:
+        raise ValueError("; ".join(_message(detail) for detail in error.errors())) from None
+    finally:
+        _MAPPING_ONLY.reset(token)
+
+
 def _shown(default: str) -> dict[str, Any]:
     """Say what the settings table shows as the default of a setting whose default is derived."""
     return {"shown_default": default}
@@ -51,12 +72,12 @@ class Settings(BaseSettings):
                                       validate_default=True)
 
     # --- where things are ----------------------------------------------------------------------
-    DATA_DIR: Path = Field(Path("./var"), description=(
+    DATA_DIR: Path = Field(Path("./var"), json_schema_extra=_shown("`./var`"), description=(
         "where embedded mode keeps its SQLite files, and scratch space (uploads in progress, "
         "the workers' dataset cache)"))
-    DATABASE_URL: str = Field("", json_schema_extra=_shown("sqlite:///$DATA_DIR/backprop.db"), description=(
+    DATABASE_URL: str = Field("", json_schema_extra=_shown("`sqlite:///$DATA_DIR/backprop.db`"), description=(
         "SQLAlchemy URL of the store, e.g. `postgresql+psycopg://user:password@host:5432/backprop`"))
-    CELERY_BROKER_URL: str = Field("", json_schema_extra=_shown("sqla+sqlite:///$DATA_DIR/broker.db"),
+    CELERY_BROKER_URL: str = Field("", json_schema_extra=_shown("`sqla+sqlite:///$DATA_DIR/broker.db`"),
                                    description=("Celery broker: Kombu's SQLAlchemy transport, or "
                                                 "`redis://host:6379/0`"))
     PORT: int = Field(8000, description="port of the API (`make run`, and the host port under compose)")
@@ -73,7 +94,7 @@ class Settings(BaseSettings):
         "`cpu` or `gpu`, and what it trains on)"))
 
     # --- tenants -------------------------------------------------------------------------------
-    AUTH: str = Field("on", json_schema_extra=_shown("on (`make run`: off)"), description=(
+    AUTH: str = Field("on", json_schema_extra=_shown("`on` (`make run`: `off`)"), description=(
         "`on`: every `/v1` request needs `Authorization: Bearer KEY` (401 otherwise); `off`: no keys, "
         "everything belongs to tenant `default` (only for an API on 127.0.0.1). Anything else stops "
         "the start"))
@@ -124,13 +145,13 @@ class Settings(BaseSettings):
 
     # --- processes -----------------------------------------------------------------------------
     MODEL_CACHE_SIZE: int = Field(32, description="built networks each API process keeps for `/predict`")
-    CELERY_CONCURRENCY: int | None = Field(None, json_schema_extra=_shown("cores"), description=(
+    CELERY_CONCURRENCY: int | None = Field(None, json_schema_extra=_shown("the number of cores"), description=(
         "Celery processes per worker when the command line gives no `--concurrency`; each gets "
         "cores / concurrency BLAS threads"))
-    LOG_FORMAT: str | None = Field(None, json_schema_extra=_shown("json, text in a terminal"), description=(
+    LOG_FORMAT: str | None = Field(None, json_schema_extra=_shown("`json` (`text` in a terminal)"), description=(
         "`json`: one JSON object per line; `text`: readable lines. Unset: json unless stderr is a "
         "terminal"))
-    LOG_LEVEL: str | None = Field(None, json_schema_extra=_shown("INFO"), description=(
+    LOG_LEVEL: str | None = Field(None, json_schema_extra=_shown("`INFO`"), description=(
         "level of the logs; a Celery worker without it uses its `--loglevel`"))
 
     # --- validation: the messages name the variable and the bad value ---------------------------
@@ -224,21 +245,30 @@ class Settings(BaseSettings):
     # --- reading ---------------------------------------------------------------------------------
 
     @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The values given, then the environment (not while reading a mapping alone); no .env file."""
+        return (init_settings,) if _MAPPING_ONLY.get() else (init_settings, env_settings)
+
+    @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read the settings from `environ` (os.environ by default) alone; empty values are unset.
+        """Read the settings from the environment, or from `environ` alone; empty values are unset.
 
         Raises
         ------
         ValueError
-            A value is bad; the message names each bad variable (pydantic's
-            ValidationError is a ValueError too, but its text is pydantic's).
+            A value is bad; the message names each bad variable.
         """
-        env = os.environ if environ is None else environ
-        values = {name: env[name] for name in cls.model_fields if env.get(name) not in (None, "")}
-        try:
+        if environ is None:
+            with _validated(mapping_only=False):
+                return cls.model_validate({})
+        values = {name: environ[name] for name in cls.model_fields if environ.get(name) not in (None, "")}
+        with _validated(mapping_only=True):
             return cls.model_validate(values)
-        except ValidationError as error:
-            raise ValueError("; ".join(_message(detail) for detail in error.errors())) from None
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
         """Return these settings with those of `overrides` replaced, validated as the environment is.
@@ -246,10 +276,8 @@ class Settings(BaseSettings):
         Keys that are not settings (create_app's QUEUE, TESTING ...) are left out.
         """
         values = {**self.model_dump(), **{k: v for k, v in overrides.items() if k in type(self).model_fields}}
-        try:
+        with _validated(mapping_only=True):
             return type(self).model_validate(values)
-        except ValidationError as error:
-            raise ValueError("; ".join(_message(detail) for detail in error.errors())) from None
 
     def as_config(self) -> dict[str, Any]:
         """Return the settings as the dict Flask's app.config and the workers read (DATA_DIR a str)."""
