@@ -38,7 +38,7 @@ _default_sessions: sessionmaker[Session] | None = None
 
 @dataclass(frozen=True)
 class JobSettings:
-    """The job recovery settings (service.core.settings.JOB_SETTINGS), in seconds unless named otherwise.
+    """The job recovery settings of service.core.settings.Settings, in seconds unless named otherwise.
 
     The defaults are the settings' defaults, so a test may name only what it changes.
     """

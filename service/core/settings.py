@@ -26,13 +26,13 @@ from typing import Any
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+# The devices a worker trains on, and the names of their queues. The engine's
+# backprop.backend.DEVICES is the same list (a test pins them): importing it here would load numpy.
 DEVICES = ("cpu", "gpu")
 AUTH_MODES = ("on", "off")
 LOG_FORMATS = ("json", "text")
 
-# The job recovery settings (docs/jobs.md), as workers/lease.py's JobSettings takes them.
-JOB_SETTINGS = ("LEASE_TIMEOUT_S", "REAPER_INTERVAL_S", "REQUEUE_QUEUED_AFTER_S", "MAX_ATTEMPTS",
-                "JOB_TIME_LIMIT_S", "CHECKPOINT_INTERVAL_S", "PROGRESS_INTERVAL_S", "VISIBILITY_TIMEOUT_S")
+# The settings each shared validator below reads.
 _SECONDS = ("REAPER_INTERVAL_S", "LEASE_TIMEOUT_S", "REQUEUE_QUEUED_AFTER_S", "JOB_TIME_LIMIT_S",
             "CHECKPOINT_INTERVAL_S", "PROGRESS_INTERVAL_S", "VISIBILITY_TIMEOUT_S",
             "EVENTS_POLL_S", "EVENTS_HEARTBEAT_S", "EVENTS_MAX_S", "KEY_CACHE_TTL_S")

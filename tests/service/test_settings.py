@@ -81,6 +81,13 @@ def test_the_job_settings_defaults_are_the_settings_defaults():
     assert JobSettings.from_config(load_config({})) == JobSettings()
 
 
+def test_the_queues_are_the_engines_devices():
+    from backprop.backend import DEVICES as ENGINE_DEVICES
+    from service.core.settings import DEVICES
+
+    assert DEVICES == ENGINE_DEVICES
+
+
 def test_no_module_but_the_settings_reads_the_environment():
     reads = re.compile(r"os\.environ(?!\.setdefault)|getenv\(")
     allowed = {ROOT / "service" / "core" / "settings.py"}
