@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import requests
 
-from service.core.statuses import TERMINAL_STATUSES
+from service.core.statuses import TERMINAL_STATUSES, JobStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -195,7 +195,7 @@ def shoot_model(playwright: Any, api: Api, key: str | None, out: Path) -> None:
     dataset_id = api.upload("pets", header, rows, "animal")
     job = api.job({"dataset_id": dataset_id, "network": GRAPH,
                    "training": {"epochs": 30, "learning_rate": 0.01, "seed": 1}})
-    job = api.wait(job["id"], lambda j: j["status"] == "succeeded")
+    job = api.wait(job["id"], lambda j: j["status"] == JobStatus.SUCCEEDED)
     page = browser_page(playwright, api.url, key, height=820)
     page.goto(f"/ui/models/{job['model_id']}")
     page.locator("#graph svg").wait_for()
