@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -229,6 +230,20 @@ def _summary(app: Flask, endpoint: str) -> str:
     return doc.splitlines()[0].rstrip(".")
 
 
+def _static_files(app: Flask, endpoint: str) -> list[str] | None:
+    """Return the files a static route serves (paths under its folder), or None for other routes."""
+    if endpoint == "static":
+        folder = app.static_folder
+    elif endpoint.endswith(".static") and endpoint.removesuffix(".static") in app.blueprints:
+        folder = app.blueprints[endpoint.removesuffix(".static")].static_folder
+    else:
+        return None
+    root = Path(folder) if folder else None
+    if root is None or not root.is_dir():
+        return None
+    return sorted(str(f.relative_to(root).as_posix()) for f in root.rglob("*") if f.is_file()) or None
+
+
 def _paths(app: Flask) -> dict[str, Any]:
     """One path per URL rule, one operation per method it routes (HEAD and OPTIONS aside)."""
     paths: dict[str, dict[str, Any]] = {}
@@ -240,6 +255,9 @@ def _paths(app: Flask) -> dict[str, Any]:
         parameters = [{"name": m["name"], "in": "path", "required": True,
                        "schema": CONVERTER_SCHEMAS[m["converter"] or "default"]}
                       for m in RULE_ARGUMENT.finditer(rule.rule)]
+        files = _static_files(app, rule.endpoint)
+        if files is not None:  # the files there are: a client (or a fuzzer) can only want those
+            parameters = [{**p, "schema": {"type": "string", "enum": files}} for p in parameters]
         for method in sorted((rule.methods or set()) - IMPLICIT_METHODS):
             operation: dict[str, Any] = {"operationId": rule.endpoint, "summary": _summary(app, rule.endpoint)}
             if spec.description:

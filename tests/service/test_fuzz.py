@@ -25,8 +25,8 @@ from schemathesis.specs.openapi.checks import negative_data_rejection
 
 from tests.conftest import csv_text, pets_rows
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
-STATEFUL_EXAMPLES = int(os.environ.get("FUZZ_STATEFUL_EXAMPLES", "15"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
+STATEFUL_EXAMPLES = int(os.environ.get("FUZZ_STATEFUL_EXAMPLES", "40"))
 # Path parameter -> the kind of resource whose real id it gets (besides generated ones).
 ID_PARAMETERS = {"dataset_id": "dataset", "network_id": "network", "job_id": "job", "model_id": "model"}
 # Operations whose JSON body refers to other resources by id.
