@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from flask import Flask, Response, json, request
@@ -16,7 +16,7 @@ from service.core.problems import PROBLEM_JSON, ApiError, from_validation_error
 log = logging.getLogger(__name__)
 
 
-def problem_response(status: int, title: str, detail: str, errors: list[dict[str, str]] | None = None,
+def problem_response(status: int, title: str, detail: str, errors: Sequence[Mapping[str, Any]] | None = None,
                      slug: str | None = None, headers: dict[str, str] | None = None) -> Response:
     """Build a problem+json response."""
     body: dict[str, Any] = {

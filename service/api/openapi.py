@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, current_app
@@ -203,7 +203,8 @@ OPERATIONS: dict[str, Operation] = {
 # <converter(args):name> or <name> in a Werkzeug rule.
 RULE_ARGUMENT = re.compile(r"<(?:(?P<converter>\w+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
 CONVERTER_SCHEMAS = {"default": {"type": "string"}, "string": {"type": "string"}, "path": {"type": "string"},
-                     "int": {"type": "integer"}, "float": {"type": "number"}, "uuid": {"type": "string", "format": "uuid"}}
+                     "int": {"type": "integer"}, "float": {"type": "number"},
+                     "uuid": {"type": "string", "format": "uuid"}}
 
 
 def _problems(path: str, operation: dict[str, Any], extra: tuple[int, ...]) -> dict[str, Any]:

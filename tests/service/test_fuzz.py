@@ -87,6 +87,17 @@ def _strategies(operation: Any, mode: GenerationMode, resources: dict[str, str])
     return strategies
 
 
+def _fuzz(strategy: Any, headers: dict[str, str], excluded: list[Any]) -> None:
+    """Call the app with each generated case and run schemathesis's default checks but `excluded`."""
+
+    @settings(max_examples=EXAMPLES, **SETTINGS)
+    @given(case=strategy)
+    def run(case: Any) -> None:
+        case.call_and_validate(headers=headers, excluded_checks=excluded)
+
+    run()
+
+
 def test_fuzz_every_operation(app: Any, client: Any, resources: dict[str, str]) -> None:
     schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
     headers = _headers(client)
@@ -103,14 +114,8 @@ def test_fuzz_every_operation(app: Any, client: Any, resources: dict[str, str]) 
             # Authorization header, which `headers` puts back: negative_data_rejection would call
             # those accepted invalid requests. The CLI run (docs/service.md) keeps the check.
             excluded = [negative_data_rejection] if mode is GenerationMode.NEGATIVE else []
-
-            @settings(max_examples=EXAMPLES, **SETTINGS)
-            @given(case=st.one_of(_strategies(operation, mode, resources)))
-            def run(case: Any) -> None:
-                case.call_and_validate(headers=headers, excluded_checks=excluded)
-
             try:
-                run()
+                _fuzz(st.one_of(_strategies(operation, mode, resources)), headers, excluded)
             except (Exception, BaseExceptionGroup) as error:  # report every operation's failures at once
                 failures.append(f"{operation.label} ({mode.name}): {error}")
     assert not failures, "\n\n".join(failures)
