@@ -35,12 +35,13 @@ import pytest
 import requests
 import yaml
 
+from service.client import TERMINAL, Client
 from tests.conftest import require_postgres, require_redis, skip_or_fail
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-TERMINAL = ("succeeded", "failed", "cancelled")
 JOB_TIMEOUT_S = float(os.environ.get("BACKPROP_E2E_JOB_TIMEOUT", "240"))
 # What the compose file's ${VAR:-default}s become here: a 2-core machine.
 COMPOSE_VARIABLES = {"API_WORKERS": "2", "WORKER_CONCURRENCY": "1"}
@@ -211,21 +212,21 @@ class Stack:
 
     def wait_ready(self, timeout: float = 90) -> None:
         """Poll /readyz until it answers 200; fail with the logs if a process dies first."""
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
+        last = ["no answer"]
+
+        def ready() -> bool:
             for name in ("api", "worker"):
                 if self.procs[name].poll() is not None:
                     raise RuntimeError(f"{name} exited {self.procs[name].returncode}\n{self.log_text()}")
             try:
                 response = self.http.get(self.url("/readyz"), timeout=5)
-                if response.status_code == 200:
-                    return
-                last = f"{response.status_code} {response.text[:300]}"
             except requests.RequestException as exc:
-                last = repr(exc)
-            time.sleep(0.3)
-        raise RuntimeError(f"the API was not ready within {timeout}s (last: {last})\n{self.log_text()}")
+                last[0] = repr(exc)
+                return False
+            last[0] = f"{response.status_code} {response.text[:300]}"
+            return response.status_code == 200
+
+        wait_for(ready, timeout, 0.3, lambda: f"the API ready (last: {last[0]})\n{self.log_text()}")
 
     def stop(self) -> None:
         """Stop every process and its children: gently, then for good."""
@@ -275,26 +276,51 @@ class Stack:
             return self.request("POST", "/v1/datasets", 201, files={"file": (path.name, file, "text/csv")},
                                 data=fields)
 
+    def api_client(self) -> Client:
+        """Return the project's own client (service.client.Client) for this stack, with its key."""
+        return Client(self.base_url, api_key=self.api_key)
+
     def start_job(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create a training job; return it."""
         return self.request("POST", "/v1/jobs", 202, json=body)
 
+    # Seconds between two polls of a job.
+    poll_s = 0.25
+
+    def check_processes(self, job: dict[str, Any]) -> None:
+        """Fail the test if the API or the worker has exited while `job` was not finished."""
+        if job["status"] in TERMINAL:
+            return
+        for name in ("api", "worker"):
+            if self.procs[name].poll() is not None:
+                pytest.fail(f"{name} exited {self.procs[name].returncode} while job {job['id']} was {job['status']}")
+
     def wait_job(self, job_id: str, until: tuple[str, ...] = TERMINAL,
-                 timeout: float = JOB_TIMEOUT_S) -> dict[str, Any]:
-        """Poll a job until its status is one of `until`; return it."""
-        deadline = time.monotonic() + timeout
-        job: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            job = self.request("GET", f"/v1/jobs/{job_id}")
-            if job["status"] in until:
+                 timeout: float = JOB_TIMEOUT_S, min_epoch: int = 0) -> dict[str, Any]:
+        """Poll a job until its status is one of `until` (and its epoch >= min_epoch); return it.
+
+        Waiting for the end, it is Client.wait_job; it fails the test early if the job ends in
+        another status than `until`, or if a process of the stack dies (check_processes).
+        """
+        client = self.api_client()
+        if set(until) == set(TERMINAL) and min_epoch == 0:
+            try:
+                return client.wait_job(job_id, poll_s=self.poll_s, timeout=timeout, on_update=self.check_processes)
+            except TimeoutError as exc:
+                pytest.fail(str(exc))
+        last: dict[str, Any] = {}
+
+        def reached() -> dict[str, Any] | None:
+            job = last["job"] = client.get_job(job_id)
+            if job["status"] in until and job["progress"]["epoch"] >= min_epoch:
                 return job
             if job["status"] in TERMINAL:
                 pytest.fail(f"job {job_id} ended {job['status']}, waiting for {until}: {job}")
-            for name in ("api", "worker"):
-                if self.procs[name].poll() is not None:
-                    pytest.fail(f"{name} exited {self.procs[name].returncode} while job {job_id} was {job['status']}")
-            time.sleep(0.25)
-        pytest.fail(f"job {job_id} not {until} after {timeout}s: {job}")
+            self.check_processes(job)
+            return None
+
+        return wait_for(reached, timeout, self.poll_s,
+                        lambda: f"job {job_id} {until} (epoch >= {min_epoch}): {last.get('job')}")
 
     def train(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create a job and wait for it to succeed; return the finished job."""

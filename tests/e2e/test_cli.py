@@ -25,13 +25,14 @@ import pytest
 from click.testing import CliRunner
 
 from service.client.cli import main
-from tests.conftest import blobs_rows, csv_text, linear_rows, pets_rows, skip_or_fail
+from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text, linear_rows, pets_rows, skip_or_fail
 from tests.e2e.conftest import BIN, ROOT
+from tests.helpers import mlp
 
 pytestmark = pytest.mark.slow
 
 SQLITE = pytest.mark.parametrize("stack", ["sqlite"], indirect=True)
-MLP = {"layers": [{"type": "dense", "units": 8, "activation": "tanh"}, {"type": "dense", "units": 2}]}
+MLP = mlp(activation="tanh")
 
 
 def cli(stack: Any, *args: str, code: int = 0) -> Any:
@@ -116,7 +117,7 @@ def test_api_errors_are_readable_and_exit_non_zero(stack, tmp_path, pets_csv):
     assert result.output.startswith("error: 422") and "target" in result.output
 
     dataset_id = upload(stack, pets_csv, "--target", "animal")
-    network = write(tmp_path / "net.json", json.dumps({"layers": [{"type": "dense", "units": 5}]}))
+    network = write(tmp_path / "net.json", json.dumps(mlp((), outputs=5)))
     result = cli(stack, "train", "--dataset", dataset_id, "--network", network, "--batch-size", "0", code=1)
     assert "training.batch_size: Input should be greater than or equal to 1" in result.output
 
@@ -147,9 +148,7 @@ def saturating(stack: Any, tmp_path: Path, rows: int) -> tuple[str, str]:
     wide = [[*np.round(rng.normal(size=100), 3), i % 2] for i in range(rows)]
     data = write(tmp_path / "wide.csv", csv_text([f"x{k}" for k in range(100)] + ["label"], wide))
     # Weights of std 1 on 100 standardized inputs: most sigmoid outputs sit at 0 or 1.
-    network = write(tmp_path / "net.json", json.dumps({"layers": [
-        {"type": "dense", "units": 32, "activation": "sigmoid", "init": "normal"},
-        {"type": "dense", "units": 2}]}))
+    network = write(tmp_path / "net.json", json.dumps(mlp((32,), "sigmoid", init="normal")))
     return upload(stack, data, "--target", "label"), network
 
 
@@ -180,7 +179,7 @@ def test_watch_exits_non_zero_when_the_job_fails_or_is_cancelled(stack, tmp_path
                  "--learning-rate", "10", "--optimizer", "sgd", "--watch", "--poll", "0.1", code=3)
     assert "failed: loss became non-finite" in result.output
 
-    data = write(tmp_path / "blobs.csv", csv_text(["a", "b", "c", "d", "label"], blobs_rows(200)))
+    data = write(tmp_path / "blobs.csv", csv_text(BLOBS_COLUMNS, blobs_rows(200)))
     dataset_id = upload(stack, data, "--target", "label")
     network = write(tmp_path / "net.json", json.dumps(MLP))
 
@@ -226,7 +225,7 @@ def test_the_bar_redraws_in_place_in_a_terminal(stack, tmp_path, request):
         assert len(on_bar) <= 1, "the bar printed a new line per update:\n" + "\n".join(lines)
         if on_bar:
             seen.add(int(bars.search(on_bar[0]).group(1)))
-        time.sleep(0.1)
+        time.sleep(0.1)  # the sampling interval: every frame seen is checked, so this is no wait-for
     lines = pane()
     print(f"terminal after the run (bar seen at epochs {sorted(seen)}):", *lines, sep="\n")
     assert done.exists() and done.read_text().strip() == "0", "\n".join(lines)

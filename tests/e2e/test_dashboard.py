@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from service.client import TERMINAL
 from tests.conftest import csv_text, pets_rows, skip_or_fail
-from tests.e2e.conftest import ROOT, TERMINAL
+from tests.e2e.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -180,7 +180,6 @@ def test_the_job_page_draws_curves_that_grow_while_epochs_finish(stack, page, sl
     page.goto(f"/ui/jobs/{slow_job['id']}")
     page.wait_for_function("() => window.dashboard.charts.loss && window.dashboard.charts.loss.data[0].length > 0")
     first = points(page, "loss")
-    time.sleep(3)
     page.wait_for_function("n => window.dashboard.charts.loss.data[0].length > n", arg=first)
     second = points(page, "loss")
     assert second > first

@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 import requests
 
+from tests.helpers import mlp
+
 pytestmark = pytest.mark.slow
 
 
@@ -29,7 +31,7 @@ def test_events_stream_a_training_job_to_its_end_and_metrics_count_it(stack, pet
     dataset = stack.upload_csv(pets["csv"], name="pets-events", target="animal")
     job = stack.start_job({
         "dataset_id": dataset["id"],
-        "network": {"layers": [{"type": "dense", "units": 8, "activation": "tanh"}, {"type": "dense", "units": 2}]},
+        "network": mlp(activation="tanh"),
         "training": {"epochs": 5, "seed": 0},
     })
     with requests.get(stack.url(f"/v1/jobs/{job['id']}/events"), stream=True, timeout=120,

@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 import requests
 
+from service.client import Client
 from tests.e2e.conftest import ROOT, STACK_VARIABLES, free_port
+from tests.helpers import mlp, wait_for
 
 LAUNCHER = ROOT / "scripts" / "run_embedded.py"
 
@@ -28,6 +30,7 @@ class Launcher:
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
+        self.client = Client(self.base_url)  # embedded mode: AUTH off, no key
         self.log = workdir / "run.log"
         env = {key: value for key, value in os.environ.items() if key not in STACK_VARIABLES}
         env.update(PORT=str(self.port), DATA_DIR=str(workdir / "var"), WORKER_GRACE_S="3", PYTHONUNBUFFERED="1")
@@ -42,27 +45,23 @@ class Launcher:
         return {name: int(pid) for name, pid in re.findall(r"\[run\] (\w+) \(pid (\d+)\)", self.output())}
 
     def wait_healthy(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def serving() -> bool:
             assert self.proc.poll() is None, f"the launcher exited {self.proc.returncode}\n{self.output()}"
-            if "serving on" in self.output():
-                return
-            time.sleep(0.2)
-        pytest.fail(f"not serving after {timeout}s\n{self.output()}")
+            return "serving on" in self.output()
+
+        wait_for(serving, timeout, 0.2, lambda: f"serving\n{self.output()}")
 
     def api(self, method: str, path: str, expect: int, **kwargs: Any) -> Any:
         response = requests.request(method, self.base_url + path, timeout=30, **kwargs)
         assert response.status_code == expect, f"{method} {path}: {response.status_code} {response.text[:1000]}"
         return response.json()
 
-    def wait_status(self, job_id: str, statuses: tuple[str, ...], timeout: float = 120) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            job = self.api("GET", f"/v1/jobs/{job_id}", 200)
-            if job["status"] in statuses:
-                return job
-            time.sleep(0.2)
-        pytest.fail(f"job {job_id} not {statuses} after {timeout}s: {job}\n{self.output()}")
+    def wait_running(self, job_id: str, timeout: float = 120) -> dict[str, Any]:
+        def running() -> dict[str, Any] | None:
+            job = self.client.get_job(job_id)
+            return job if job["status"] == "running" else None
+
+        return wait_for(running, timeout, 0.2, lambda: f"job {job_id} running\n{self.output()}")
 
 
 def _gone(pid: int) -> bool:
@@ -97,14 +96,14 @@ def test_trains_then_ctrl_c_during_a_job_stops_api_and_worker(launcher: Launcher
     with (ROOT / "examples" / "iris.csv").open("rb") as csv:
         dataset = launcher.api("POST", "/v1/datasets", 201, files={"file": ("iris.csv", csv)},
                                data={"target": "species"})
-    network = {"layers": [{"type": "dense", "units": 8, "activation": "relu"}, {"type": "dense", "units": 3}]}
+    network = mlp(outputs=3)
     quick = launcher.api("POST", "/v1/jobs", 202, json={"dataset_id": dataset["id"], "network": network,
                                                          "training": {"epochs": 5}})
-    assert launcher.wait_status(quick["id"], ("succeeded", "failed"))["status"] == "succeeded"
+    assert launcher.client.wait_job(quick["id"], poll_s=0.2, timeout=120)["status"] == "succeeded"
     endless = launcher.api("POST", "/v1/jobs", 202, json={
         "dataset_id": dataset["id"], "network": network,
         "training": {"epochs": 100000, "early_stopping_patience": 0}})
-    launcher.wait_status(endless["id"], ("running",))
+    launcher.wait_running(endless["id"])
     children = launcher.child_pids()
     assert set(children) == {"api", "worker"}, launcher.output()
 

@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.helpers import mlp
+
 pytestmark = pytest.mark.slow
 
 
@@ -14,8 +16,7 @@ def test_digits_reach_95_percent_on_held_out_rows(stack, digits: dict[str, Any])
     dataset = stack.upload_csv(digits["csv"], name="digits", target="digit", task="classification")
     job = stack.train({
         "dataset_id": dataset["id"],
-        "network": {"layers": [{"type": "dense", "units": 64, "activation": "relu"},
-                               {"type": "dense", "units": 10}]},
+        "network": mlp((64,), outputs=10),
         "training": {"epochs": 60, "batch_size": 32, "optimizer": "adam", "learning_rate": 0.003,
                      "validation_split": 0.1, "early_stopping_patience": 10, "seed": 0},
         "device": "cpu",
@@ -61,9 +62,7 @@ def test_regression_predicts_in_the_targets_scale(stack, waves: dict[str, Any]) 
     dataset = stack.upload_csv(waves["csv"], name="waves", target="y", task="regression")
     job = stack.train({
         "dataset_id": dataset["id"],
-        "network": {"layers": [{"type": "dense", "units": 64, "activation": "tanh"},
-                               {"type": "dense", "units": 64, "activation": "tanh"},
-                               {"type": "dense", "units": 1}]},
+        "network": mlp((64, 64), "tanh", 1),
         "training": {"epochs": 150, "batch_size": 32, "learning_rate": 0.003, "loss": "mse",
                      "validation_split": 0.1, "early_stopping_patience": 20, "seed": 0},
     })
@@ -83,8 +82,7 @@ def test_cancelling_a_running_job_ends_cancelled(stack, digits: dict[str, Any]) 
     dataset = stack.upload_csv(digits["csv"], name="digits-long", target="digit", task="classification")
     job = stack.start_job({
         "dataset_id": dataset["id"],
-        "network": {"layers": [{"type": "dense", "units": 64, "activation": "relu"},
-                               {"type": "dense", "units": 10}]},
+        "network": mlp((64,), outputs=10),
         # Far more epochs than the test waits for, and no early stop.
         "training": {"epochs": 100000, "early_stopping_patience": 0, "seed": 0},
     })

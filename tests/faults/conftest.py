@@ -25,12 +25,12 @@ import numpy as np
 import pytest
 import requests
 
+from service.client import TERMINAL
 from tests.conftest import skip_or_fail
 from tests.e2e.conftest import (
     BIN,
     ROOT,
     STACK_VARIABLES,
-    TERMINAL,
     Stack,
     _postgres_database,
     _signal_group,
@@ -38,6 +38,7 @@ from tests.e2e.conftest import (
     free_port,
     write_csv,
 )
+from tests.helpers import mlp, wait_for
 
 # Short enough that the whole fault suite runs in a few minutes on 2 cores.
 RECOVERY_ENV = {"LEASE_TIMEOUT_S": "5", "REAPER_INTERVAL_S": "1", "REQUEUE_QUEUED_AFTER_S": "4",
@@ -64,14 +65,14 @@ class RedisServer:
                                       "--appendonly", "yes", "--dir", str(self.workdir)],
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+
+        def answers() -> bool:
             try:
-                if self.client().ping():
-                    return
+                return bool(self.client().ping())
             except Exception:
-                time.sleep(0.1)
-        raise RuntimeError("redis-server did not start")
+                return False
+
+        wait_for(answers, 20, 0.1, "redis-server answering a ping")
 
     def client(self) -> Any:
         import redis
@@ -86,7 +87,7 @@ class RedisServer:
 
     def restart(self, down_s: float = 1.0) -> None:
         self.stop()
-        time.sleep(down_s)
+        time.sleep(down_s)  # the outage under test: the broker stays down this long
         self.start()
 
 
@@ -125,28 +126,29 @@ class FaultStack(Stack):
 
     def wait_worker_ready(self, name: str, timeout: float = 60) -> None:
         """Wait until the worker's log says it is ready (connected and consuming)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
             if " ready." in self.logs[name].read_text(errors="replace"):
-                return
+                return True
             if self.procs[name].poll() is not None:
                 raise RuntimeError(f"{name} exited\n{self.log_text()}")
-            time.sleep(0.2)
-        raise RuntimeError(f"{name} not ready after {timeout}s\n{self.log_text()}")
+            return False
+
+        wait_for(ready, timeout, 0.2, lambda: f"{name} ready\n{self.log_text()}")
 
     def wait_ready(self, timeout: float = 90) -> None:
+        """Wait until /readyz answers 200, then until each living worker is ready."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def api_ready() -> bool:
             if self.procs["api"].poll() is not None:
                 raise RuntimeError(f"api exited {self.procs['api'].returncode}\n{self.log_text()}")
             try:
-                if self.http.get(self.url("/readyz"), timeout=5).status_code == 200:
-                    break
+                return self.http.get(self.url("/readyz"), timeout=5).status_code == 200
             except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        else:
-            raise RuntimeError(f"the API was not ready within {timeout}s\n{self.log_text()}")
+                return False
+
+        wait_for(api_ready, timeout, 0.3, lambda: f"the API ready\n{self.log_text()}")
         for name in self.workers:
             if self.procs[name].poll() is None:
                 self.wait_worker_ready(name, max(1.0, deadline - time.monotonic()))
@@ -163,19 +165,16 @@ class FaultStack(Stack):
         self.signal(name, signal.SIGKILL, group=True)
         self.procs[name].wait(timeout=20)
 
-    def wait_job(self, job_id: str, until: tuple[str, ...] = TERMINAL,  # type: ignore[override]
+    # Finer than Stack's: tests kill a worker as soon as a job reaches an epoch.
+    poll_s = 0.1
+
+    def check_processes(self, job: dict[str, Any]) -> None:
+        """Nothing to check: these tests kill and restart the processes on purpose."""
+
+    def wait_job(self, job_id: str, until: tuple[str, ...] = TERMINAL,
                  timeout: float = FAULT_TIMEOUT_S, min_epoch: int = 0) -> dict[str, Any]:
-        """Poll a job until its status is in `until` (and its epoch >= min_epoch); return it."""
-        deadline = time.monotonic() + timeout
-        job: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            job = self.request("GET", f"/v1/jobs/{job_id}")
-            if job["status"] in until and job["progress"]["epoch"] >= min_epoch:
-                return job
-            if job["status"] in TERMINAL and job["status"] not in until:
-                pytest.fail(f"job {job_id} ended {job['status']}, waiting for {until}: {job}")
-            time.sleep(0.1)
-        pytest.fail(f"job {job_id} not {until} (epoch >= {min_epoch}) after {timeout}s: {job}")
+        """Stack.wait_job with the fault suite's longer timeout."""
+        return super().wait_job(job_id, until, timeout, min_epoch)
 
     def models_of(self, job_id: str) -> list[dict[str, Any]]:
         """Return the models trained by a job."""
@@ -241,8 +240,6 @@ def blobs_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def job_body(dataset_id: str, epochs: int = 30) -> dict[str, Any]:
     """A job of about a third of a second per epoch here: long enough to break mid-way."""
     return {"dataset_id": dataset_id,
-            "network": {"layers": [{"type": "dense", "units": 64, "activation": "relu"},
-                                   {"type": "dense", "units": 64, "activation": "relu"},
-                                   {"type": "dense", "units": 3}]},
+            "network": mlp((64, 64), outputs=3),
             "training": {"epochs": epochs, "batch_size": 8, "learning_rate": 0.001, "seed": 0,
                          "early_stopping_patience": 0}}

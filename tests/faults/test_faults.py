@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.conftest import FaultStack, job_body
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -150,9 +151,12 @@ def test_the_same_job_id_published_twice_is_trained_once(faulty: FaultStack, blo
     queue.publish(job_id, "cpu")
     queue.publish(job_id, "cpu")
     assert_trained_once(faulty, job_id, attempt=1)
-    time.sleep(1)  # let the duplicates be delivered and refused
-    logs = "".join(faulty.log_of(name) for name in faulty.workers)
-    assert f"job {job_id} not claimed" in logs
+
+    def refusals() -> int:
+        return "".join(faulty.log_of(name) for name in faulty.workers).count(f"job {job_id} not claimed")
+
+    # Three deliveries, one claim: both duplicates are delivered and refused.
+    wait_for(lambda: refusals() >= 2, 30, 0.2, f"two refused deliveries of {job_id}")
     assert len(faulty.models_of(job_id)) == 1
 
 
