@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import csv_text, linear_rows, pets_rows
-from tests.helpers import mlp, problem
+from tests.helpers import mlp, problem, set_row, submit
 
 # The store runs on SQLite everywhere and on PostgreSQL where it is reachable.
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
@@ -133,8 +133,7 @@ def test_broker_down_is_503_and_the_job_fails_with_a_reason(client, queue, blobs
 
 
 def test_list_filters_by_status_and_cancel_a_queued_job(client, blobs):
-    ids = [client.post("/v1/jobs", json={"dataset_id": blobs["id"], "network": MLP}).get_json()["id"]
-           for _ in range(3)]
+    ids = [submit(client, blobs["id"], MLP) for _ in range(3)]
     response = client.post(f"/v1/jobs/{ids[0]}/cancel")
     assert response.status_code == 202 and response.get_json()["status"] == "cancelled"
     assert client.post(f"/v1/jobs/{ids[0]}/cancel").status_code == 202  # twice is harmless
@@ -151,24 +150,16 @@ def test_list_filters_by_status_and_cancel_a_queued_job(client, blobs):
 
 
 def test_cancel_a_running_job_sets_the_flag_and_a_finished_one_is_409(client, app, blobs):
-    from sqlalchemy import update
-
-    from service.core.db.tables import Job
-
-    job_id = client.post("/v1/jobs", json={"dataset_id": blobs["id"], "network": MLP}).get_json()["id"]
-    with app.extensions["backprop.sessions"]() as session:
-        session.execute(update(Job).where(Job.id == job_id).values(status="running"))
-        session.commit()
+    job_id = submit(client, blobs["id"], MLP)
+    set_row(app, job_id, status="running")
     body = client.post(f"/v1/jobs/{job_id}/cancel").get_json()
     assert body["status"] == "running" and body["cancel_requested"] is True
-    with app.extensions["backprop.sessions"]() as session:
-        session.execute(update(Job).where(Job.id == job_id).values(status="succeeded"))
-        session.commit()
+    set_row(app, job_id, status="succeeded")
     problem(client.post(f"/v1/jobs/{job_id}/cancel"), 409)
 
 
 def test_dataset_in_use_cannot_be_deleted(client, blobs):
-    client.post("/v1/jobs", json={"dataset_id": blobs["id"], "network": MLP})
+    submit(client, blobs["id"], MLP)
     problem(client.delete(f"/v1/datasets/{blobs['id']}"), 409)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text
-from tests.helpers import mlp, run_job, submit
+from tests.helpers import mlp, run_job, set_row, submit
 
 MLP = mlp((4,))
 
@@ -56,14 +56,12 @@ def test_jobs_by_status_cache_and_fast_lane(client, app, upload_csv):
 
 
 def test_running_jobs_report_their_latest_throughput(client, app, upload_csv):
-    from sqlalchemy import update
-
-    from service.core.db.tables import Job, JobEpoch
+    from service.core.db.tables import JobEpoch
 
     dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(80))).get_json()
     job_id = submit(client, dataset["id"], MLP)
+    set_row(app, job_id, status="running")
     with app.extensions["backprop.sessions"]() as session:
-        session.execute(update(Job).where(Job.id == job_id).values(status="running"))
         session.add_all([JobEpoch(job_id=job_id, epoch=1, record={"epoch": 1, "samples_per_second": 10.0}),
                          JobEpoch(job_id=job_id, epoch=2, record={"epoch": 2, "samples_per_second": 250.0})])
         session.commit()

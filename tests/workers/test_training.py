@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text, linear_rows, pets_rows
-from tests.helpers import create_job, mlp, on_each_epoch, problem, run_job, submit
+from tests.helpers import create_job, mlp, on_each_epoch, problem, run_job, set_row, submit
 
 # Workers read and write the store on SQLite, and on PostgreSQL where it is reachable.
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
@@ -126,9 +126,6 @@ def test_divergence_fails_the_job_with_an_actionable_message(client, app, upload
 
 
 def test_cancellation_between_batches(client, app, upload_csv, monkeypatch):
-    from sqlalchemy import update
-
-    from service.core.db.tables import Job
     from workers.lease import JobSettings
 
     dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(120))).get_json()
@@ -137,9 +134,7 @@ def test_cancellation_between_batches(client, app, upload_csv, monkeypatch):
     def cancel_after_second_epoch(self, record):
         if record["epoch"] == 2:
             # What POST /cancel does to a running job: set the flag on the row.
-            with self.sessions() as session:
-                session.execute(update(Job).where(Job.id == self.job_id).values(cancel_requested=True))
-                session.commit()
+            set_row(app, self.job_id, cancel_requested=True)
 
     on_each_epoch(monkeypatch, cancel_after_second_epoch)
     # No write of its own within the epoch: the flag is read between batches.
@@ -314,13 +309,11 @@ def test_an_orphaned_pool_process_abandons_the_job_without_writing(client, app, 
     dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(40))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=1000, batch_size=4)
     parent = os.getppid()
-    original = training.JobRecorder.on_epoch_end
 
-    def parent_dies(self, record):
-        original(self, record)
+    def parent_dies(recorder, record):
         monkeypatch.setattr(training.os, "getppid", lambda: parent + 1 if parent != 1 else 2)
 
-    monkeypatch.setattr(training.JobRecorder, "on_epoch_end", parent_dies)
+    on_each_epoch(monkeypatch, parent_dies)
     assert run_job(app, job_id) == "abandoned"
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["status"] == "running" and job["progress"]["epoch"] == 1
@@ -340,23 +333,15 @@ def test_gpu_job_on_a_host_without_cupy_fails_with_what_to_do(client, app, uploa
 
 
 def test_heartbeat_between_batches_and_a_lost_lease_stops_the_worker(client, app, upload_csv, monkeypatch):
-    from sqlalchemy import update
-
-    from service.core.db.tables import Job
-    from workers import training
     from workers.lease import JobSettings
 
     dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(40))).get_json()
     job_id = submit(client, dataset["id"], MLP, epochs=1000, batch_size=4)
-    original = training.JobRecorder.on_epoch_end
 
-    def another_worker_takes_over(self, record):
-        original(self, record)
-        with self.sessions() as session:
-            session.execute(update(Job).where(Job.id == self.job_id).values(owner="someone-else"))
-            session.commit()
+    def another_worker_takes_over(recorder, record):
+        set_row(app, recorder.job_id, owner="someone-else")
 
-    monkeypatch.setattr(training.JobRecorder, "on_epoch_end", another_worker_takes_over)
+    on_each_epoch(monkeypatch, another_worker_takes_over)
     # A lease of a millisecond: the heartbeat is renewed between every two batches.
     assert run_job(app, job_id, settings=JobSettings(lease_timeout_s=0.001)) == "lost"
     job = client.get(f"/v1/jobs/{job_id}").get_json()

@@ -9,7 +9,17 @@ from types import SimpleNamespace
 import pytest
 
 from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text, pets_rows
-from tests.helpers import abandon_after, create_job, job_row, job_settings, make_stale, mlp, run_job, set_row
+from tests.helpers import (
+    abandon_after,
+    create_job,
+    job_row,
+    job_settings,
+    make_stale,
+    mlp,
+    on_each_epoch,
+    run_job,
+    set_row,
+)
 
 # Workers read and write the store on SQLite, and on PostgreSQL where it is reachable.
 BOTH = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
@@ -106,17 +116,15 @@ def test_a_job_past_its_own_time_limit_fails_naming_time_limit_s(client, app, mo
     dataset = client.post("/v1/datasets", json={"name": "blobs", "columns": BLOBS_COLUMNS,
                                                 "data": blobs_rows(60)}).get_json()
     job_id = create_job(client, dataset_id=dataset["id"], network=mlp(), time_limit_s=5,
-                    training={"epochs": 50, "batch_size": 8})
+                        training={"epochs": 50, "batch_size": 8})
     clock = Clock()
     monkeypatch.setattr(training, "time", clock.module)
-    original = training.JobRecorder.on_epoch_end
 
-    def record(self, record):
-        original(self, record)
+    def record(recorder, record):
         if record["epoch"] == 2:
             clock.offset = 6.0  # six seconds pass: past the job's 5 s, far from JOB_TIME_LIMIT_S
 
-    monkeypatch.setattr(training.JobRecorder, "on_epoch_end", record)
+    on_each_epoch(monkeypatch, record)
     assert run_job(app, job_id, settings=job_settings(time_limit_s=3600)) == "failed"
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["status"] == "failed" and job["progress"]["epoch"] == 2 and job["time_limit_s"] == 5
