@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from flask import Flask
 
 
-def create_app(test_config: dict[str, Any] | None = None) -> "Flask":
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Create the API app (see service.api.app.create_app)."""
     from service.api.app import create_app as create
 

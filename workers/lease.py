@@ -17,7 +17,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, update
@@ -183,4 +183,4 @@ def hand_back(sessions: sessionmaker[Session], job_id: str, owner: str) -> bool:
 
 def as_utc(moment: datetime) -> datetime:
     """Return an aware UTC datetime (SQLite gives naive UTC back)."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

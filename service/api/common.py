@@ -89,7 +89,7 @@ def find_owned(session: Session, table: type[Row], row_id: str, **options: Any) 
     see a row has one place to live: another tenant's row is as absent as a missing one.
     """
     row = session.get(table, row_id, **options)
-    if row is None or getattr(row, "tenant_id") != current_tenant():
+    if row is None or row.tenant_id != current_tenant():
         return None
     return row
 

@@ -9,8 +9,8 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request, url_for
 from sqlalchemy import exists, select
 
-from service.api.auth import current_tenant
 from service.api import responses
+from service.api.auth import current_tenant
 from service.api.common import get_or_404, json_body, page_args, validate_body
 from service.api.db import get_session, get_session_factory
 from service.core.data.parsing import ParsedTable, TableError, describe_target, parse_csv, parse_json_rows

@@ -7,8 +7,8 @@ from typing import Any
 from flask import Blueprint, current_app, request, url_for
 from sqlalchemy import select, update
 
-from service.api.auth import current_tenant
 from service.api import responses
+from service.api.auth import current_tenant
 from service.api.common import get_or_404, json_body, page_args, validate_body
 from service.api.db import get_session
 from service.core.db.store import paginate

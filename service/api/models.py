@@ -15,8 +15,8 @@ from flask.blueprints import BlueprintSetupState
 from sqlalchemy import exists, select
 from sqlalchemy.orm import defer
 
-from service.api.auth import authenticate, current_tenant
 from service.api import responses
+from service.api.auth import authenticate, current_tenant
 from service.api.common import get_or_404, json_body, page_args, validate_body
 from service.api.db import get_session
 from service.api.request_ids import REQUEST_ID_HEADER, request_id_from

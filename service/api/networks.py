@@ -8,8 +8,8 @@ from flask import Blueprint, Response, current_app, request, url_for
 from sqlalchemy import select
 
 import backprop
-from service.api.auth import current_tenant
 from service.api import responses
+from service.api.auth import current_tenant
 from service.api.common import find_owned, get_or_404, int_arg, json_body, page_args, validate_body
 from service.api.db import get_session
 from service.core.db.store import dataset_input_width, paginate

@@ -56,7 +56,7 @@ class ApiError(Exception):
         return "\n".join(lines)
 
     @classmethod
-    def from_response(cls, response: requests.Response) -> "ApiError":
+    def from_response(cls, response: requests.Response) -> ApiError:
         """Read a problem document, or make one from a response that is not one."""
         try:
             body = response.json()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, create_model, model_validator
 
@@ -25,7 +25,7 @@ def _json_number(value: Any) -> Any:
 Int = Annotated[int, BeforeValidator(_json_number)]
 Float = Annotated[float, BeforeValidator(_json_number)]
 _TYPES: dict[str, Any] = {"int": Int, "float": Float, "str": str, "bool": Annotated[bool, Strict()],
-                          "int | None": Optional[Int], "float | None": Optional[Float]}
+                          "int | None": Int | None, "float | None": Float | None}
 
 
 def _training_field(spec: dataclasses.Field) -> tuple[Any, Any]:

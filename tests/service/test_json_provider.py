@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -57,7 +57,7 @@ def test_compact_dumps_are_the_json_modules_bytes(provider, value):
 
 
 def test_what_orjson_writes_differently_goes_to_the_json_module(provider):
-    when = datetime(2026, 11, 29, 3, 0, tzinfo=timezone.utc)
+    when = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
     assert provider.dumps({"at": when}, separators=(",", ":")) == '{"at":"Sun, 29 Nov 2026 03:00:00 GMT"}'
     assert provider.dumps({1: "a"}, separators=(",", ":")) == '{"1":"a"}'  # keys that are not strings
     assert provider.dumps([2 ** 70], separators=(",", ":")) == f"[{2 ** 70}]"  # beyond 64 bits
