@@ -81,7 +81,8 @@ class Checkpoint:
         def prefixed(prefix: str) -> dict[str, np.ndarray]:
             return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
-        slots = {name: [arrays[f"slot/{name}/{i}"] for i in range(count)] for name, count in meta["slot_counts"].items()}
+        slots = {name: [arrays[f"slot/{name}/{i}"] for i in range(count)] for name,
+                 count in meta["slot_counts"].items()}
         best = prefixed("best/")
         return cls(
             epoch=meta["epoch"],
@@ -110,7 +111,8 @@ def save(network: Any) -> tuple[dict[str, Any], bytes]:
 
 def load(definition: dict[str, Any], weights: bytes, device: str = "cpu") -> Any:
     """Rebuild a network saved by :func:`save` on ``device``."""
-    network = build(definition["spec"], definition["input_dim"], dtype=definition.get("dtype", "float32"), device=device)
+    network = build(definition["spec"], definition["input_dim"], dtype=definition.get("dtype", "float32"),
+                    device=device)
     arrays, _ = unpack(weights)
     network.set_parameters(arrays)
     return network

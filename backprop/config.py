@@ -31,9 +31,11 @@ class TrainingConfig:
     momentum: float = _f(0.9, "Momentum of the 'momentum' optimizer.", ge=0, lt=1)
     nesterov: bool = _f(False, "Use Nesterov momentum.")
     loss: str = _f("cross_entropy", "Loss to minimize.", choices=tuple(LOSSES))
-    weight_decay: float = _f(0.0, "L2 penalty on weights (not biases): the Gaussian prior of MAP training.", ge=0, le=10)
+    weight_decay: float = _f(0.0, "L2 penalty on weights (not biases): the Gaussian prior of MAP training.",
+                             ge=0, le=10)
     validation_split: float = _f(0.2, "Fraction of rows held out for validation.", ge=0, lt=1)
-    early_stopping_patience: int | None = _f(10, "Epochs without a better validation loss before stopping; null or 0 turns it off.", ge=0, le=100_000)
+    early_stopping_patience: int | None = _f(
+        10, "Epochs without a better validation loss before stopping; null or 0 turns it off.", ge=0, le=100_000)
     gradient_clip_norm: float | None = _f(None, "Clip the global gradient norm to this value.", gt=0, le=1e6)
     lr_schedule: str = _f("constant", "Learning-rate schedule.", choices=SCHEDULES)
     lr_step_size: int = _f(10, "Epochs between 'step' decays.", ge=1, le=100_000)

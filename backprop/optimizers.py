@@ -51,7 +51,8 @@ class Momentum(Optimizer):
 
     state_names = ("velocity",)
 
-    def __init__(self, params: list[Any], learning_rate: float, xp: Any, momentum: float = 0.9, nesterov: bool = False) -> None:
+    def __init__(self, params: list[Any], learning_rate: float, xp: Any, momentum: float = 0.9,
+                 nesterov: bool = False) -> None:
         super().__init__(params, learning_rate, xp)
         self.momentum = momentum
         self.nesterov = nesterov
@@ -74,7 +75,8 @@ class Adam(Optimizer):
 
     state_names = ("m", "v")
 
-    def __init__(self, params: list[Any], learning_rate: float, xp: Any, beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8) -> None:
+    def __init__(self, params: list[Any], learning_rate: float, xp: Any, beta1: float = 0.9, beta2: float = 0.999,
+                 epsilon: float = 1e-8) -> None:
         super().__init__(params, learning_rate, xp)
         self.beta1, self.beta2, self.epsilon = beta1, beta2, epsilon
 
@@ -101,7 +103,8 @@ class RMSprop(Optimizer):
 
     state_names = ("square_avg",)
 
-    def __init__(self, params: list[Any], learning_rate: float, xp: Any, rho: float = 0.9, epsilon: float = 1e-8) -> None:
+    def __init__(self, params: list[Any], learning_rate: float, xp: Any, rho: float = 0.9,
+                 epsilon: float = 1e-8) -> None:
         super().__init__(params, learning_rate, xp)
         self.rho, self.epsilon = rho, epsilon
 
@@ -126,7 +129,8 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {
 }
 
 
-def make_optimizer(name: str, params: list[Any], learning_rate: float, xp: Any, momentum: float = 0.9, nesterov: bool = False) -> Optimizer:
+def make_optimizer(name: str, params: list[Any], learning_rate: float, xp: Any, momentum: float = 0.9,
+                   nesterov: bool = False) -> Optimizer:
     """Return the optimizer ``name`` for ``params``."""
     if name == "momentum":
         return Momentum(params, learning_rate, xp, momentum=momentum, nesterov=nesterov)

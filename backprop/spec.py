@@ -136,7 +136,8 @@ def _parse(spec: Any, input_dim: int | None, output_dim: int | None) -> tuple[Ne
             name = item.get("name", f"{item.get('type', 'layer')}_{index}")
             inputs = [nodes[-1].name if nodes else INPUT]
             if "inputs" in item:
-                problems.append(Problem(f"{path}.inputs", "layers of a stack take no 'inputs'; use the 'nodes' form", name))
+                problems.append(Problem(f"{path}.inputs", "layers of a stack take no 'inputs'; use the 'nodes' form",
+                                        name))
         else:
             name = item.get("name")
             inputs = item.get("inputs")
@@ -162,7 +163,8 @@ def _parse(spec: Any, input_dim: int | None, output_dim: int | None) -> tuple[Ne
     for node in nodes:
         for position, source in enumerate(node.inputs):
             if source != INPUT and source not in declared:
-                problems.append(Problem(f"{node.path}.inputs[{position}]", f"input {source!r} is not a node of the graph", node.name))
+                problems.append(Problem(f"{node.path}.inputs[{position}]",
+                                        f"input {source!r} is not a node of the graph", node.name))
 
     ordered = _topological_order(nodes, problems)
     if ordered is None or output is None or output not in by_name:
@@ -196,7 +198,8 @@ def _parse_node(item: dict, name: Any, inputs: Any, path: str, problems: list[Pr
         return None
     node_type = item.get("type")
     if not isinstance(node_type, str) or node_type not in NODE_KEYS:
-        problems.append(Problem(f"{path}.type", f"unknown node type {node_type!r}; use one of {', '.join(NODE_KEYS)}", name))
+        problems.append(Problem(f"{path}.type", f"unknown node type {node_type!r}; use one of {', '.join(NODE_KEYS)}",
+                                name))
         return None
     ok = True
     if not isinstance(inputs, list) or not inputs or not all(isinstance(s, str) for s in inputs):
@@ -321,7 +324,8 @@ def _infer_widths(ordered: list[NodeSpec], input_dim: int, problems: list[Proble
         elif node.type == "add":
             if len(set(incoming)) > 1:
                 listed = ", ".join(f"{s} ({w})" for s, w in zip(node.inputs, incoming))
-                problems.append(Problem(f"{node.path}.inputs", f"'add' needs inputs of equal width, got {listed}", node.name))
+                problems.append(Problem(f"{node.path}.inputs", f"'add' needs inputs of equal width, got {listed}",
+                                        node.name))
                 continue
             widths[node.name] = incoming[0]
         else:  # concat, activation, dropout: the concatenation of the inputs

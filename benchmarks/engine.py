@@ -24,7 +24,8 @@ import warnings
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="BLAS and torch threads (default: all cores)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="BLAS and torch threads (default: all cores)")
     parser.add_argument("--repeats", type=int, default=3, help="best of R timed runs per peer")
     parser.add_argument("--only", choices=["W1", "W2"], help="run one workload")
     return parser.parse_args()

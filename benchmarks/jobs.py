@@ -153,7 +153,8 @@ def overhead(session, base: str, seconds: float, rounds: int) -> tuple[float, fl
     train_rows, val_rows = backprop.train_validation_split(parsed.n_rows, training["validation_split"], 0)
     preprocessor = Preprocessor(fit(parsed, described["features"], described["targets"], described["task"],
                                     described["classes"], train_rows))
-    X_train, y_train = preprocessor.encode_table(parsed, train_rows), preprocessor.targets_from_table(parsed, train_rows)
+    X_train, y_train = preprocessor.encode_table(parsed, train_rows), preprocessor.targets_from_table(parsed,
+                                                                                                      train_rows)
     validation = (preprocessor.encode_table(parsed, val_rows), preprocessor.targets_from_table(parsed, val_rows))
 
     def in_process(epochs: int) -> tuple[float, float]:
@@ -206,7 +207,8 @@ def main() -> None:
         if mode != "embedded" and not servers_reachable():
             print(f"{mode}: skipped, PostgreSQL or Redis is not reachable at 127.0.0.1")
             continue
-        with tempfile.TemporaryDirectory() as data_dir, backends(mode != "embedded", "backprop_bench") as (database_url, broker_url), \
+        with tempfile.TemporaryDirectory() as data_dir, backends(mode != "embedded",
+                                                                 "backprop_bench") as (database_url, broker_url), \
                 api_server(data_dir, 1, database_url, broker_url) as base, \
                 celery_worker(data_dir, database_url, broker_url), requests.Session() as session:
             session.headers.update(auth_headers(create_api_key(service_env(data_dir, database_url, broker_url))))

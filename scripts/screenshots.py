@@ -219,9 +219,9 @@ def _xterm_colour(n: int) -> str:
     if n < 232:
         n -= 16
         levels = [0, 95, 135, 175, 215, 255]
-        return "#%02x%02x%02x" % (levels[n // 36], levels[(n // 6) % 6], levels[n % 6])
+        return f"#{levels[n // 36]:02x}{levels[(n // 6) % 6]:02x}{levels[n % 6]:02x}"
     grey = 8 + 10 * (n - 232)
-    return "#%02x%02x%02x" % (grey, grey, grey)
+    return f"#{grey:02x}{grey:02x}{grey:02x}"
 
 
 def ansi_to_html(text: str) -> str:
@@ -253,7 +253,7 @@ def ansi_to_html(text: str) -> str:
                 style["color" if code == 38 else "background"] = _xterm_colour(codes[k + 2])
                 k += 2
             elif code in (38, 48) and k + 4 < len(codes) and codes[k + 1] == 2:
-                style["color" if code == 38 else "background"] = "#%02x%02x%02x" % tuple(codes[k + 2:k + 5])
+                style["color" if code == 38 else "background"] = "#" + "".join(f"{c:02x}" for c in codes[k + 2:k + 5])
                 k += 4
             elif code == 39:
                 style.pop("color", None)
@@ -281,8 +281,8 @@ body {{ margin: 0; padding: 24px; background: #d1d5db; }}
 pre {{ margin: 0; padding: 14px 18px; background: #1e1e1e; color: #e5e5e5;
        font: 14px/1.35 "DejaVu Sans Mono", ui-monospace, monospace; white-space: pre; }}
 </style></head><body><div class="window" id="terminal">
-<div class="title"><i style="background:#ff5f56"></i><i style="background:#ffbd2e"></i><i style="background:#27c93f"></i>
-&nbsp;backprop train --watch</div><pre>{body}</pre></div></body></html>"""
+<div class="title"><i style="background:#ff5f56"></i><i style="background:#ffbd2e"></i>
+<i style="background:#27c93f"></i>&nbsp;backprop train --watch</div><pre>{body}</pre></div></body></html>"""
 
 
 def shoot_cli(playwright: Any, api: Api, key: str | None, workdir: Path, out: Path) -> None:
@@ -295,7 +295,8 @@ def shoot_cli(playwright: Any, api: Api, key: str | None, workdir: Path, out: Pa
     network.write_text(json.dumps(GRAPH))
     epochs = 40
     backprop = str(BIN / "backprop") if (BIN / "backprop").exists() else f"{sys.executable} -m service.client.cli"
-    command = f"backprop train --dataset {dataset_id} --network net.json --epochs {epochs} --early-stopping-patience 0 --watch"
+    command = (f"backprop train --dataset {dataset_id} --network net.json --epochs {epochs} "
+               "--early-stopping-patience 0 --watch")
     socket_name = f"backprop-shots-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "TERM": "xterm-256color", "BACKPROP_URL": api.url, "PYTHONPATH": str(ROOT),
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}

@@ -40,7 +40,8 @@ def relative_error(numeric: np.ndarray, analytic: np.ndarray) -> float:
     return 0.0 if scale == 0 else float(np.linalg.norm(numeric - analytic) / scale)
 
 
-def assert_gradients_match(net: backprop.Network, X, y, loss: str, training: bool = False, tolerance: float = 1e-6) -> None:
+def assert_gradients_match(net: backprop.Network, X, y, loss: str, training: bool = False,
+                           tolerance: float = 1e-6) -> None:
     if training:
         net.rng = np.random.default_rng(123)
     _, analytic = net.loss_and_gradients(X, y, loss, training=training)

@@ -90,7 +90,8 @@ def test_every_initializer(init, rng):
     assert_gradients_match(net, rng.normal(size=(5, 3)), rng.integers(0, 3, 5), "cross_entropy")
 
 
-@pytest.mark.parametrize("loss,activation", [("cross_entropy", "softmax"), ("binary_cross_entropy", "sigmoid"), ("mse", "sigmoid")])
+@pytest.mark.parametrize("loss,activation", [("cross_entropy", "softmax"), ("binary_cross_entropy", "sigmoid"), ("mse",
+                                                                                                                 "sigmoid")])
 def test_output_activation_fused_or_not(loss, activation, rng):
     spec = {"layers": [{"type": "dense", "units": 4, "activation": "tanh"},
                        {"type": "dense", "units": 3, "activation": activation}]}

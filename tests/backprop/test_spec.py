@@ -22,7 +22,8 @@ def test_stack_and_graph_forms_build():
     ], "output": "out"}
     assert backprop.validate(stack, 5, 3) == []
     assert backprop.validate(graph, 5, 3) == []
-    assert list(backprop.build(stack, 5).parameters()) == ["dense_0.weight", "dense_0.bias", "dense_2.weight", "dense_2.bias"]
+    assert list(backprop.build(stack, 5).parameters()) == ["dense_0.weight", "dense_0.bias", "dense_2.weight",
+                                                           "dense_2.bias"]
     assert backprop.build(graph, 5).parameters()["out.weight"].shape == (9, 3)
 
 
@@ -35,7 +36,8 @@ def test_every_problem_is_reported_at_once():
         {"name": "e", "type": "dense", "units": 3, "inputs": ["c"], "unit": 4},
     ], "output": "e"}
     problems = backprop.validate(spec, 4, 3)
-    assert fields(problems) == {"nodes[0].units", "nodes[1].type", "nodes[2].activation", "nodes[3].inputs[0]", "nodes[4].unit"}
+    assert fields(problems) == {"nodes[0].units", "nodes[1].type", "nodes[2].activation", "nodes[3].inputs[0]",
+                                "nodes[4].unit"}
     by_field = {p.field: p for p in problems}
     assert by_field["nodes[1].type"].node == "b"
     assert "ghost" in by_field["nodes[3].inputs[0]"].message
@@ -121,7 +123,8 @@ def test_multiple_inputs_take_their_concatenation():
 
 
 def test_count_parameters():
-    spec = {"layers": [{"type": "dense", "units": 64, "activation": "relu"}, {"type": "dense", "units": 10, "use_bias": False}]}
+    spec = {"layers": [{"type": "dense", "units": 64, "activation": "relu"}, {"type": "dense", "units": 10,
+                                                                              "use_bias": False}]}
     assert backprop.count_parameters(spec, 64) == 64 * 64 + 64 + 64 * 10
     assert backprop.build(spec, 64).parameter_count() == backprop.count_parameters(spec, 64)
 

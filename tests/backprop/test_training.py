@@ -53,11 +53,13 @@ def _digits():
 def test_glorot_bengio_in_miniature():
     X, y = _digits()
     saturating = backprop.build(mlp((256,) * 5, "sigmoid", 10, init="normal"), 64)
-    history = backprop.train(saturating, X, y, epochs=3, batch_size=32, optimizer="sgd", learning_rate=0.05, early_stopping_patience=0)
+    history = backprop.train(saturating, X, y, epochs=3, batch_size=32, optimizer="sgd", learning_rate=0.05,
+                             early_stopping_patience=0)
     assert all({"saturation", "vanishing_gradients"} & set(record["flags"]) for record in history)
 
     healthy = backprop.build(mlp((256,) * 5, "tanh", 10, init="glorot_uniform"), 64)
-    history = backprop.train(healthy, X, y, epochs=10, batch_size=32, optimizer="sgd", learning_rate=0.05, early_stopping_patience=0)
+    history = backprop.train(healthy, X, y, epochs=10, batch_size=32, optimizer="sgd", learning_rate=0.05,
+                             early_stopping_patience=0)
     assert all(record["flags"] == [] for record in history)
     assert history[-1]["val_accuracy"] > 0.93
 
@@ -101,7 +103,8 @@ def test_nonlinear_regression():
     X = rng.uniform(-2, 2, (3000, 3))
     y = np.sin(2 * X[:, 0]) + X[:, 1] ** 2 - X[:, 1] * X[:, 2]
     net = backprop.build(mlp((64, 64), "tanh", 1), 3)
-    history = backprop.train(net, X[:2250], y[:2250], epochs=120, learning_rate=0.003, loss="mse", early_stopping_patience=20)
+    history = backprop.train(net, X[:2250], y[:2250], epochs=120, learning_rate=0.003, loss="mse",
+                             early_stopping_patience=20)
     predicted = net.predict(X[2250:], "mse")[:, 0]
     residual = ((predicted - y[2250:]) ** 2).sum()
     total = ((y[2250:] - y[2250:].mean()) ** 2).sum()
@@ -157,7 +160,8 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(optimizer):
                     early_stopping_patience=3, seed=9)
     whole = backprop.build(spec, 4)
     saved = {}
-    full_history = backprop.train(whole, X, y, on_checkpoint=lambda c: saved.setdefault(c.epoch, c.to_bytes()), **training)
+    full_history = backprop.train(whole, X, y, on_checkpoint=lambda c: saved.setdefault(c.epoch, c.to_bytes()),
+                                  **training)
 
     resumed = backprop.build(spec, 4, seed=99)  # different initial weights: the checkpoint must win
     history = backprop.train(resumed, X, y, checkpoint=backprop.Checkpoint.from_bytes(saved[3]), **training)
@@ -242,14 +246,16 @@ def test_cancellation_between_batches():
 def test_callbacks_and_diagnostics():
     X, y = blobs(100)
     net = backprop.build({"layers": [{"type": "dense", "units": 8, "activation": "tanh"},
-                                     {"type": "activation", "activation": "sigmoid"}, {"type": "dense", "units": 2}]}, 4)
+                                     {"type": "activation", "activation": "sigmoid"}, {"type": "dense",
+                                                                                       "units": 2}]}, 4)
     epochs, batches = [], []
     history = backprop.train(net, X, y, epochs=3, batch_size=10, on_epoch_end=epochs.append,
                              on_batch_end=lambda e, b, loss: batches.append((e, b)), batch_callback_every=4)
     assert epochs == list(history) and len(history) == 3
     assert batches == [(e, b) for e in (1, 2, 3) for b in (4, 8)]
     record = history[0]
-    assert set(record) >= {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "duration_s", "layers", "flags"}
+    assert set(record) >= {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "duration_s",
+                           "layers", "flags"}
     assert set(record["layers"]["dense_0"]) == {"grad_norm", "weight_norm", "update_ratio", "saturation"}
     assert set(record["layers"]["activation_1"]) == {"saturation"}
     assert set(record["layers"]["dense_2"]) == {"grad_norm", "weight_norm", "update_ratio"}
@@ -259,13 +265,15 @@ def test_callbacks_and_diagnostics():
 def test_exploding_gradients_flag():
     X, y = blobs(64)
     net = backprop.build(mlp((64, 64), outputs=1, init="normal"), 4)
-    history = backprop.train(net, X * 50, y * 1000.0, epochs=1, optimizer="sgd", learning_rate=1e-9, loss="mse", **FULL_BATCH)
+    history = backprop.train(net, X * 50, y * 1000.0, epochs=1, optimizer="sgd", learning_rate=1e-9, loss="mse",
+                             **FULL_BATCH)
     assert "exploding_gradients" in history[0]["flags"]
 
 
 def test_training_config_reports_every_bad_field():
     with pytest.raises(backprop.ConfigError) as raised:
-        backprop.TrainingConfig.from_dict({"batch_size": 0, "learning_rate": -1, "epochs": 10**9, "validation_split": 1.0,
+        backprop.TrainingConfig.from_dict({"batch_size": 0, "learning_rate": -1, "epochs": 10**9,
+                                           "validation_split": 1.0,
                                            "optimizer": "lbfgs", "bogus": 1, "seed": float("nan")})
     assert {p.field for p in raised.value.problems} == {"batch_size", "learning_rate", "epochs", "validation_split",
                                                         "optimizer", "bogus", "seed"}
@@ -300,7 +308,6 @@ def test_float64_on_request():
 
 
 def test_gpu_without_cupy_is_a_clear_error():
-    pytest.importorskip  # keep the import for readers: CuPy present means this host can run the GPU path
     try:
         import cupy  # noqa: F401
     except ImportError:

@@ -200,7 +200,8 @@ def test_the_bar_redraws_in_place_in_a_terminal(stack, tmp_path, request):
     dataset_id, network = saturating(stack, tmp_path, 1500)
     # The installed console script where `pip install -e .` made one, else the module.
     command = [str(BIN / "backprop")] if (BIN / "backprop").exists() else [sys.executable, "-m", "service.client.cli"]
-    command += ["--url", stack.base_url, "--api-key", stack.api_key, "train", "--dataset", dataset_id, "--network", network,
+    command += ["--url", stack.base_url, "--api-key", stack.api_key, "train", "--dataset", dataset_id, "--network",
+                network,
                 "--epochs", "30", "--batch-size", "16", "--optimizer", "sgd", "--learning-rate", "0.001",
                 "--poll", "0.1", "--watch"]
     done = tmp_path / "exit-code"

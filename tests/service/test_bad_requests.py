@@ -163,11 +163,12 @@ CASES = [
     post("negative learning rate", "/v1/jobs", job({"learning_rate": -0.1}), 422, "training.learning_rate"),
     post("learning rate 1e308", "/v1/jobs", job({"learning_rate": 1e308}), 422, "training.learning_rate"),
     raw("learning rate NaN", "/v1/jobs",
-        '{"dataset_id": "{dataset}", "network": %s, "training": {"learning_rate": NaN}}' % json.dumps(MLP),
+        '{"dataset_id": "{dataset}", "network": NET, "training": {"learning_rate": NaN}}'.replace("NET",
+                                                                                                  json.dumps(MLP)),
         "application/json", 422, "training.learning_rate"),
     raw("clip norm Infinity", "/v1/jobs",
-        '{"dataset_id": "{dataset}", "network": %s, "training": {"gradient_clip_norm": Infinity}}'
-        % json.dumps(MLP), "application/json", 422, "training.gradient_clip_norm"),
+        '{"dataset_id": "{dataset}", "network": NET, "training": {"gradient_clip_norm": Infinity}}'
+        .replace("NET", json.dumps(MLP)), "application/json", 422, "training.gradient_clip_norm"),
     post("weight decay a billion", "/v1/jobs", job({"weight_decay": 1e9}), 422, "training.weight_decay"),
     post("negative seed", "/v1/jobs", job({"seed": -1}), 422, "training.seed"),
     post("seed 2^64", "/v1/jobs", job({"seed": 2**64}), 422, "training.seed"),

@@ -60,7 +60,8 @@ def test_target_can_be_any_column(upload_csv):
 
 
 def test_quotes_bom_crlf_and_blank_trailing_lines_parse(upload_csv):
-    text = '\ufeff"name, full",x,"label"\r\n"Smith, J",1.5,"yes"\r\n"O""Brien",2.5,no\r\n"multi\nline",3,yes\r\n\r\n\r\n'
+    text = ('\ufeff"name, full",x,"label"\r\n"Smith, J",1.5,"yes"\r\n"O""Brien",2.5,no\r\n'
+            '"multi\nline",3,yes\r\n\r\n\r\n')
     response = upload_csv(text.encode("utf-8"))
     assert response.status_code == 201, response.get_json()
     body = response.get_json()

@@ -83,7 +83,8 @@ def save_dataset(sessions: sessionmaker[Session], table: ParsedTable, descriptio
     for _attempt in range(2):
         digest = store_payload(sessions, table, before_store)
         with sessions() as session:
-            dataset = Dataset(id=new_id("ds"), tenant_id=tenant_id, name=name, payload_sha256=digest, n_rows=table.n_rows,
+            dataset = Dataset(id=new_id("ds"), tenant_id=tenant_id, name=name, payload_sha256=digest,
+                              n_rows=table.n_rows,
                               columns=table.columns, features=description["features"],
                               targets=description["targets"], task=description["task"],
                               classes=description["classes"], source=source)
