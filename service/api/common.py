@@ -11,9 +11,10 @@ from werkzeug.exceptions import BadRequest
 
 from service.api.auth import current_tenant
 from service.core.problems import ApiError, from_validation_error, invalid, not_found
+from service.core.tenancy import ownership
 
 M = TypeVar("M", bound=BaseModel)
-Row = TypeVar("Row")
+Row = ownership.Row
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 1000
@@ -85,13 +86,10 @@ def config(key: str) -> Any:
 def find_owned(session: Session, table: type[Row], row_id: str, **options: Any) -> Row | None:
     """Return the row of `table` with this id when it belongs to the request's tenant, else None.
 
-    Every lookup by id goes through here (or get_or_404), so the rule about who may
-    see a row has one place to live: another tenant's row is as absent as a missing one.
+    Every lookup by id goes through here (or get_or_404), and so through
+    service.core.tenancy.ownership: another tenant's row is as absent as a missing one.
     """
-    row = session.get(table, row_id, **options)
-    if row is None or row.tenant_id != current_tenant():
-        return None
-    return row
+    return ownership.find_owned(session, table, row_id, current_tenant(), **options)
 
 
 def get_or_404(session: Session, table: type[Row], row_id: str, kind: str, **options: Any) -> Row:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import update
@@ -29,11 +29,11 @@ from service.core.problems import ApiError, FieldError, invalid
 from service.core.schemas import JOB_LOSS_FOR_TASK, JobCreate
 from service.core.statuses import JobStatus
 from service.core.tenancy import limits
+from service.core.tenancy.ownership import find_owned
 
 log = logging.getLogger(__name__)
 
 # The tables a job request names rows of by id.
-Owned = TypeVar("Owned", Dataset, TrainedModel, Network)
 
 
 def create_job(session: Session, tenant: str, request: JobCreate, config: Mapping[str, Any],
@@ -112,23 +112,15 @@ def training_fields(request: JobCreate, dataset: Dataset,
         return training, problem_entries(error.problems, "training")
 
 
-def _owned(session: Session, table: type[Owned], row_id: str, tenant: str, **options: Any) -> Owned | None:
-    """Return the row of `table` with this id when it is the tenant's, else None (another's is absent)."""
-    row = session.get(table, row_id, **options)
-    if row is None or row.tenant_id != tenant:
-        return None
-    return row
-
-
 def _checked_request(session: Session, tenant: str, request: JobCreate, config: Mapping[str, Any],
                      sent_network: Mapping[str, Any] | None) -> tuple[Dataset, dict[str, Any], dict[str, Any]]:
     """Return the job's dataset, network definition and full training config, or raise the 422."""
-    dataset = _owned(session, Dataset, request.dataset_id, tenant)
+    dataset = find_owned(session, Dataset, request.dataset_id, tenant)
     if dataset is None:
         raise invalid([{"field": "dataset_id", "message": f"no dataset with id {request.dataset_id!r}"}])
     source = None
     if request.init_from_model is not None:
-        source = _owned(session, TrainedModel, request.init_from_model, tenant,
+        source = find_owned(session, TrainedModel, request.init_from_model, tenant,
                         options=[defer(TrainedModel.weights)])
         if source is None:
             raise invalid([{"field": "init_from_model",
@@ -144,7 +136,7 @@ def _definition(session: Session, tenant: str, request: JobCreate, sent_network:
                 source: TrainedModel | None) -> dict[str, Any]:
     """Return the job's network definition: a stored network's, the one sent, or the warm-start model's."""
     if request.network_id is not None:
-        network = _owned(session, Network, request.network_id, tenant)
+        network = find_owned(session, Network, request.network_id, tenant)
         if network is None:
             raise invalid([{"field": "network_id", "message": f"no network with id {request.network_id!r}"}])
         return network.definition
