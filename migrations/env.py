@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import Connection
 
 from service.core.db.engine import make_engine
 from service.core.db.tables import Base
@@ -26,15 +27,31 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def check_foreign_keys(connection: Connection) -> None:
+    """Raise if a SQLite table holds a row whose foreign key names no row (checked after migrating,
+    as SQLite's own enforcement is off while migrating)."""
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        shown = ", ".join(f"{table} row {rowid} -> {parent}" for table, rowid, parent, _fk in broken[:10])
+        raise RuntimeError(f"the migrations left {len(broken)} rows whose foreign key names no row: {shown}")
+
+
 def run_migrations_online() -> None:
-    """Run migrations on a live connection; SQLite needs batch mode to alter tables."""
+    """Run migrations on a live connection; SQLite needs batch mode to alter tables.
+
+    On SQLite the connection has foreign keys off: batch mode rebuilds a table by copying it
+    and dropping the original, and with foreign keys on that DROP deletes (cascades to) every
+    row referring to it, e.g. all job epochs and checkpoints when `jobs` is rebuilt.
+    """
     url = database_url()
-    engine = make_engine(url)
+    sqlite = is_sqlite(url)
+    engine = make_engine(url, foreign_keys=not sqlite)
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=target_metadata,
-                          render_as_batch=is_sqlite(url))
+        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=sqlite)
         with context.begin_transaction():
             context.run_migrations()
+            if sqlite:
+                check_foreign_keys(connection)
     engine.dispose()
 
 

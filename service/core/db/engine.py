@@ -24,8 +24,18 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> Engine:
-    """Create an engine; SQLite gets WAL and a busy timeout so the API and a worker can share it."""
+def make_engine(url: str, foreign_keys: bool = True) -> Engine:
+    """Create an engine; SQLite gets WAL and a busy timeout so the API and a worker can share it.
+
+    Parameters
+    ----------
+    url
+        The database URL.
+    foreign_keys
+        Whether SQLite enforces foreign keys on the engine's connections (PostgreSQL always
+        does). Migrations turn it off: batch mode rebuilds a table by dropping it, and with
+        foreign keys on that drop deletes the rows referring to it (a job's epochs and checkpoint).
+    """
     url = normalize_url(url)
     if not is_sqlite(url):
         return create_engine(url, pool_pre_ping=True)
@@ -38,7 +48,8 @@ def make_engine(url: str) -> Engine:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA foreign_keys=ON")
+        # Set on connect: the pragma is a no-op inside a transaction.
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
         cursor.close()
 
     return engine
