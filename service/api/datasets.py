@@ -17,6 +17,7 @@ from service.core.data.parsing import ParsedTable, TableError, describe_target, 
 from service.core.db.store import dataset_input_width, delete_dataset, paginate, save_dataset
 from service.core.db.tables import Dataset, DatasetPayload, Job
 from service.core.ids import isoformat
+from service.core.jobs.creation import hold_dataset
 from service.core.problems import ApiError, invalid
 from service.core.schemas import DatasetJson
 from service.core.statuses import ACTIVE_STATUSES
@@ -158,6 +159,9 @@ def get_dataset(dataset_id: str) -> dict[str, Any]:
 def remove_dataset(dataset_id: str) -> Response:
     """Delete a dataset unless a queued or running job still needs it."""
     with get_session() as session:
+        # Held before the check, as job creation holds it: a job being created on it either
+        # commits first (and is found here) or finds the dataset gone.
+        hold_dataset(session, current_tenant(), dataset_id)
         dataset = get_or_404(session, Dataset, dataset_id, "dataset")
         busy = session.scalar(select(exists().where(Job.dataset_id == dataset_id,
                                                     Job.status.in_(ACTIVE_STATUSES))))

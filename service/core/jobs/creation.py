@@ -68,6 +68,9 @@ def create_job(session: Session, tenant: str, request: JobCreate, config: Mappin
         it stores as much as it may; 503 when the queue cannot be reached (the job is then
         failed, saying so).
     """
+    # The dataset is held from before it is read until the job commits: a delete of it waits,
+    # then finds the job (409); or it went first, and the dataset is not found (422).
+    hold_dataset(session, tenant, request.dataset_id)
     dataset, definition, training = _checked_request(session, tenant, request, config, sent_network)
     # A valid job may still be one too many, or add a model to a tenant out of room.
     limits.check_job_slot(session, tenant, config)
@@ -82,6 +85,19 @@ def create_job(session: Session, tenant: str, request: JobCreate, config: Mappin
     # Published only after the commit: a worker must always find the row it is handed.
     _publish(session, job, queue)
     return job
+
+
+def hold_dataset(session: Session, tenant: str, dataset_id: str) -> None:
+    """Lock the tenant's dataset row (if there is one) until the session commits or rolls back.
+
+    Job creation and dataset deletion both hold it before they look: a job is then never
+    committed on a dataset deleted meanwhile. An UPDATE that changes nothing, as
+    tenancy.limits.hold_tenant does: it locks the one row on PostgreSQL (a concurrent
+    delete waits, or the row is gone when it is read), and on SQLite it takes the
+    database's write lock at once, before anything is read.
+    """
+    session.execute(update(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant)
+                    .values(id=Dataset.id))
 
 
 def training_fields(request: JobCreate, dataset: Dataset,
