@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request, url_for
 from sqlalchemy import exists, select
+from sqlalchemy.orm import Session
 
 from service.api import responses
 from service.api.auth import current_tenant
@@ -28,15 +29,13 @@ bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
 TASKS = ("classification", "regression")
 
 
-def dataset_answer(dataset: Dataset, size_bytes: int | None = None) -> responses.Dataset:
-    """Build the answer describing a dataset (its payload's size when given)."""
-    body = {
+def _described(dataset: Dataset) -> dict[str, Any]:
+    """What both a dataset's answer and its entry in a list say about it."""
+    return {
         "id": dataset.id,
         "name": dataset.name,
         "n_rows": dataset.n_rows,
         "n_columns": len(dataset.columns),
-        "columns": dataset.columns,
-        "features": dataset.features,
         "targets": dataset.targets,
         "task": dataset.task,
         "classes": dataset.classes,
@@ -45,9 +44,19 @@ def dataset_answer(dataset: Dataset, size_bytes: int | None = None) -> responses
         "sha256": dataset.payload_sha256,
         "created_at": isoformat(dataset.created_at),
     }
+
+
+def dataset_answer(dataset: Dataset, size_bytes: int | None = None) -> responses.Dataset:
+    """Build the answer describing a dataset, its columns and features (its payload's size when given)."""
+    body = {**_described(dataset), "columns": dataset.columns, "features": dataset.features}
     if size_bytes is not None:
         body["size_bytes"] = size_bytes
     return responses.Dataset.model_validate(body)
+
+
+def dataset_summary(dataset: Dataset) -> responses.DatasetSummary:
+    """Build a dataset's entry in a list: counts instead of its columns and features."""
+    return responses.DatasetSummary.model_validate({**_described(dataset), "n_features": len(dataset.features)})
 
 
 def dataset_json(dataset: Dataset, size_bytes: int | None = None) -> dict[str, Any]:
@@ -121,16 +130,12 @@ def create_dataset() -> tuple[dict[str, Any], int, dict[str, str]]:
         raise ApiError(415, "Unsupported Media Type",
                        "send multipart/form-data with a 'file' field, or application/json")
     tenant = current_tenant()
-    sessions = get_session_factory()
 
-    def within_storage_limit(digest: str, size: int) -> None:
-        with sessions() as session:
-            # A payload the tenant already has costs it nothing more.
-            if not limits.has_payload(session, tenant, digest):
-                limits.check_storage(session, tenant, current_app.config, size)
+    def within_storage_limit(session: Session, key: str, size: int) -> None:
+        limits.check_room_for_payload(session, tenant, current_app.config, key, size)
 
-    dataset = save_dataset(sessions, table, description, name, source, tenant_id=tenant,
-                           before_store=within_storage_limit)
+    dataset = save_dataset(get_session_factory(), table, description, name, source, tenant_id=tenant,
+                           check_room=within_storage_limit)
     location = url_for("datasets.get_dataset", dataset_id=dataset.id)
     return dataset_json(dataset), 201, {"Location": location}
 
@@ -142,7 +147,7 @@ def list_datasets() -> dict[str, Any]:
     with get_session() as session:
         statement = select(Dataset).where(Dataset.tenant_id == current_tenant())
         rows, next_cursor = paginate(session, statement, Dataset.id, limit, cursor)
-        return responses.DatasetPage(items=[dataset_answer(d) for d in rows], next_cursor=next_cursor).answer()
+        return responses.DatasetPage(items=[dataset_summary(d) for d in rows], next_cursor=next_cursor).answer()
 
 
 @bp.get("/<dataset_id>")

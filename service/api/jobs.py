@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 
 from service.api import responses
 from service.api.auth import current_tenant
-from service.api.common import get_or_404, json_body, page_args, validate_body
+from service.api.common import MAX_PAGE, get_or_404, int_arg, json_body, page_args, validate_body
 from service.api.db import get_session
 from service.core.db.store import paginate
 from service.core.db.tables import Job, JobEpoch
@@ -93,13 +93,29 @@ def get_job(job_id: str) -> dict[str, Any]:
 
 @bp.get("/<job_id>/metrics")
 def get_job_metrics(job_id: str) -> dict[str, Any]:
-    """Return the per-epoch history with per-layer diagnostics."""
+    """Return the per-epoch history with per-layer diagnostics, oldest first, a page at a time.
+
+    `cursor` is the last epoch of the previous page (its `next_cursor`). A page holds
+    MAX_PAGE records unless `limit` says fewer: a client that reads one page still gets
+    the whole history of a job of up to that many epochs, as before pages.
+    """
+    limit = int_arg("limit", MAX_PAGE, 1, MAX_PAGE)
+    assert limit is not None
+    cursor = request.args.get("cursor") or None
+    after = 0
+    if cursor is not None:
+        if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 9):
+            raise invalid([{"field": "cursor", "message": "must be the next_cursor of the previous page"}])
+        after = int(cursor)
     with get_session() as session:
         job = get_or_404(session, Job, job_id, "job")
-        records = session.scalars(select(JobEpoch.record).where(JobEpoch.job_id == job_id)
-                                  .order_by(JobEpoch.epoch))
-        return responses.render(responses.JobMetrics,
-                                {"job_id": job_id, "status": job.status, "epochs": list(records)})
+        rows = session.execute(select(JobEpoch.epoch, JobEpoch.record)
+                               .where(JobEpoch.job_id == job_id, JobEpoch.epoch > after)
+                               .order_by(JobEpoch.epoch).limit(limit + 1)).all()
+        next_cursor = str(rows[limit - 1].epoch) if len(rows) > limit else None
+        return responses.render(responses.JobMetrics, {
+            "job_id": job_id, "status": job.status, "epochs": [row.record for row in rows[:limit]],
+            "next_cursor": next_cursor})
 
 
 @bp.post("/<job_id>/cancel")

@@ -168,7 +168,8 @@ OPERATIONS: dict[str, Operation] = {
         query=[*LIST_QUERY, _query("status", {"type": "string", "enum": [s.value for s in JobStatus]})],
         links={**_id_links("job_id", "/items/0/id"), **_id_links("model_id", "/items/0/model_id")}),
     "jobs.get_job": Operation(_json(responses.Job), links=_id_links("model_id", "/model_id")),
-    "jobs.get_job_metrics": Operation(_json(responses.JobMetrics)),
+    "jobs.get_job_metrics": Operation(_json(responses.JobMetrics), query=[
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": MAX_PAGE}), LIST_QUERY[1]]),
     "jobs.cancel_job": Operation(_json(responses.Job), 202, problems=(409,)),
     "events.job_events": Operation(
         {"text/event-stream": {"schema": EVENT_SCHEMA}},

@@ -80,9 +80,28 @@ class Dataset(Answer):
     classes: list[Any] | None = Field(description="the target's classes (classification)")
     input_width: int = Field(description="the width of an encoded row: the network's input_dim")
     source: Literal["csv", "json"]
-    sha256: str
+    sha256: str = Field(description="the stored payload's key: the sha256 of the tenant and of the .npz's sha256")
     created_at: Timestamp
     size_bytes: int | None = Field(default=None, description="the stored payload's size (GET by id only)")
+
+
+class DatasetSummary(Answer):
+    """A dataset in a list: counts instead of its columns and features (GET it by id for those)."""
+
+    model_config = ConfigDict(title="DatasetSummary")
+
+    id: str
+    name: str
+    n_rows: int
+    n_columns: int
+    n_features: int
+    targets: list[str]
+    task: Task
+    classes: list[Any] | None = Field(description="the target's classes (classification)")
+    input_width: int = Field(description="the width of an encoded row: the network's input_dim")
+    source: Literal["csv", "json"]
+    sha256: str = Field(description="the stored payload's key (see Dataset)")
+    created_at: Timestamp
 
 
 class Network(Answer):
@@ -158,7 +177,8 @@ class JobMetrics(Answer):
 
     job_id: str
     status: JobStatus
-    epochs: list[JobEpoch]
+    epochs: list[JobEpoch] = Field(description="one page of epoch records, oldest first")
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next epochs; null on the last page")
 
 
 class JobSummary(Answer):
@@ -217,7 +237,7 @@ class Page(Answer, Generic[ItemT]):
     next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last")
 
 
-class DatasetPage(Page[Dataset]):
+class DatasetPage(Page[DatasetSummary]):
     model_config = ConfigDict(title="DatasetPage")
 
 

@@ -321,7 +321,7 @@ class Watcher:
                 self.warn(metrics.get("flags") or [], metrics)  # the latest epoch's record, less its layers
         elif epoch > self.shown_epoch:
             # Several epochs may end between two polls: the history has each of them.
-            records = self.client.job_metrics(self.job_id)["epochs"]
+            records = self.client.job_metrics(self.job_id, after_epoch=self.shown_epoch)["epochs"]
             for record in records:
                 if self.shown_epoch < record["epoch"] <= epoch:
                     self.line(f"epoch {record['epoch']}/{self.epochs}  "

@@ -194,9 +194,26 @@ class Client:
     def get_job(self, job_id: str) -> dict[str, Any]:
         return self.request("GET", f"/v1/jobs/{job_id}")
 
-    def job_metrics(self, job_id: str) -> dict[str, Any]:
-        """Return the per-epoch history with per-layer diagnostics: ``{"epochs": [...]}``."""
-        return self.request("GET", f"/v1/jobs/{job_id}/metrics")
+    def job_metrics(self, job_id: str, after_epoch: int = 0, page_size: int = 1000) -> dict[str, Any]:
+        """Return the per-epoch history with per-layer diagnostics: ``{"epochs": [...]}``.
+
+        Follows the pages (`page_size` epochs each) from the epoch after `after_epoch`
+        to the last: ``epochs`` holds every record, ``next_cursor`` is None.
+        """
+        history: dict[str, Any] | None = None
+        cursor = str(after_epoch) if after_epoch else None
+        while True:
+            query: dict[str, Any] = {"limit": page_size} | ({"cursor": cursor} if cursor else {})
+            page = self.request("GET", f"/v1/jobs/{job_id}/metrics", params=query)
+            if history is None:
+                history = page
+            else:
+                history["epochs"] += page["epochs"]
+                history["status"] = page["status"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                history["next_cursor"] = None
+                return history
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         return self.request("POST", f"/v1/jobs/{job_id}/cancel")

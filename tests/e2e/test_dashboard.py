@@ -202,7 +202,7 @@ def test_the_job_page_polls_when_the_event_stream_fails(stack, page, slow_job):
     # A proxy that breaks streaming, say: the page falls back to reading /metrics every second.
     page.route("**/events", lambda route: route.abort())
     polls: list[str] = []
-    page.on("request", lambda r: polls.append(r.url) if r.url.endswith("/metrics") else None)
+    page.on("request", lambda r: polls.append(r.url) if r.url.partition("?")[0].endswith("/metrics") else None)
     page.goto(f"/ui/jobs/{slow_job['id']}")
     page.wait_for_function("() => document.querySelector('#live').textContent.startsWith('Polling')")
     first = points(page, "loss")

@@ -1,4 +1,4 @@
-"""Each worker host caches dataset payloads by sha256: a second job does not fetch it again."""
+"""Each worker host caches dataset payloads by key: a second job does not fetch it again."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import update
 
 from service.core.data.parsing import ParsedTable, sha256
-from service.core.db.store import dataset_cache_dir, load_table
+from service.core.db.store import dataset_cache_dir, load_table, payload_key
 from service.core.db.tables import Dataset, DatasetPayload
 from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text
 
@@ -35,7 +35,7 @@ def test_second_load_reads_the_cache_not_the_database(app, upload_csv, tmp_path)
     with sessions() as session:
         first = load_table(session, dataset, cache)
     path = cache / f"{dataset.payload_sha256}.npz"
-    assert sha256(path.read_bytes()) == dataset.payload_sha256
+    assert payload_key(dataset.tenant_id, sha256(path.read_bytes())) == dataset.payload_sha256
     assert [p.name for p in cache.iterdir()] == [path.name]  # no temporary file left behind
 
     spoil_payload(app, dataset.payload_sha256)  # a fetch would now fail
@@ -53,7 +53,7 @@ def test_a_corrupt_cache_file_is_fetched_again(app, upload_csv, tmp_path):
     with app.extensions["backprop.sessions"]() as session:
         table = load_table(session, dataset, cache)
     assert isinstance(table, ParsedTable) and table.n_rows == 30
-    assert sha256(path.read_bytes()) == dataset.payload_sha256
+    assert payload_key(dataset.tenant_id, sha256(path.read_bytes())) == dataset.payload_sha256
 
 
 def test_missing_payload_without_cache_is_a_lookup_error(app, upload_csv, tmp_path):

@@ -180,7 +180,11 @@ def test_predict_through_flask_is_404_for_another_tenant(app, alice, client, bob
 def test_deleting_a_dataset_keeps_a_payload_another_tenant_uses(app, client, bob_client):
     rows = blobs_rows(50, seed=7)
     mine, theirs = upload(client, rows), upload(bob_client, rows)
-    assert mine["sha256"] == theirs["sha256"]  # stored once
+    assert mine["sha256"] != theirs["sha256"]  # payloads are addressed per tenant (tests/service/test_quotas.py)
+    # Shared as payloads stored before that were: one payload for both tenants' datasets.
+    with app.extensions["backprop.sessions"]() as session:
+        session.get(Dataset, theirs["id"]).payload_sha256 = mine["sha256"]
+        session.commit()
     assert bob_client.delete(f"/v1/datasets/{theirs['id']}").status_code == 204
     assert client.get(f"/v1/datasets/{mine['id']}").get_json()["size_bytes"] > 0
     with app.extensions["backprop.sessions"]() as session:
@@ -421,10 +425,15 @@ def test_storage_over_the_limit_is_413_naming_it(app, client, bob_client):
 
 @both_databases
 def test_stored_bytes_count_each_payload_once_and_the_models(app, alice):
+    import json
+
+    from service.core.db.tables import JobEpoch
     from service.core.tenancy.limits import stored_bytes
 
     with app.extensions["backprop.sessions"]() as session:
         payload = session.scalar(select(DatasetPayload.size_bytes))
         weights = session.scalar(select(func.length(TrainedModel.weights)))
-        assert stored_bytes(session, "alice") == payload + weights
+        records = sum(len(json.dumps(record)) for record in session.scalars(select(JobEpoch.record)))
+        assert records > 0  # and each epoch record as its JSON text
+        assert stored_bytes(session, "alice") == payload + weights + records
         assert stored_bytes(session, "bob") == 0

@@ -27,42 +27,72 @@ PAYLOAD_CHUNK_BYTES = 4 << 20
 CHUNKS = cast(Table, DatasetPayloadChunk.__table__)
 
 
-def store_payload(sessions: sessionmaker[Session], table: ParsedTable,
-                  before_store: Callable[[str, int], None] | None = None) -> str:
-    """Store a table's .npz bytes once, in chunks, unless they are stored already; return their sha256.
+def payload_key(tenant_id: str, content_sha256: str) -> str:
+    """Return the key a tenant's payload is stored under: the sha256 of the tenant and of the .npz's sha256.
 
-    `before_store(sha256, size)` runs before anything is written and may refuse by
-    raising (a tenant's storage limit, service/core/tenancy/limits.py).
+    Payloads are addressed per tenant, so an upload only ever finds a payload of its
+    own tenant: whether another tenant stored the same file shows neither in the
+    answer nor in how long the upload takes. Payloads stored before keep their key
+    (the .npz's sha256 alone) and stay readable (`payload_matches`).
+    """
+    return hashlib.sha256(f"{tenant_id}\0{content_sha256}".encode()).hexdigest()
+
+
+def payload_matches(key: str, tenant_id: str | None, content_sha256: str) -> bool:
+    """Say whether bytes hashing to `content_sha256` are what `key` names (per tenant, or by content)."""
+    return key == content_sha256 or (tenant_id is not None and key == payload_key(tenant_id, content_sha256))
+
+
+# check_room(session, key, size) may refuse an upload by raising (a tenant's storage limit).
+RoomCheck = Callable[[Session, str, int], None]
+
+
+def store_payload(sessions: sessionmaker[Session], table: ParsedTable,
+                  before_store: Callable[[str, int], None] | None = None,
+                  tenant_id: str | None = None) -> str:
+    """Store a table's .npz bytes once, in chunks, unless they are stored already; return their key.
+
+    The key is `payload_key(tenant_id, sha256)`, or the sha256 itself without a tenant.
+    `before_store(key, size)` runs before anything is written and may refuse by raising.
 
     The .npz goes to an unnamed temporary file, is hashed from there and inserted
     one chunk per statement, all in one transaction: readers see all of it or none.
     """
+    return _store_payload(sessions, table, before_store, tenant_id)[0]
+
+
+def _store_payload(sessions: sessionmaker[Session], table: ParsedTable,
+                   before_store: Callable[[str, int], None] | None,
+                   tenant_id: str | None) -> tuple[str, int, bool]:
+    """Do store_payload; return (key, size, whether this call wrote the payload)."""
     with tempfile.TemporaryFile(prefix="payload-") as spool:
         table.write_npz(spool)
         size = spool.tell()
         spool.seek(0)
         digest = _file_sha256(spool)
+        key = digest if tenant_id is None else payload_key(tenant_id, digest)
         if before_store is not None:
-            before_store(digest, size)
+            before_store(key, size)
         # The payload goes in its own transaction: a concurrent upload of the same
         # table may insert it first, which is fine.
         with sessions() as session:
-            if session.get(DatasetPayload, digest) is not None:
-                return digest
-            session.add(DatasetPayload(sha256=digest, npz=b"", size_bytes=size))  # b"": in chunks
+            if session.get(DatasetPayload, key) is not None:
+                return key, size, False
+            session.add(DatasetPayload(sha256=key, npz=b"", size_bytes=size))  # b"": in chunks
             try:
                 session.flush()
                 spool.seek(0)
                 seq = 0
                 while chunk := spool.read(PAYLOAD_CHUNK_BYTES):
                     # Core inserts: ORM objects would keep every chunk alive until the commit.
-                    session.execute(insert(CHUNKS).values(sha256=digest, seq=seq, data=chunk))
+                    session.execute(insert(CHUNKS).values(sha256=key, seq=seq, data=chunk))
                     seq += 1
                     del chunk
                 session.commit()
             except IntegrityError:
                 session.rollback()
-    return digest
+                return key, size, False
+    return key, size, True
 
 
 def _file_sha256(handle: IO[bytes]) -> str:
@@ -75,15 +105,33 @@ def _file_sha256(handle: IO[bytes]) -> str:
 
 def save_dataset(sessions: sessionmaker[Session], table: ParsedTable, description: dict[str, Any],
                  name: str, source: str, tenant_id: str = DEFAULT_TENANT,
-                 before_store: Callable[[str, int], None] | None = None) -> Dataset:
-    """Store a parsed table once (by sha256 of its .npz bytes) and a tenant's dataset row pointing at it.
+                 check_room: RoomCheck | None = None) -> Dataset:
+    """Store a parsed table once per tenant (`payload_key`) and a tenant's dataset row pointing at it.
 
-    `before_store` is store_payload's: it may refuse the upload before anything is written.
+    `check_room(session, key, size)` runs twice: before the payload is written (a
+    refusal then writes nothing), and in the dataset row's own transaction, right
+    before its insert. There it takes the lock it needs (the API's holds the tenant's
+    row), so that concurrent uploads are checked and inserted one after the other and
+    cannot all fit in the same room. A refusal there deletes, in that transaction, the
+    payload this call wrote unless a dataset uses it by then: nothing is left behind.
     """
+    def before_store(key: str, size: int) -> None:
+        if check_room is not None:
+            with sessions() as session:
+                check_room(session, key, size)
+
     for _attempt in range(2):
-        digest = store_payload(sessions, table, before_store)
+        key, size, wrote = _store_payload(sessions, table, before_store, tenant_id)
         with sessions() as session:
-            dataset = Dataset(id=new_id("ds"), tenant_id=tenant_id, name=name, payload_sha256=digest,
+            if check_room is not None:
+                try:
+                    check_room(session, key, size)
+                except Exception:
+                    if wrote:
+                        _delete_unused_payload(session, key)
+                        session.commit()
+                    raise
+            dataset = Dataset(id=new_id("ds"), tenant_id=tenant_id, name=name, payload_sha256=key,
                               n_rows=table.n_rows,
                               columns=table.columns, features=description["features"],
                               targets=description["targets"], task=description["task"],
@@ -98,6 +146,13 @@ def save_dataset(sessions: sessionmaker[Session], table: ParsedTable, descriptio
     raise RuntimeError("could not store the dataset payload")
 
 
+def _delete_unused_payload(session: Session, key: str) -> None:
+    """Delete a payload and its chunks unless a dataset uses it (the caller commits)."""
+    if not session.scalar(select(exists().where(Dataset.payload_sha256 == key))):
+        session.execute(delete(DatasetPayloadChunk).where(DatasetPayloadChunk.sha256 == key))
+        session.execute(delete(DatasetPayload).where(DatasetPayload.sha256 == key))
+
+
 def dataset_cache_dir() -> Path:
     """Return this host's dataset cache, DATA_DIR/dataset-cache."""
     return Path(load_config()["DATA_DIR"]) / "dataset-cache"
@@ -106,35 +161,39 @@ def dataset_cache_dir() -> Path:
 def load_table(session: Session, dataset: Dataset, cache_dir: Path | None = None) -> ParsedTable:
     """Read a dataset's table, from this host's cache when it has it, else from the database.
 
-    Payloads are immutable and named by their sha256, so a cached file never goes
-    stale: a second job on the same dataset reads `<sha256>.npz` from local disk.
-    A file whose bytes do not hash to its name (a crash mid-copy, a bad disk) is
-    fetched again. A fetch streams the payload's chunks into the cache, hashing
-    them on the way. Nothing is unpickled either way.
+    Payloads are immutable and named by their key, so a cached file never goes
+    stale: a second job on the same dataset reads `<key>.npz` from local disk.
+    A file whose bytes do not hash to its key (`payload_matches`: a crash mid-copy,
+    a bad disk) is fetched again. A fetch streams the payload's chunks into the
+    cache, hashing them on the way. Nothing is unpickled either way.
     """
-    digest = dataset.payload_sha256
-    path = (dataset_cache_dir() if cache_dir is None else cache_dir) / f"{digest}.npz"
+    key = dataset.payload_sha256
+
+    def matches(content_sha256: str) -> bool:
+        return payload_matches(key, dataset.tenant_id, content_sha256)
+
+    path = (dataset_cache_dir() if cache_dir is None else cache_dir) / f"{key}.npz"
     try:
         with path.open("rb") as handle:
-            cached = _file_sha256(handle) == digest
+            cached = matches(_file_sha256(handle))
     except OSError:
         cached = False
     if cached:
         return ParsedTable.from_npz(path)
-    row = session.execute(select(DatasetPayload.npz).where(DatasetPayload.sha256 == digest)).first()
+    row = session.execute(select(DatasetPayload.npz).where(DatasetPayload.sha256 == key)).first()
     if row is None:
         raise LookupError(f"the payload of dataset {dataset.id} is missing")
     if row.npz:  # stored whole, before migration 0005
         parts: Iterator[bytes] = iter([row.npz])
     else:
-        parts = _payload_chunks(session, digest)
+        parts = _payload_chunks(session, key)
     try:
-        _write_atomically(path, parts, digest)
+        _write_atomically(path, parts, matches)
     except OSError:
         # A full or read-only disk only costs the next job a fetch from the database.
-        npz = row.npz or b"".join(_payload_chunks(session, digest))
-        if sha256(npz) != digest:
-            raise LookupError(f"the payload of dataset {dataset.id} does not hash to its sha256") from None
+        npz = row.npz or b"".join(_payload_chunks(session, key))
+        if not matches(sha256(npz)):
+            raise LookupError(f"the payload of dataset {dataset.id} does not hash to its key") from None
         return ParsedTable.from_npz(npz)
     return ParsedTable.from_npz(path)
 
@@ -148,10 +207,10 @@ def _payload_chunks(session: Session, digest: str) -> Iterator[bytes]:
             DatasetPayloadChunk.sha256 == digest, DatasetPayloadChunk.seq == seq)).one()
 
 
-def _write_atomically(path: Path, parts: Iterator[bytes], digest: str) -> None:
+def _write_atomically(path: Path, parts: Iterator[bytes], matches: Callable[[str], bool]) -> None:
     """Write a cache file under a temporary name and rename it, so readers never see half of it.
 
-    Raises LookupError when the bytes do not hash to `digest` (nothing is left behind),
+    Raises LookupError when `matches` refuses the bytes' sha256 (nothing is left behind),
     OSError when the disk refuses them.
     """
     temporary: str | None = None
@@ -163,8 +222,8 @@ def _write_atomically(path: Path, parts: Iterator[bytes], digest: str) -> None:
             for part in parts:
                 hashed.update(part)
                 handle.write(part)
-        if hashed.hexdigest() != digest:
-            raise LookupError(f"the stored payload {digest} does not hash to its name")
+        if not matches(hashed.hexdigest()):
+            raise LookupError(f"the stored payload {path.stem} does not hash to its key")
         os.replace(temporary, path)
         temporary = None
     finally:

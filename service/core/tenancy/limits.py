@@ -4,7 +4,9 @@ The settings TENANT_MAX_CONCURRENT_JOBS and TENANT_MAX_STORED_MB apply to every
 tenant; a tenant's row may override either (`flask --app service tenants
 set-limits`). Both are checked when a request would add to the count (a job
 created, a dataset uploaded), never afterwards: a refused request changes
-nothing, and what is already stored stays (docs/service.md).
+nothing, and what is already stored stays (docs/service.md). Each check and
+the insert it allows happen under the tenant's row lock (`hold_tenant`), so
+concurrent requests of one tenant cannot all take the same room.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Text, cast, func, select, update
 from sqlalchemy.orm import Session
 
-from service.core.db.tables import Dataset, DatasetPayload, Job, Tenant, TrainedModel
+from service.core.db.tables import Dataset, DatasetPayload, Job, JobEpoch, Tenant, TrainedModel
 from service.core.problems import ApiError
 from service.core.statuses import ACTIVE_STATUSES
 
@@ -48,16 +50,20 @@ def active_jobs(session: Session, tenant: str) -> int:
 
 
 def stored_bytes(session: Session, tenant: str) -> int:
-    """Return the bytes a tenant stores: its datasets' payloads (each payload once) and its models' weights.
+    """Return the bytes a tenant stores: its datasets' payloads (each once), models' weights, epoch records.
 
-    A payload shared with another tenant counts for both: each would need it alone.
+    A payload shared with another tenant (stored before payloads were addressed per
+    tenant) counts for both: each would need it alone. An epoch record counts as the
+    length of its stored JSON text, an estimate of what it takes in the database.
     """
     payloads = select(Dataset.payload_sha256).where(Dataset.tenant_id == tenant).distinct().subquery()
     data = session.scalar(select(func.coalesce(func.sum(DatasetPayload.size_bytes), 0)).where(
         DatasetPayload.sha256.in_(select(payloads.c.payload_sha256)))) or 0
     weights = session.scalar(select(func.coalesce(func.sum(func.length(TrainedModel.weights)), 0)).where(
         TrainedModel.tenant_id == tenant)) or 0
-    return int(data) + int(weights)
+    epochs = session.scalar(select(func.coalesce(func.sum(func.length(cast(JobEpoch.record, Text))), 0))
+                            .join(Job, Job.id == JobEpoch.job_id).where(Job.tenant_id == tenant)) or 0
+    return int(data) + int(weights) + int(epochs)
 
 
 def has_payload(session: Session, tenant: str, digest: str) -> bool:
@@ -111,3 +117,15 @@ def check_storage(session: Session, tenant: str, config: Any, adding: int) -> No
                    f"{limit_mb} MB ({limit:,} bytes); a job's model would add more")
     raise ApiError(413, "Content Too Large", f"{message}; delete datasets or models first",
                    [{"field": "TENANT_MAX_STORED_MB", "message": message}], slug="tenant-storage-limit")
+
+
+def check_room_for_payload(session: Session, tenant: str, config: Any, key: str, size: int) -> None:
+    """Raise the 413 problem when the tenant has no room for this payload; else hold its row.
+
+    A payload the tenant already uses costs it nothing more. Holding the tenant's row
+    (`hold_tenant`) until the caller commits its dataset makes check and insert one step:
+    concurrent uploads of one tenant are counted one after the other.
+    """
+    hold_tenant(session, tenant)
+    if not has_payload(session, tenant, key):
+        check_storage(session, tenant, config, size)

@@ -367,6 +367,20 @@
 
     const lastEpoch = () => Math.max(0, ...records.keys());
 
+    // The job's epoch records after epoch `after`: every page of them, oldest first.
+    async function history(after = 0) {
+      const all = { epochs: [] };
+      let cursor = after ? String(after) : null;
+      do {
+        const query = `?limit=1000${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`;
+        const page = await api(`/v1/jobs/${encodeURIComponent(jobId)}/metrics${query}`);
+        all.status = page.status;
+        all.epochs.push(...page.epochs);
+        cursor = page.next_cursor;
+      } while (cursor);
+      return all;
+    }
+
     // Read the SSE stream with fetch (EventSource cannot send the Authorization header).
     // Resolve true once the final status event came, false when the server ended the stream early.
     async function stream() {
@@ -404,9 +418,9 @@
     async function poll() {
       $("#live").textContent = "Polling for new epochs every second.";
       for (;;) {
-        const history = await api(`/v1/jobs/${encodeURIComponent(jobId)}/metrics`);
-        history.epochs.filter((r) => !records.has(r.epoch)).forEach(add);
-        if (TERMINAL.includes(history.status)) return;
+        const newer = await history(lastEpoch());
+        newer.epochs.filter((r) => !records.has(r.epoch)).forEach(add);
+        if (TERMINAL.includes(newer.status)) return;
         await sleep(1000);
       }
     }
@@ -429,8 +443,7 @@
       }
       update(await api(`/v1/jobs/${encodeURIComponent(jobId)}`));
       // Epochs written in the same transaction as the end are in the stream already; this is for polling races.
-      const history = await api(`/v1/jobs/${encodeURIComponent(jobId)}/metrics`);
-      history.epochs.filter((r) => !records.has(r.epoch)).forEach(add);
+      (await history()).epochs.filter((r) => !records.has(r.epoch)).forEach(add);
       $("#live").textContent = "";
     }
 
@@ -446,12 +459,9 @@
     });
 
     return guarded(async () => {
-      const [first, history] = await Promise.all([
-        api(`/v1/jobs/${encodeURIComponent(jobId)}`),
-        api(`/v1/jobs/${encodeURIComponent(jobId)}/metrics`),
-      ]);
+      const [first, earlier] = await Promise.all([api(`/v1/jobs/${encodeURIComponent(jobId)}`), history()]);
       update(first);
-      history.epochs.forEach(add);
+      earlier.epochs.forEach(add);
       await follow();
     });
   }
