@@ -10,7 +10,7 @@ from flask import Flask, Request
 from werkzeug.formparser import FormDataParser, MultiPartParser
 
 from service import ui
-from service.api import auth, cli, db, errors, metrics, request_ids
+from service.api import auth, browser, cli, db, errors, metrics, request_ids
 from service.api import init_app as init_api
 from service.api.json_provider import ServiceJSONProvider
 from service.api.queue import celery_job_queue
@@ -82,4 +82,5 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(ui.bp)  # the dashboard: page shells that read the API
     metrics.init_app(app)
     auth.init_app(app)  # after the request id and the timer: a 401 is logged and counted too
+    browser.init_app(app)  # last: its Host/Origin checks and headers wrap everything, the fast lane too
     return app

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from service.api import responses
+from service.api.browser import STATE_CHANGING_METHODS
 from service.api.common import DEFAULT_PAGE, MAX_PAGE
 from service.api.networks import MAX_WIDTH
 from service.core.models import export
@@ -45,10 +46,12 @@ def _ref(model: type[BaseModel] | str) -> dict[str, str]:
 PROBLEM_CAUSES = {
     400: "the body is not valid JSON",
     401: "no API key, or one that is not known (AUTH=on)",
+    403: "AUTH=off: a state change sent by another origin's web page (Origin, Sec-Fetch-Site)",
     404: "no resource with this id",
     409: "the resource's state forbids it",
     413: "the body is larger than MAX_UPLOAD_MB, or the tenant would store more than TENANT_MAX_STORED_MB",
     415: "a media type the operation does not take",
+    421: "AUTH=off: a Host that is not 127.0.0.1, localhost or [::1] (DNS rebinding)",
     422: "a field is invalid; `errors` names each",
     429: "the tenant has TENANT_MAX_CONCURRENT_JOBS jobs queued or running (see Retry-After)",
     503: "the database or the broker does not answer",
@@ -208,11 +211,13 @@ CONVERTER_SCHEMAS = {"default": {"type": "string"}, "string": {"type": "string"}
                      "uuid": {"type": "string", "format": "uuid"}}
 
 
-def _problems(path: str, operation: dict[str, Any], extra: tuple[int, ...]) -> dict[str, Any]:
+def _problems(path: str, operation: dict[str, Any], extra: tuple[int, ...], method: str = "GET") -> dict[str, Any]:
     """Document each problem status the operation can answer: every /v1 route may refuse the
     caller, a body may be malformed, too large, of the wrong type or invalid, an id in the
     path may be unknown, a query parameter invalid. What is not listed is a bug."""
-    statuses = set(extra)
+    statuses = set(extra) | {421}  # service/api/browser.py, AUTH=off
+    if method in STATE_CHANGING_METHODS:
+        statuses.add(403)
     if path.startswith("/v1/"):
         statuses.add(401)
     if "requestBody" in operation:
@@ -273,7 +278,7 @@ def _paths(app: Flask) -> dict[str, Any]:
                 success["content"] = spec.answer
             if spec.links:
                 success["links"] = spec.links
-            operation["responses"] = {str(spec.status): success, **_problems(path, operation, spec.problems)}
+            operation["responses"] = {str(spec.status): success, **_problems(path, operation, spec.problems, method)}
             if path.startswith("/v1/"):
                 operation["security"] = [{"apiKey": []}]  # AUTH=on (docs/service.md)
             paths.setdefault(path, {})[method.lower()] = operation
