@@ -276,7 +276,8 @@ async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, st
     body = json.dumps({"type": "about:blank", "title": status.phrase, "status": status.value,
                        "detail": detail}).encode()
     writer.write((f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: application/problem+json\r\n"
-                  f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body)
+                  f"Content-Length: {len(body)}\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n"
+                  ).encode() + body)
     await writer.drain()
     if writer.can_write_eof():
         writer.write_eof()

@@ -92,6 +92,7 @@ def test_a_request_head_that_never_ends_is_answered_408_and_closed(launcher: Lau
     took = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:500]
     assert b"application/problem+json" in answer and b"within 10 s" in answer, answer
+    assert b"X-Content-Type-Options: nosniff" in answer, answer  # as every answer of the API says
     assert 9 < took < 30, took
 
 
