@@ -326,17 +326,54 @@ class Network:
         return value, {key: grad.copy() for key, grad in self.gradients().items()}
 
     def logits(self, X: Any, loss: str) -> Any:
-        """Return the values a loss sees: the output before an activation fused with ``loss``."""
+        """Return the values a loss sees: the output before an activation fused with ``loss``.
+
+        An inference pass: what the nodes keep for a backward pass is let go once it ends,
+        so the pass's values are not held until the next one (which would double the peak
+        of a pass in chunks, and keep a wide network's last pass alive in a model cache).
+        """
         fused = self.output_node.activation == FUSED_ACTIVATION.get(loss)
         self.output_node.skip_activation = fused
         try:
             return self.forward(X, training=False)
         finally:
             self.output_node.skip_activation = False
+            self._forget_pass()
 
-    def predict(self, X: Any, loss: str = "cross_entropy") -> np.ndarray:
-        """Return host predictions: class probabilities for the classification losses, values for ``mse``."""
-        return to_numpy(OUTPUT_TRANSFORMS[loss](self.logits(X, loss), self.xp))
+    def _forget_pass(self) -> None:
+        """Drop the arrays the nodes keep from the last forward pass for the backward pass."""
+        for node in self.nodes:
+            node.output = None
+            if isinstance(node, Dense):
+                node.cached_inputs = []
+            elif isinstance(node, Dropout):
+                node.mask = None
+
+    @property
+    def activation_width(self) -> int:
+        """Values one row holds in a forward pass: see :func:`activation_width`."""
+        return activation_width(self.graph)
+
+    def predict(self, X: Any, loss: str = "cross_entropy", max_rows: int | None = None) -> np.ndarray:
+        """Return host predictions: class probabilities for the classification losses, values for ``mse``.
+
+        Parameters
+        ----------
+        X
+            Inputs, shape (n, input_dim).
+        loss
+            The loss the network was trained with; it picks the output transform.
+        max_rows
+            Rows per forward pass (None: all at once). A forward pass holds every node's
+            values, ``max_rows * activation_width`` of them, so this bounds the memory of a
+            prediction however many rows are asked for; the outputs are joined on the host.
+        """
+        if max_rows is None or len(X) <= max_rows:
+            return to_numpy(OUTPUT_TRANSFORMS[loss](self.logits(X, loss), self.xp))
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1, not {max_rows}")
+        return np.concatenate([self.predict(X[start:start + max_rows], loss)
+                               for start in range(0, len(X), max_rows)])
 
     def saturation(self) -> dict[str, float]:
         """Fraction of saturated outputs of each sigmoid/tanh node in the last forward pass."""
@@ -349,6 +386,15 @@ class Network:
             A = node.output
             result[node.name] = float(((A <= low) | (A >= high)).mean())
         return result
+
+
+def activation_width(graph: NetworkSpec) -> int:
+    """Return the values one row holds in a forward pass: the sum of the widths of the input and every node.
+
+    A forward pass keeps every node's output until it ends (the backward pass needs them),
+    so ``rows * activation_width`` values are in memory at once, whatever the parameters.
+    """
+    return sum(graph.widths.values())
 
 
 def build(spec: dict, input_dim: int, seed: int = 0, dtype: str = "float32", device: str = "cpu") -> Network:

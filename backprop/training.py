@@ -17,7 +17,7 @@ from .losses import LOSSES, TASK_OF_LOSS
 from .network import Network
 from .optimizers import LearningRateSchedule, make_optimizer
 
-EVAL_CHUNK_ROWS = 8192
+EVAL_CHUNK_ROWS = 8192  # rows per forward pass over the validation split, unless train() is told otherwise
 
 # Thresholds of the health flags (docs/engine.md, "Diagnostics").
 VANISHING_RELATIVE = 1e-3  # a node's grad_norm below this times the largest node's
@@ -65,6 +65,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     checkpoint: Checkpoint | None = None,
     on_checkpoint: Callable[[Checkpoint], None] | None = None,
+    max_eval_rows: int = EVAL_CHUNK_ROWS,
     **training: Any,
 ) -> History:
     """Train ``network`` on inputs ``X`` (n, input_dim) and targets ``y`` in place.
@@ -74,6 +75,10 @@ def train(
     ``binary_cross_entropy`` and values (n, k) for ``mse``. Returns the
     :class:`History`; with early stopping on, the best epoch's weights are
     restored before returning.
+
+    The validation split is evaluated ``max_eval_rows`` rows per forward pass: a
+    pass holds ``rows * network.activation_width`` values, so a caller with a
+    memory budget passes ``budget // network.activation_width``.
 
     Raises
     ------
@@ -85,6 +90,8 @@ def train(
         ``should_stop()`` returned true between two batches.
     """
     config = TrainingConfig.from_dict(training)
+    if max_eval_rows < 1:
+        raise ValueError(f"max_eval_rows must be at least 1, not {max_eval_rows}")
     data, val = _split_data(network, X, y, validation_data, config)
     run = _TrainingRun(network, config)
     if checkpoint is not None:
@@ -101,7 +108,7 @@ def train(
             )
             if not all(bool(run.xp.isfinite(p).all()) for p in run.params):
                 raise _diverged(epoch, learning_rate, config)
-            record = _epoch_metrics(network, epoch, totals, data, val, config.loss)
+            record = _epoch_metrics(network, epoch, totals, data, val, config.loss, max_eval_rows)
             monitored = record.get("val_loss", record["loss"])
             if not math.isfinite(monitored):
                 raise _diverged(epoch, learning_rate, config)
@@ -285,11 +292,13 @@ def _train_epoch(
 
 def _epoch_metrics(
     network: Network, epoch: int, totals: _Totals, data: _Data, val: _Data | None, loss_name: str,
+    max_rows: int,
 ) -> dict[str, Any]:
     """An epoch's record so far: its training metrics, and ``val_``-prefixed ones on the validation split."""
     record: dict[str, Any] = {"epoch": epoch, **totals.metrics(data)}
     if val is not None:
-        record.update({f"val_{k}": v for k, v in _evaluate(network, val, LOSSES[loss_name], loss_name).items()})
+        record.update({f"val_{k}": v for k, v in _evaluate(network, val, LOSSES[loss_name], loss_name,
+                                                                  max_rows).items()})
     return record
 
 
@@ -351,12 +360,12 @@ def _r2(residual: float, total: float) -> float:
     return 1.0 - residual / total if total > 0 else 0.0
 
 
-def _evaluate(network: Network, data: _Data, loss_fn: Callable, loss_name: str) -> dict[str, float]:
-    """Loss and metrics on a whole split, in inference mode, in chunks."""
+def _evaluate(network: Network, data: _Data, loss_fn: Callable, loss_name: str, max_rows: int) -> dict[str, float]:
+    """Loss and metrics on a whole split, in inference mode, in chunks of at most ``max_rows`` rows."""
     xp = network.xp
     totals = _Totals()
-    for start in range(0, data.n, EVAL_CHUNK_ROWS):
-        X, y = data.X[start:start + EVAL_CHUNK_ROWS], data.y[start:start + EVAL_CHUNK_ROWS]
+    for start in range(0, data.n, max_rows):
+        X, y = data.X[start:start + max_rows], data.y[start:start + max_rows]
         Z = network.logits(X, loss_name)
         value, _ = loss_fn(Z, y, xp)
         totals.add(value, Z, y, data, xp)

@@ -50,6 +50,8 @@ class JobSettings:
     time_limit_s: float = setting_default("JOB_TIME_LIMIT_S")
     checkpoint_interval_s: float = setting_default("CHECKPOINT_INTERVAL_S")
     progress_interval_s: float = setting_default("PROGRESS_INTERVAL_S")
+    # Not recovery: the values a forward pass may hold, which sizes the validation chunks.
+    max_activation_floats: int = setting_default("MAX_ACTIVATION_FLOATS")
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> JobSettings:
@@ -58,7 +60,8 @@ class JobSettings:
                    requeue_queued_after_s=config["REQUEUE_QUEUED_AFTER_S"],
                    max_attempts=config["MAX_ATTEMPTS"], time_limit_s=config["JOB_TIME_LIMIT_S"],
                    checkpoint_interval_s=config["CHECKPOINT_INTERVAL_S"],
-                   progress_interval_s=config["PROGRESS_INTERVAL_S"])
+                   progress_interval_s=config["PROGRESS_INTERVAL_S"],
+                   max_activation_floats=config["MAX_ACTIVATION_FLOATS"])
 
     @property
     def heartbeat_s(self) -> float:

@@ -16,11 +16,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 import backprop
+from backprop.training import EVAL_CHUNK_ROWS
 from service.core.data.preprocessing import Preprocessor, fit
 from service.core.db.store import load_table
 from service.core.db.tables import Dataset, Job, JobCheckpoint, JobEpoch, TrainedModel
 from service.core.ids import new_id, utcnow
 from service.core.logs import job_context
+from service.core.networks import rows_per_pass
 from service.core.statuses import JobStatus
 from workers.app import publish_job
 from workers.lease import (
@@ -353,9 +355,12 @@ def _train(sessions: sessionmaker[Session], job_id: str, recorder: JobRecorder) 
     training = dict(job.training)
     network = _build_network(job, preprocessor, inputs.initial_weights)
     checkpoint = _resume_from(inputs.saved_checkpoint, job, recorder)
+    # The validation split in passes within the activation budget (the batches were checked at creation).
+    eval_rows = min(EVAL_CHUNK_ROWS, rows_per_pass(network.activation_width, recorder.settings.max_activation_floats))
     history = backprop.train(network, inputs.data["X"], inputs.data["y"], validation_data=inputs.validation,
                              on_epoch_end=recorder.on_epoch_end, should_stop=recorder.should_stop,
-                             on_checkpoint=recorder.on_checkpoint, checkpoint=checkpoint, **training)
+                             on_checkpoint=recorder.on_checkpoint, checkpoint=checkpoint,
+                             max_eval_rows=eval_rows, **training)
     _save_model(sessions, job, recorder, network, history, preprocessor)
 
 

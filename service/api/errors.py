@@ -15,6 +15,9 @@ from service.core.problems import PROBLEM_JSON, ApiError, from_validation_error
 
 log = logging.getLogger(__name__)
 
+# Seconds a client is told to wait after a 503 for want of memory: other requests finish meanwhile.
+OUT_OF_MEMORY_RETRY_AFTER_S = 5
+
 
 def problem_response(status: int, title: str, detail: str, errors: Sequence[Mapping[str, Any]] | None = None,
                      slug: str | None = None, headers: dict[str, str] | None = None) -> Response:
@@ -92,6 +95,16 @@ def init_app(app: Flask) -> None:
         if request.method == "OPTIONS" and request.url_rule is not None and "Allow" in response.headers:
             response.headers["Allow"] = ", ".join(route_methods(app, request.url_rule.rule))
         return response
+
+    @app.errorhandler(MemoryError)
+    def _out_of_memory(error: MemoryError) -> Response:
+        # The budgets (MAX_ACTIVATION_FLOATS, MAX_PREDICT_VALUES ...) should keep a request from
+        # this; when the process is short of memory all the same, the request may succeed later.
+        log.exception("out of memory")
+        return problem_response(503, "Service Unavailable",
+                                "the server ran out of memory handling this request; try again later, "
+                                "or send less at once", slug="out-of-memory",
+                                headers={"Retry-After": str(OUT_OF_MEMORY_RETRY_AFTER_S)})
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:

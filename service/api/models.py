@@ -17,7 +17,7 @@ from sqlalchemy.orm import defer
 
 from service.api import responses
 from service.api.auth import authenticate, current_tenant
-from service.api.common import get_or_404, json_body, page_args, validate_body
+from service.api.common import find_owned, get_or_404, json_body, page_args, validate_body
 from service.api.db import get_session
 from service.api.request_ids import REQUEST_ID_HEADER, request_id_from
 from service.core.data.preprocessing import InputError
@@ -101,8 +101,9 @@ def _model_exists(model_id: str) -> bool:
 
 
 def _load_model(model_id: str) -> TrainedModel | None:
+    """Return the request's tenant's model, None for another's: the cache never loads what it must not serve."""
     with get_session() as session:
-        return session.get(TrainedModel, model_id)
+        return find_owned(session, TrainedModel, model_id)
 
 
 @bp.post("/<model_id>/predict")
@@ -115,6 +116,7 @@ def predict(model_id: str) -> Any:
             encoded = predictor.preprocessor.encode_csv(body, MAX_PREDICT_ROWS)
         except InputError as error:
             raise invalid(error.errors) from None
+        _check_predict_size(predictor, len(encoded), "csv")
     else:
         request_body = validate_body(PredictRequest, json_body())
         rows = request_body.inputs if request_body.inputs is not None else request_body.records
@@ -125,6 +127,7 @@ def predict(model_id: str) -> Any:
         if len(rows) > MAX_PREDICT_ROWS:
             raise invalid([{"field": field, "message": f"at most {MAX_PREDICT_ROWS:,} rows per request"}])
         predictor = _predictor(model_id)
+        _check_predict_size(predictor, len(rows), field)
         try:
             if request_body.inputs is not None:
                 # JSON booleans must not pass for numbers; without the words true/false in the
@@ -136,7 +139,7 @@ def predict(model_id: str) -> Any:
                 encoded = predictor.preprocessor.encode_records(request_body.records or [])
         except InputError as error:
             raise invalid(error.errors) from None
-    result = predictor.predict(encoded)
+    result = predictor.predict(encoded, current_app.config["MAX_ACTIVATION_FLOATS"])
     if request.accept_mimetypes.best_match(ANSWER_TYPES) == "text/csv":
         return Response(_csv_answer(result), mimetype="text/csv")
     result["model_id"] = model_id
@@ -144,12 +147,35 @@ def predict(model_id: str) -> Any:
 
 
 def _predictor(model_id: str) -> Predictor:
-    predictor = model_cache().get(model_id, exists=lambda: _model_exists(model_id),
+    tenant = current_tenant()
+    # One cache for every tenant: the entry says whose it is, and another tenant's is missing,
+    # checked before the entry is counted, moved or loaded.
+    predictor = model_cache().get(model_id, tenant, exists=lambda: _model_exists(model_id),
                                   load=lambda: _load_model(model_id))
-    # Cached for every tenant alike: the entry says whose it is, and another tenant's is missing.
-    if predictor is None or predictor.tenant_id != current_tenant():
+    if predictor is None:
         raise not_found("model", model_id)
     return predictor
+
+
+def _over_predict_size(predictor: Predictor, rows: int, max_values: int) -> bool:
+    """Say whether `rows` would pass more than `max_values` values (MAX_PREDICT_VALUES) through the network."""
+    return rows * predictor.network.activation_width > max_values
+
+
+def _check_predict_size(predictor: Predictor, rows: int, field: str) -> None:
+    """Raise the 413 problem when the request's rows pass more than MAX_PREDICT_VALUES values through the network.
+
+    Memory is bounded by the chunks (MAX_ACTIVATION_FLOATS); this bounds the request's time.
+    """
+    max_values = current_app.config["MAX_PREDICT_VALUES"]
+    if not _over_predict_size(predictor, rows, max_values):
+        return
+    width = predictor.network.activation_width
+    message = (f"{rows:,} rows pass {rows * width:,} values through this model's network ({width:,} a row, "
+               f"the sum of its widths), more than MAX_PREDICT_VALUES ({max_values:,}); send at most "
+               f"{max_values // width:,} rows per request")
+    raise ApiError(413, "Content Too Large", message, [{"field": field, "message": message}],
+                   slug="predict-too-large")
 
 
 def _csv_answer(result: dict[str, Any]) -> str:
@@ -233,14 +259,13 @@ class PredictFastLane:
             return None
         if not 0 < length <= self.MAX_BODY:
             return None
-        predictor = self.app.extensions["backprop.models"].fresh(model_id)
-        if predictor is None:
-            return None
         try:
             tenant = authenticate(self.app, environ.get("HTTP_AUTHORIZATION"))
         except ApiError:
             return None
-        if predictor.tenant_id != tenant:
+        # The tenant first: another tenant's entry is neither used nor counted.
+        predictor = self.app.extensions["backprop.models"].fresh(model_id, tenant)
+        if predictor is None:
             return None
         raw = environ["wsgi.input"].read(length)
         environ["wsgi.input"] = io.BytesIO(raw)  # the view can read it again
@@ -250,9 +275,11 @@ class PredictFastLane:
             body = self.app.json.loads(raw)
             inputs = body["inputs"]
             if (len(body) != 1 or not isinstance(inputs, list) or not inputs
-                    or len(inputs) > MAX_PREDICT_ROWS):
+                    or len(inputs) > MAX_PREDICT_ROWS
+                    or _over_predict_size(predictor, len(inputs), self.app.config["MAX_PREDICT_VALUES"])):
                 return None
-            result = predictor.predict(predictor.preprocessor.encode_inputs(inputs, may_hold_booleans=False))
+            encoded = predictor.preprocessor.encode_inputs(inputs, may_hold_booleans=False)
+            result = predictor.predict(encoded, self.app.config["MAX_ACTIVATION_FLOATS"])
         except Exception:  # noqa: BLE001 - whatever went wrong, the view says it properly
             return None
         result["model_id"] = model_id

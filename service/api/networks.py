@@ -66,7 +66,8 @@ def validate_network() -> dict[str, Any]:
     """Check a definition without storing it; every problem at once."""
     _name, definition = definition_from_body(json_body())
     input_dim, output_dim = _width_args()
-    problems = check_definition(definition, input_dim, output_dim, current_app.config["MAX_PARAMETERS"])
+    problems = check_definition(definition, input_dim, output_dim, current_app.config["MAX_PARAMETERS"],
+                                max_activation_floats=current_app.config["MAX_ACTIVATION_FLOATS"])
     count = None
     if not problems and input_dim is not None:
         count = backprop.count_parameters(definition, input_dim)
@@ -80,7 +81,8 @@ def create_network() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Store a network definition after validating it."""
     name, definition = definition_from_body(json_body())
     input_dim, output_dim = _width_args()
-    problems = check_definition(definition, input_dim, output_dim, current_app.config["MAX_PARAMETERS"])
+    problems = check_definition(definition, input_dim, output_dim, current_app.config["MAX_PARAMETERS"],
+                                max_activation_floats=current_app.config["MAX_ACTIVATION_FLOATS"])
     if problems:
         raise invalid(problem_entries(problems))
     network = Network(id=new_id("net"), tenant_id=current_tenant(), name=name, definition=definition)

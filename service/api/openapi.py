@@ -49,12 +49,13 @@ PROBLEM_CAUSES = {
     403: "AUTH=off: a state change sent by another origin's web page (Origin, Sec-Fetch-Site)",
     404: "no resource with this id",
     409: "the resource's state forbids it",
-    413: "the body is larger than MAX_UPLOAD_MB, or the tenant would store more than TENANT_MAX_STORED_MB",
+    413: ("the body is larger than MAX_UPLOAD_MB, or the tenant would store more than TENANT_MAX_STORED_MB, "
+          "or a /predict passes more than MAX_PREDICT_VALUES values through its network"),
     415: "a media type the operation does not take",
     421: "AUTH=off: a Host that is not 127.0.0.1, localhost or [::1] (DNS rebinding)",
     422: "a field is invalid; `errors` names each",
     429: "the tenant has TENANT_MAX_CONCURRENT_JOBS jobs queued or running (see Retry-After)",
-    503: "the database or the broker does not answer",
+    503: "the database or the broker does not answer, or the process ran out of memory (see Retry-After)",
 }
 
 
@@ -186,7 +187,7 @@ OPERATIONS: dict[str, Operation] = {
     "models.predict": Operation(
         {**_json(responses.Prediction), "text/csv": {"schema": {"type": "string"}}},
         body={"application/json": {"schema": _ref("PredictRequest")}, "text/csv": {"schema": {"type": "string"}}},
-        description="CSV answers when Accept prefers text/csv."),
+        problems=(503,), description="CSV answers when Accept prefers text/csv."),
     "export.export_model": Operation(
         {media: {"schema": {"type": "string", "format": "binary"}} for media in set(export.MEDIA_TYPES.values())},
         query=[_query("format", {"type": "string", "enum": list(export.FORMATS), "default": "onnx"})]),

@@ -36,7 +36,8 @@ LOG_FORMATS = ("json", "text")
 _SECONDS = ("REAPER_INTERVAL_S", "LEASE_TIMEOUT_S", "REQUEUE_QUEUED_AFTER_S", "JOB_TIME_LIMIT_S",
             "CHECKPOINT_INTERVAL_S", "PROGRESS_INTERVAL_S", "VISIBILITY_TIMEOUT_S",
             "EVENTS_POLL_S", "EVENTS_HEARTBEAT_S", "EVENTS_MAX_S", "KEY_CACHE_TTL_S")
-_POSITIVE_INTEGERS = ("PORT", "MAX_UPLOAD_MB", "MAX_PARAMETERS", "TENANT_MAX_CONCURRENT_JOBS",
+_POSITIVE_INTEGERS = ("PORT", "MAX_UPLOAD_MB", "MAX_PARAMETERS", "MAX_ACTIVATION_FLOATS",
+                      "MAX_PREDICT_VALUES", "TENANT_MAX_CONCURRENT_JOBS",
                       "TENANT_MAX_STORED_MB", "MODEL_CACHE_SIZE", "CELERY_CONCURRENCY")
 
 
@@ -89,6 +90,18 @@ class Settings(BaseSettings):
     MAX_PARAMETERS: int = Field(50_000_000, description=(
         "largest network, in trainable scalars (weights and biases); a bigger one is a 422 naming its "
         "largest layer, counted before anything is allocated"))
+    # A forward pass keeps every node's values for its rows, whatever the parameters: a
+    # 1,000,000-unit layer is 4 MB a row. 200 MB of float32 by default (training's gradients
+    # add about as much again).
+    MAX_ACTIVATION_FLOATS: int = Field(50_000_000, description=(
+        "largest forward pass, in values: (the sum of a network's widths, its input's included) x "
+        "(rows in one pass). A job whose `training.batch_size` rows exceed it, or a network whose one "
+        "row does, is a 422; `/predict` and the validation split run in row chunks within it"))
+    # What bounds a /predict request's time once its memory is bounded: ~0.3-0.4 G values/s on
+    # 2 busy cores, so the default is a few seconds (100,000 rows of a 1,000,000-wide network: minutes).
+    MAX_PREDICT_VALUES: int = Field(1_000_000_000, description=(
+        "values one `/predict` request may pass through the network in all: rows x (the sum of its "
+        "widths); more is a 413 saying how many rows the model takes per request"))
     WORKER_DEVICE: str = Field("cpu", description=(
         "`cpu` or `gpu`: the kind of host a worker runs on (a job's own `device` picks its queue, "
         "`cpu` or `gpu`, and what it trains on)"))

@@ -24,7 +24,7 @@ from service.core.db.tables import Dataset, Job, Network, TrainedModel
 from service.core.ids import new_id, utcnow
 from service.core.jobs import warm_start
 from service.core.jobs.publishing import JobQueue
-from service.core.networks import check_definition, problem_entries
+from service.core.networks import batch_problems, check_definition, problem_entries
 from service.core.problems import ApiError, FieldError, invalid
 from service.core.schemas import JOB_LOSS_FOR_TASK, JobCreate
 from service.core.statuses import JobStatus
@@ -142,7 +142,8 @@ def _checked_request(session: Session, tenant: str, request: JobCreate, config: 
             raise invalid([{"field": "init_from_model",
                             "message": f"no model with id {request.init_from_model!r}"}])
     definition = _definition(session, tenant, request, sent_network, source)
-    training, errors = _problems(request, dataset, source, definition, int(config["MAX_PARAMETERS"]))
+    training, errors = _problems(request, dataset, source, definition, int(config["MAX_PARAMETERS"]),
+                                 int(config["MAX_ACTIVATION_FLOATS"]))
     if errors:
         raise invalid(errors)
     return dataset, definition, training
@@ -164,7 +165,7 @@ def _definition(session: Session, tenant: str, request: JobCreate, sent_network:
 
 
 def _problems(request: JobCreate, dataset: Dataset, source: TrainedModel | None, definition: dict[str, Any],
-              max_parameters: int) -> tuple[dict[str, Any], list[FieldError]]:
+              max_parameters: int, max_activation_floats: int) -> tuple[dict[str, Any], list[FieldError]]:
     """Return the full training config and every problem of the job: training, network, warm start."""
     warm = [] if source is None else warm_start.check_data(source, dataset)
     training, errors = training_fields(request, dataset, source)
@@ -176,8 +177,12 @@ def _problems(request: JobCreate, dataset: Dataset, source: TrainedModel | None,
     # Without a valid loss the output width is unknown; check the rest of the network anyway.
     output_dim = None if errors or warm else backprop.output_width(
         training["loss"], n_classes=len(classes or []) or None, n_targets=len(dataset.targets))
-    network_problems = check_definition(definition, input_dim, output_dim, max_parameters)
+    network_problems = check_definition(definition, input_dim, output_dim, max_parameters,
+                                        max_activation_floats=max_activation_floats)
     errors += problem_entries(network_problems, "network")
+    if not network_problems:  # a batch holds at most the dataset's rows
+        errors += batch_problems(definition, input_dim, min(training["batch_size"], dataset.n_rows),
+                                 max_activation_floats)
     if source is not None and not network_problems:
         warm += warm_start.check_parameters(source, definition)
     return training, errors + warm

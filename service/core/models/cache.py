@@ -13,6 +13,7 @@ import numpy as np
 import backprop
 from service.core.data.preprocessing import Preprocessor
 from service.core.db.tables import TrainedModel
+from service.core.networks import rows_per_pass
 from service.core.settings import setting_default
 
 
@@ -26,9 +27,14 @@ class Predictor:
         self.network = backprop.load(model.definition, model.weights)
         self.preprocessor = Preprocessor(model.preprocessing)
 
-    def predict(self, encoded: np.ndarray) -> dict[str, Any]:
-        """Score encoded rows and map the outputs back to labels or the target's scale."""
-        outputs = self.network.predict(encoded, loss=self.loss)
+    def predict(self, encoded: np.ndarray, max_activation_floats: int) -> dict[str, Any]:
+        """Score encoded rows and map the outputs back to labels or the target's scale.
+
+        The rows go through the network in chunks that hold at most `max_activation_floats`
+        values (MAX_ACTIVATION_FLOATS); a request within one chunk is one pass, as before.
+        """
+        rows = rows_per_pass(self.network.activation_width, max_activation_floats)
+        outputs = self.network.predict(encoded, loss=self.loss, max_rows=rows)
         return self.preprocessor.decode(backprop.to_numpy(outputs), self.loss)
 
 
@@ -49,17 +55,24 @@ class ModelCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, model_id: str, exists: Callable[[], bool],
+    def get(self, model_id: str, tenant: str, exists: Callable[[], bool],
             load: Callable[[], TrainedModel | None]) -> Predictor | None:
-        """Return the predictor of a model, or None when the model does not exist."""
+        """Return the predictor of a model of `tenant`, or None when it has no such model.
+
+        Another tenant's entry is as absent as a missing one, and leaves no trace: it is
+        neither counted nor moved in the LRU order. `load` must itself return only the
+        tenant's model (None otherwise), so another tenant's id never builds a network
+        or evicts an entry. Counted: a hit per lookup answered from the cache, a miss
+        per model loaded.
+        """
         now = time.monotonic()
         with self._lock:
             entry = self._entries.get(model_id)
             if entry is not None:
+                if entry[0].tenant_id != tenant:
+                    return None
                 self._entries.move_to_end(model_id)
                 self.hits += 1
-            else:
-                self.misses += 1
         if entry is not None:
             predictor, checked_at = entry
             if now - checked_at < self.recheck_s:
@@ -76,16 +89,20 @@ class ModelCache:
             return None
         predictor = Predictor(model)
         with self._lock:
+            self.misses += 1
             self._entries[model_id] = (predictor, now)
             self._entries.move_to_end(model_id)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
         return predictor
 
-    def fresh(self, model_id: str) -> Predictor | None:
-        """Return a cached predictor confirmed within `recheck_s`, else None (no database work)."""
+    def fresh(self, model_id: str, tenant: str) -> Predictor | None:
+        """Return a cached predictor of `tenant` confirmed within `recheck_s`, else None (no database work).
+
+        Another tenant's entry is None, and not counted.
+        """
         entry = self._entries.get(model_id)  # a dict read is atomic; get() does the bookkeeping
-        if entry is None or time.monotonic() - entry[1] >= self.recheck_s:
+        if entry is None or entry[0].tenant_id != tenant or time.monotonic() - entry[1] >= self.recheck_s:
             return None  # not counted: get() follows and counts
         with self._lock:
             self.hits += 1
