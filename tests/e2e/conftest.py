@@ -68,16 +68,21 @@ def tool() -> Callable[[str, str], str]:
 _VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
-def compose_command(service: str, variables: dict[str, str] | None = None) -> list[str]:
-    """Return a compose service's command, its ${VAR:-default}s filled in as compose would."""
-    spec = yaml.safe_load(COMPOSE_FILE.read_text())
-    command = spec["services"][service]["command"]
+def fill_variables(value: str, variables: dict[str, str] | None = None) -> str:
+    """Fill a compose value's ${VAR:-default}s as compose would here (COMPOSE_VARIABLES, `variables`)."""
     values = {**COMPOSE_VARIABLES, **(variables or {})}
 
     def fill(match: re.Match[str]) -> str:
         return values.get(match.group(1), match.group(2) or "")
 
-    return [_VARIABLE.sub(fill, str(part)) for part in command]
+    return _VARIABLE.sub(fill, value)
+
+
+def compose_command(service: str, variables: dict[str, str] | None = None) -> list[str]:
+    """Return a compose service's command, its ${VAR:-default}s filled in as compose would."""
+    spec = yaml.safe_load(COMPOSE_FILE.read_text())
+    command = spec["services"][service]["command"]
+    return [fill_variables(str(part), variables) for part in command]
 
 
 def free_port() -> int:
