@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from flask import current_app, request
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
-from werkzeug.exceptions import BadRequest
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 from service.api.auth import current_tenant
+from service.api.json_provider import JSONTooDeep
 from service.core.problems import ApiError, from_validation_error, invalid, not_found
 from service.core.tenancy import ownership
+from service.core.tenancy.limits import MB
 
 M = TypeVar("M", bound=BaseModel)
 Row = ownership.Row
@@ -20,22 +23,49 @@ DEFAULT_PAGE = 50
 MAX_PAGE = 1000
 
 
-def json_body() -> Any:
-    """Return the request's JSON body, or raise a problem saying what is wrong with it."""
+def json_body(max_rows: Mapping[str, int] | None = None) -> Any:
+    """Return the request's JSON body, or raise a problem saying what is wrong with it.
+
+    The body is read only up to the smaller of MAX_JSON_MB and MAX_UPLOAD_MB: a larger
+    Content-Length is a 413 before a byte is read, and a body without one (chunked) is
+    read no further than one byte past the limit. `max_rows` ({field: most rows}) bounds the lists of
+    the body's top-level fields, counted before anything validates them (a 422 naming
+    the field).
+    """
     if not request.is_json:
         raise ApiError(415, "Unsupported Media Type",
                        f"send application/json (got {request.mimetype or 'no content type'})")
+    json_mb, upload_mb = int(config("MAX_JSON_MB")), int(config("MAX_UPLOAD_MB"))
+    limit_name, limit_mb = ("MAX_JSON_MB", json_mb) if json_mb <= upload_mb else ("MAX_UPLOAD_MB", upload_mb)
+    too_large = ApiError(413, "Request Entity Too Large",
+                         f"the JSON body is larger than {limit_name} ({limit_mb} MB)")
+    # One byte more than the limit: Werkzeug cuts a body without Content-Length there,
+    # silently, so a body read to that length is known to be too long.
+    request.max_content_length = limit_mb * MB + 1
+    try:
+        data = request.get_data(cache=True)  # kept for get_json
+    except RequestEntityTooLarge:  # Content-Length says so: nothing was read
+        raise too_large from None
+    if len(data) > limit_mb * MB:
+        raise too_large
     try:
         body = request.get_json()
     except BadRequest as error:
         # Say where the syntax breaks ("Expecting ',' delimiter: line 1 column 12"): Werkzeug's
         # error has it, and Flask outside debug mode raises a bare one from it.
         cause = error.__cause__ if isinstance(error.__cause__, BadRequest) else error
+        if isinstance(cause.__cause__, JSONTooDeep):
+            raise ApiError(400, "Bad Request", f"the body is {cause.__cause__}", slug="invalid-json") from None
         reason = str(cause.description).removeprefix("Failed to decode JSON object: ")
         raise ApiError(400, "Bad Request", f"the body is not valid JSON: {reason}"[:300],
                        slug="invalid-json") from None
     if body is None:  # the literal null
         raise invalid([{"field": "", "message": "the body must be a JSON object, not null"}])
+    if isinstance(body, dict):
+        for field, most in (max_rows or {}).items():
+            rows = body.get(field)
+            if isinstance(rows, list) and len(rows) > most:
+                raise invalid([{"field": field, "message": f"at most {most:,} rows per request"}])
     return body
 
 

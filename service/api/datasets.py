@@ -14,6 +14,7 @@ from service.api import responses
 from service.api.auth import current_tenant
 from service.api.common import get_or_404, json_body, page_args, validate_body
 from service.api.db import get_session, get_session_factory
+from service.api.models import MAX_PREDICT_ROWS  # one limit on rows in a JSON body
 from service.core.data.parsing import ParsedTable, TableError, describe_target, parse_csv, parse_json_rows
 from service.core.db.store import dataset_input_width, delete_dataset, paginate, save_dataset
 from service.core.db.tables import Dataset, DatasetPayload, Job
@@ -78,14 +79,14 @@ def _from_csv() -> tuple[ParsedTable, dict[str, Any], str]:
     stream_path = getattr(upload.stream, "name", None)
     try:
         if isinstance(stream_path, str) and Path(stream_path).is_file():
-            table = parse_csv(stream_path)
+            table = parse_csv(stream_path, max_columns=current_app.config["MAX_COLUMNS"])
         else:
             # Small parts may arrive in memory (another stream factory); spill them to DATA_DIR.
             path = Path(current_app.config["DATA_DIR"]) / "tmp" / f"upload-{id(upload)}.csv"
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 upload.save(path)
-                table = parse_csv(path)
+                table = parse_csv(path, max_columns=current_app.config["MAX_COLUMNS"])
             finally:
                 path.unlink(missing_ok=True)
         description = describe_target(table, request.form.get("target"), task)
@@ -108,9 +109,10 @@ def name_from_filename(filename: str | None) -> str:
 
 
 def _from_json() -> tuple[ParsedTable, dict[str, Any], str]:
-    body = validate_body(DatasetJson, json_body())
+    # JSON rows are limited as predict's are (CSV uploads are not): counted before validation.
+    body = validate_body(DatasetJson, json_body(max_rows={"data": MAX_PREDICT_ROWS}))
     try:
-        table = parse_json_rows(body.columns, body.data)
+        table = parse_json_rows(body.columns, body.data, max_columns=current_app.config["MAX_COLUMNS"])
         description = describe_target(table, body.target, body.task)
     except TableError as error:
         raise _table_error(error) from None

@@ -11,6 +11,16 @@ from flask.json.provider import DefaultJSONProvider
 # write dates in ISO 8601, Flask writes HTTP dates).
 DUMPS_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 COMPACT = (",", ":")
+# orjson's limit on nested arrays and objects; the json module's recursion stops near Python's
+# recursion limit (1,000) and raises RecursionError, which is no ValueError.
+MAX_JSON_DEPTH = 1024
+
+
+class JSONTooDeep(ValueError):
+    """A body nests arrays and objects deeper than the parsers go: a 400, not a RecursionError."""
+
+    def __init__(self) -> None:
+        super().__init__(f"nested deeper than {MAX_JSON_DEPTH:,} levels of arrays and objects")
 
 
 class ServiceJSONProvider(DefaultJSONProvider):
@@ -24,6 +34,9 @@ class ServiceJSONProvider(DefaultJSONProvider):
       surrogate) is parsed again by the json module, which accepts them as
       before, so the view still answers with the field at fault, and a body
       that is not JSON gets the json module's error message;
+    - a body nested deeper than either parser goes (orjson stops at 1,024 levels,
+      the json module near Python's recursion limit) raises JSONTooDeep, a
+      ValueError, so that it is a 400 as any other body that cannot be read;
     - what orjson cannot write the same way (keys that are not strings,
       integers beyond 64 bits, a lone surrogate) is written by the json module
       as before; dates and dataclasses go through Flask's `default`.
@@ -43,7 +56,10 @@ class ServiceJSONProvider(DefaultJSONProvider):
                 return orjson.loads(s)
             except orjson.JSONDecodeError:
                 pass  # the json module's rules decide, and word the error
-        return super().loads(s, **kwargs)
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise JSONTooDeep() from None
 
     def dumps(self, obj: Any, **kwargs: Any) -> str:
         """Write compact JSON (as `response` asks for) with orjson; anything else with the json module."""

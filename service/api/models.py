@@ -118,7 +118,8 @@ def predict(model_id: str) -> Any:
             raise invalid(error.errors) from None
         _check_predict_size(predictor, len(encoded), "csv")
     else:
-        request_body = validate_body(PredictRequest, json_body())
+        rows_at_most = {"inputs": MAX_PREDICT_ROWS, "records": MAX_PREDICT_ROWS}  # counted before validation
+        request_body = validate_body(PredictRequest, json_body(max_rows=rows_at_most))
         rows = request_body.inputs if request_body.inputs is not None else request_body.records
         assert rows is not None
         field = "inputs" if request_body.inputs is not None else "records"

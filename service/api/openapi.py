@@ -24,6 +24,7 @@ from pydantic.json_schema import models_json_schema
 from service.api import responses
 from service.api.browser import STATE_CHANGING_METHODS
 from service.api.common import DEFAULT_PAGE, MAX_PAGE
+from service.api.json_provider import MAX_JSON_DEPTH
 from service.api.networks import MAX_WIDTH
 from service.core.models import export
 from service.core.problems import PROBLEM_JSON
@@ -44,13 +45,14 @@ def _ref(model: type[BaseModel] | str) -> dict[str, str]:
 
 # The problem responses (RFC 9457) an operation can give, each with what causes it.
 PROBLEM_CAUSES = {
-    400: "the body is not valid JSON",
+    400: f"the body is not valid JSON, or nests arrays and objects deeper than {MAX_JSON_DEPTH:,} levels",
     401: "no API key, or one that is not known (AUTH=on)",
     403: "AUTH=off: a state change sent by another origin's web page (Origin, Sec-Fetch-Site)",
     404: "no resource with this id",
     409: "the resource's state forbids it",
-    413: ("the body is larger than MAX_UPLOAD_MB, or the tenant would store more than TENANT_MAX_STORED_MB, "
-          "or a /predict passes more than MAX_PREDICT_VALUES values through its network"),
+    413: ("the body is larger than MAX_UPLOAD_MB (a JSON body: MAX_JSON_MB), or the tenant would store more "
+          "than TENANT_MAX_STORED_MB, or a /predict passes more than MAX_PREDICT_VALUES values through its "
+          "network"),
     415: "a media type the operation does not take",
     421: "AUTH=off: a Host that is not 127.0.0.1, localhost or [::1] (DNS rebinding)",
     422: "a field is invalid; `errors` names each",

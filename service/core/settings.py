@@ -38,7 +38,8 @@ _SECONDS = ("REAPER_INTERVAL_S", "LEASE_TIMEOUT_S", "REQUEUE_QUEUED_AFTER_S", "J
             "EVENTS_POLL_S", "EVENTS_HEARTBEAT_S", "EVENTS_MAX_S", "KEY_CACHE_TTL_S")
 _POSITIVE_INTEGERS = ("PORT", "MAX_UPLOAD_MB", "MAX_PARAMETERS", "MAX_ACTIVATION_FLOATS",
                       "MAX_PREDICT_VALUES", "TENANT_MAX_CONCURRENT_JOBS",
-                      "TENANT_MAX_STORED_MB", "MODEL_CACHE_SIZE", "CELERY_CONCURRENCY")
+                      "TENANT_MAX_STORED_MB", "MODEL_CACHE_SIZE", "CELERY_CONCURRENCY",
+                      "MAX_JSON_MB", "MAX_COLUMNS")
 
 
 # Set while Settings are made from a mapping alone: the process's environment is not read then.
@@ -85,6 +86,15 @@ class Settings(BaseSettings):
 
     # --- what a request may ask ----------------------------------------------------------------
     MAX_UPLOAD_MB: int = Field(512, description="largest accepted upload; larger ones get 413")
+    # A JSON body becomes Python objects 7 to 22 times its size (16 MB of rows: 120 to 350 MB)
+    # before anything can count or validate them.
+    MAX_JSON_MB: int = Field(16, description=(
+        "largest JSON body (dataset rows, a predict's inputs, a network, a job); a larger one is a 413 "
+        "naming this limit, checked before the body is read (the smaller of this and `MAX_UPLOAD_MB` "
+        "applies)"))
+    MAX_COLUMNS: int = Field(10_000, description=(
+        "most columns a dataset may have (CSV or JSON rows); a wider one is a 422, counted right after "
+        "the header, before any row is read"))
     # Trainable scalars a network may have (weights and biases): 200 MB of float32, a few
     # times that with gradients and Adam's moments. Checked before anything is allocated.
     MAX_PARAMETERS: int = Field(50_000_000, description=(

@@ -8,7 +8,12 @@ every bad cell, the second fills the matrix.
 A CSV file whose every column is numeric (the common large upload) is read by
 pyarrow's multi-threaded reader instead, about 10x faster; anything else that
 reader does not take cleanly (strings, empty cells, ragged rows, non-finite
-numbers) goes through the csv-module path above, which reports the errors.
+numbers, numbers beyond float32) goes through the csv-module path above, which
+reports the errors.
+
+A table has at most MAX_COLUMNS columns, counted before anything else is read: a
+CSV header's fields are counted in the file itself, so that a header of millions
+of names is refused without the csv module building their list.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ import hashlib
 import io
 import json
 import math
+import mmap
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -28,6 +35,7 @@ from typing import IO, Any
 import numpy as np
 
 from service.core.problems import FieldError, FieldErrors
+from service.core.settings import setting_default
 
 MAX_CATEGORIES = 10_000
 MAX_CLASSIFICATION_INTEGER_LABELS = 20
@@ -35,6 +43,15 @@ MAX_ERRORS = 20
 CHUNK_ROWS = 8192
 # The fast CSV path parses this much text at a time.
 CSV_BLOCK_BYTES = 4 << 20
+# The store holds float32: a number beyond it would be stored as infinity.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_RANGE = "\u00b1" + f"{FLOAT32_MAX:.1e}".replace("e+", "e")  # as messages say it: ±3.4e38
+DEFAULT_MAX_COLUMNS: int = setting_default("MAX_COLUMNS")
+# One field of a CSV record as the csv module reads it (excel dialect): a quoted part
+# ("" is a quote within it) and what follows up to the separator, or an unquoted run
+# (where a quote is a character). Unrolled, so that an unclosed quote cannot backtrack.
+CSV_FIELD = re.compile(rb'"[^"]*(?:""[^"]*)*"[^,\r\n]*|[^,\r\n]*')
+CSV_BLANK_LINES = re.compile(rb"[\r\n]*")
 
 # A row as the parser sees it: (1-based data row, where it is for humans, cells).
 Row = tuple[int, str, list[str]]
@@ -155,9 +172,15 @@ def _csv_rows(path: Path, field: str) -> tuple[list[str], Callable[[], Iterator[
 OTHER_SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "vertical bars"}
 
 
-def parse_csv(path: str | Path, field: str = "file") -> ParsedTable:
-    """Parse a CSV file with a header row."""
+def parse_csv(path: str | Path, field: str = "file", max_columns: int = DEFAULT_MAX_COLUMNS) -> ParsedTable:
+    """Parse a CSV file with a header row of at most `max_columns` names."""
+    too_wide = TableError([{"field": field, "message": f"the file has more than {max_columns:,} columns; "
+                                                       f"MAX_COLUMNS is {max_columns:,}"}])
+    if _header_wider_than(Path(path), max_columns):
+        raise too_wide
     header, rows = _csv_rows(Path(path), field)
+    if len(header) > max_columns:  # (the count above is the csv module's; this says so if ever not)
+        raise too_wide
     if len(header) == 1:
         for separator, word in OTHER_SEPARATORS.items():
             if separator in header[0]:
@@ -169,15 +192,42 @@ def parse_csv(path: str | Path, field: str = "file") -> ParsedTable:
     return parse_rows(header, rows, field=field, row_field=None)
 
 
+def _header_wider_than(path: Path, limit: int) -> bool:
+    """Say whether the file's header record has more than `limit` fields, reading no more than those.
+
+    The fields are matched in the file mapped into memory, one at a time, as the csv
+    module would split them (a BOM and blank lines first skipped), and counting stops
+    past `limit`: memory stays flat however long the header is.
+    """
+    with path.open("rb") as handle:
+        try:
+            view = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # an empty file, which _csv_rows words
+            return False
+    with view:
+        start = len(b"\xef\xbb\xbf") if view[:3] == b"\xef\xbb\xbf" else 0
+        position = CSV_BLANK_LINES.match(view, start).end()  # type: ignore[union-attr]  # * always matches
+        fields = 0
+        while True:
+            fields += 1
+            if fields > limit:
+                return True
+            position = CSV_FIELD.match(view, position).end()  # type: ignore[union-attr]
+            if view[position:position + 1] != b",":
+                return False
+            position += 1
+
+
 def _parse_numeric_csv(path: Path, header: list[str]) -> ParsedTable | None:
     """Read an all-numeric CSV with pyarrow; None when the table needs the csv-module path.
 
     That path defines the rules; this one only takes files on which both agree:
     the same stripped header, no quotes, every column int64 or double, every value
-    finite, at least one data row. The file is read in blocks of whole lines into a
+    finite and within float32, at least one data row. The file is read in blocks of whole lines into a
     matrix sized by its line count, so memory stays near the matrix itself.
     """
-    if not header or any(not name for name in header) or len(set(header)) != len(header):
+    # Names the csv-module path refuses (empty, repeated, holding a NUL) are refused there.
+    if not header or any(not name or "\x00" in name for name in header) or len(set(header)) != len(header):
         return None
     import pyarrow as pa  # noqa: PLC0415 - only uploads need it; workers never load it
     import pyarrow.csv as pa_csv  # noqa: PLC0415
@@ -218,7 +268,8 @@ def _parse_numeric_csv(path: Path, header: list[str]) -> ParsedTable | None:
                 row = n_rows
                 for chunk in table.column(j).chunks:
                     column = _chunk_as_float64(chunk)
-                    if column is None or not np.isfinite(column).all():
+                    # NaN compares false: non-finite values and those beyond float32 fall out here.
+                    if column is None or not (np.abs(column) <= FLOAT32_MAX).all():
                         return None
                     values[row:row + len(column), j] = column
                     row += len(column)
@@ -256,8 +307,12 @@ def _json_cell(value: Any) -> str:
     return str(value)
 
 
-def parse_json_rows(columns: list[str], data: list[list[Any]]) -> ParsedTable:
-    """Parse a table given as JSON column names and rows of numbers, strings or nulls."""
+def parse_json_rows(columns: list[str], data: list[list[Any]],
+                    max_columns: int = DEFAULT_MAX_COLUMNS) -> ParsedTable:
+    """Parse a table given as JSON column names (at most `max_columns`) and rows of numbers, strings or nulls."""
+    if len(columns) > max_columns:
+        raise TableError([{"field": "columns", "message": f"{len(columns):,} columns; "
+                                                          f"MAX_COLUMNS is {max_columns:,}"}])
 
     def rows() -> Iterator[Row]:
         for index, row in enumerate(data):
@@ -336,7 +391,8 @@ class _RowSurvey:
     numeric_count: list[int]  # non-empty cells that parse as numbers, finite or not
     filled_count: list[int]  # non-empty cells
     first_missing: list[tuple[int, str] | None]  # (row number, place) of the first empty cell
-    first_not_number: list[tuple[int, str, str] | None]  # (row number, place, cell) of the first non-finite one
+    # (row number, place, cell) of the first that is not a number float32 holds
+    first_not_number: list[tuple[int, str, str] | None]
     strings: list[set[str]]  # distinct non-number cells, up to one past MAX_CATEGORIES
 
     def kinds(self) -> list[str]:
@@ -372,9 +428,10 @@ def _survey_rows(header: list[str], rows: Callable[[], Iterable[Row]], field: st
             filled_count[j] += 1
             value = _float_or_none(cell)
             if value is not None:
-                # nan, inf and 1e999 count too: numbers, if not finite ones (errors in a numeric column).
+                # nan, inf, 1e999 and 1e39 count too: numbers, if not ones the store holds as float32
+                # (errors in a numeric column).
                 numeric_count[j] += 1
-                if math.isfinite(value):
+                if math.isfinite(value) and abs(value) <= FLOAT32_MAX:
                     continue
             elif "\x00" in cell and len(errors) < MAX_ERRORS:
                 errors.append({"field": _error_field(field, row_field, number, j), "row": number,
@@ -401,10 +458,13 @@ def _column_errors(header: list[str], kinds: list[str], survey: _RowSurvey, fiel
         not_number = survey.first_not_number[j]
         if kinds[j] == "numeric" and not_number is not None:
             number, place, cell = not_number
-            what = "a number" if _float_or_none(cell) is None else "a finite number"
+            value = _float_or_none(cell)
+            if value is not None and math.isfinite(value):
+                problem = f"is beyond the float32 range ({FLOAT32_RANGE})"
+            else:
+                problem = f"is not {'a number' if value is None else 'a finite number'} (the column is numeric)"
             errors.append({"field": _error_field(field, row_field, number, j), "row": number, "column": name,
-                           "message": f"{place}, column {name!r}: {cell[:50]!r} is not {what} "
-                                      f"(the column is numeric)"})
+                           "message": f"{place}, column {name!r}: {cell[:50]!r} {problem}"})
         if kinds[j] == "string" and len(survey.strings[j]) > MAX_CATEGORIES:
             errors.append({"field": field, "column": name,
                            "message": f"column {name!r} has more than {MAX_CATEGORIES} distinct "

@@ -16,10 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from service.core.data.parsing import ParsedTable, parse_number
+from service.core.data.parsing import FLOAT32_MAX, ParsedTable, parse_number
 from service.core.problems import FieldError, FieldErrors
-
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _csv_text(body: bytes) -> str:
