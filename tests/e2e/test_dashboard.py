@@ -53,6 +53,11 @@ def api_key(stack: Any) -> str | None:
 # --- the browser --------------------------------------------------------------------------------
 
 
+def chromium_path() -> str | None:
+    """The chromium to drive: $BACKPROP_CHROMIUM or /usr/bin/chromium, else the one on PATH."""
+    return CHROMIUM if os.access(CHROMIUM, os.X_OK) else shutil.which("chromium")
+
+
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
     """Debian's chromium, headless, driven by Playwright (no `playwright install` download)."""
@@ -62,8 +67,7 @@ def browser() -> Iterator[Any]:
 
     with sync_playwright() as playwright:
         # No sandbox: CI and containers run the tests as root, where chromium's sandbox refuses to start.
-        browser = playwright.chromium.launch(executable_path=CHROMIUM if os.access(CHROMIUM, os.X_OK)
-                                             else shutil.which("chromium"), args=["--no-sandbox"])
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
         yield browser
         browser.close()
 
@@ -77,18 +81,24 @@ def new_page(browser: Any, stack: Any, key: str | None) -> Any:
     page.set_default_timeout(WAIT_MS)
     page.js_errors = []
     page.on("pageerror", lambda error: page.js_errors.append(str(error)))
+    # What the pages' Content-Security-Policy (service/api/browser.py) blocks, chromium logs as an error.
+    page.csp_violations = []
+    page.on("console", lambda message: page.csp_violations.append(message.text)
+            if message.type == "error" and "Content Security Policy" in message.text else None)
     return page
 
 
 @pytest.fixture
 def page(browser: Any, stack: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A page that carries the stack's key; screenshotted at the end, then checked for script errors."""
+    """A page that carries the stack's key; screenshotted at the end, then checked for script errors
+    and for anything its Content-Security-Policy blocked."""
     page = new_page(browser, stack, api_key(stack))
     yield page
     save_screenshot(page, request)
-    errors = page.js_errors
+    errors, violations = page.js_errors, page.csp_violations
     page.context.close()
     assert not errors, f"the page's JavaScript failed: {errors}"
+    assert not violations, f"the page's Content-Security-Policy blocked: {violations}"
 
 
 def save_screenshot(page: Any, request: pytest.FixtureRequest) -> Path:
@@ -325,6 +335,91 @@ def test_the_page_asks_for_a_key_when_the_api_answers_401(stack, browser, reques
         assert not form.is_visible()
         assert page.evaluate(f"() => localStorage.getItem({json.dumps(KEY_STORAGE)})") == key
         assert not page.js_errors, page.js_errors
+        assert not page.csp_violations, page.csp_violations
     finally:
         page.context.close()
 
+
+# --- browser-facing defaults (service/api/browser.py) ------------------------------------------
+
+OPEN_SQLITE = pytest.mark.parametrize("open_stack", ["sqlite"], indirect=True)
+
+
+@SQLITE
+def test_the_api_docs_page_renders_under_its_policy(stack, page):
+    answer = page.goto("/docs")
+    assert "script-src 'self'" in answer.headers["content-security-policy"]
+    page.locator("#ops details.op").first.wait_for()
+    assert page.locator("#ops details.op").count() >= 20
+    assert page.locator("#schemas h3").count() >= 10
+
+
+@pytest.fixture
+def other_site() -> Iterator[str]:
+    """The URL of a page of another origin on this machine (a plain page, of no policy)."""
+    import http.server
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            body = b"<!doctype html><title>another site</title><p>another site"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@OPEN_SQLITE
+def test_with_auth_off_the_dashboard_changes_state_and_another_origins_page_cannot(open_stack, browser, request,
+                                                                                   other_site):
+    page = new_page(browser, open_stack, None)
+    try:
+        page.goto("/ui")  # http://127.0.0.1:PORT: the service's own origin
+        page.locator("#jobs").wait_for(state="attached")
+        created = page.evaluate("""async () => (await fetch("/v1/networks", {method: "POST",
+            headers: {"Content-Type": "application/json"},
+            body: JSON.stringify({layers: [{type: "dense", units: 2}]})})).status""")
+        assert created == 201
+        # Another site's page on the same machine posts a form there: the browser sends it
+        # (its answer hidden from the page), the service refuses it.
+        before = len(open_stack.request("GET", "/v1/datasets")["items"])
+        page.goto(other_site)
+        kind = page.evaluate("""async (url) => {
+            const body = new FormData();
+            body.append("file", new Blob(["a,b\\n1,2\\n3,4\\n"], {type: "text/csv"}), "x.csv");
+            return (await fetch(url, {method: "POST", body, mode: "no-cors"})).type; }""",
+                             open_stack.url("/v1/datasets"))
+        assert kind == "opaque"  # sent, and its answer hidden from the page
+        assert len(open_stack.request("GET", "/v1/datasets")["items"]) == before
+        assert re.search(r'"POST /v1/datasets HTTP/1\.1" 403 ', open_stack.log_text()), open_stack.log_text()
+        save_screenshot(page, request)
+        assert not page.js_errors and not page.csp_violations, (page.js_errors, page.csp_violations)
+    finally:
+        page.context.close()
+
+
+@OPEN_SQLITE
+def test_with_auth_off_a_page_that_reaches_the_service_by_another_name_is_refused(open_stack, browser):
+    """DNS rebinding: the browser resolves a name of the attacker's to 127.0.0.1."""
+    rebinding = browser.browser_type.launch(executable_path=chromium_path(), args=[
+        "--no-sandbox", "--host-resolver-rules=MAP rebound.test 127.0.0.1"])
+    try:
+        page = rebinding.new_page()
+        answer = page.goto(f"http://rebound.test:{open_stack.port}/ui")
+        assert answer.status == 421
+        assert answer.json()["type"] == "urn:backprop:problem:host-not-allowed"
+        assert page.goto(f"http://127.0.0.1:{open_stack.port}/ui").status == 200
+    finally:
+        rebinding.close()
