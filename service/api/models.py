@@ -26,11 +26,10 @@ from service.core.db.tables import TrainedModel
 from service.core.ids import isoformat
 from service.core.models.cache import ModelCache, Predictor
 from service.core.problems import ApiError, invalid, not_found
-from service.core.schemas import PredictRequest
+from service.core.schemas import MAX_PREDICT_ROWS, PredictRequest
 
 bp = Blueprint("models", __name__, url_prefix="/v1/models")
 
-MAX_PREDICT_ROWS = 100_000
 # What /predict can answer; JSON unless the client prefers CSV.
 ANSWER_TYPES = ["application/json", "text/csv"]
 

@@ -158,7 +158,9 @@ OPERATIONS: dict[str, Operation] = {
                                         links=_id_links("dataset_id", "/items/0/id")),
     "datasets.get_dataset": Operation(_json(responses.Dataset)),
     "datasets.remove_dataset": Operation(None, 204, problems=(409,)),
-    "networks.validate_network": Operation(_json(responses.Validation), body=JSON_BODY, query=WIDTH_QUERY),
+    "networks.validate_network": Operation(
+        _json(responses.Validation), body={"application/json": {"schema": _ref("NetworkToCheck")}},
+        query=WIDTH_QUERY),
     "networks.create_network": Operation(_json(responses.Network), 201, body=JSON_BODY, query=WIDTH_QUERY,
                                          links=_id_links("network_id", "/id")),
     "networks.list_networks": Operation(_json(responses.NetworkPage), query=LIST_QUERY,
@@ -175,7 +177,9 @@ OPERATIONS: dict[str, Operation] = {
         links={**_id_links("job_id", "/items/0/id"), **_id_links("model_id", "/items/0/model_id")}),
     "jobs.get_job": Operation(_json(responses.Job), links=_id_links("model_id", "/model_id")),
     "jobs.get_job_metrics": Operation(_json(responses.JobMetrics), query=[
-        _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": MAX_PAGE}), LIST_QUERY[1]]),
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": MAX_PAGE}),
+        _query("cursor", {"type": "string", "pattern": "^([0-9]{1,9})?$"},
+               "next_cursor of the previous page (the last epoch it held); empty: the first")]),
     "jobs.cancel_job": Operation(_json(responses.Job), 202, problems=(409,)),
     "events.job_events": Operation(
         {"text/event-stream": {"schema": EVENT_SCHEMA}},

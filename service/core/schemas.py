@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    create_model,
+    model_validator,
+)
 
 import backprop
+from backprop.activations import ACTIVATIONS
 from backprop.config import TrainingConfig
+from backprop.initializers import INITIALIZERS
+from backprop.spec import COMMON_KEYS, INPUT, MAX_NODES, MAX_UNITS, NODE_KEYS, REQUIRED
 
 Cell = Annotated[float | str | None, Field(description="a number, a string, or null (missing)")]
 Task = Literal["classification", "regression"]
@@ -35,6 +46,12 @@ def _training_field(spec: dataclasses.Field) -> tuple[Any, Any]:
     annotation = Literal[tuple(meta.pop("choices"))] if "choices" in meta else _TYPES[kind]
     description = meta.pop("description", None)
     bounds = {k: v for k, v in meta.items() if k in {"ge", "gt", "le", "lt"}}
+    if bounds and kind.endswith(" | None"):
+        # On `X | None` the bounds go on the number, so that the JSON Schema states them
+        # (as minimum, exclusiveMinimum, ...) on its branch; validation is the same.
+        number = {"int": int, "float": float}[kind.removesuffix(" | None")]
+        annotation = Annotated[number, Field(**bounds), BeforeValidator(_json_number)] | None
+        bounds = {}
     return annotation, Field(default=spec.default, description=description, **bounds)
 
 
@@ -50,13 +67,78 @@ TrainingSchema: type[BaseModel] = create_model(  # type: ignore[call-overload]  
 )
 
 
+# The JSON Schema of each parameter a node may have (backprop.spec.NODE_KEYS names them,
+# backprop.spec._check_param holds the rules these restate: units from 1 to MAX_UNITS,
+# names from the engine's tables, 0 <= rate < 1).
+NODE_PARAMETER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "units": {"type": "integer", "minimum": 1, "maximum": MAX_UNITS},
+    "activation": {"enum": list(ACTIVATIONS)},
+    "init": {"enum": list(INITIALIZERS)},
+    "use_bias": {"type": "boolean"},
+    "rate": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+}
+assert {key for keys in NODE_KEYS.values() for key in keys} == set(NODE_PARAMETER_SCHEMAS), \
+    "a node parameter of backprop.spec.NODE_KEYS has no JSON Schema here"
+# Node types that join several inputs: a stack feeds each layer one input, so they are graph-only.
+JOINING_NODE_TYPES = ("add", "concat")
+NODE_NAME_SCHEMA = {"type": "string", "minLength": 1, "not": {"const": INPUT},
+                    "description": f"unique in the network; {INPUT!r} names the network's input"}
+DEFINITION_NAME_SCHEMA = {"type": ["string", "null"], "maxLength": 200,
+                          "description": "a name to find it by (POST /v1/networks only)"}
+
+
+def _node_schema(node_type: str, graph: bool) -> dict[str, Any]:
+    """Return the JSON Schema of one node of `node_type`, in the graph form or as a layer of a stack."""
+    keys = NODE_KEYS[node_type]
+    properties: dict[str, Any] = {"type": {"const": node_type}, "name": NODE_NAME_SCHEMA}
+    required = ["type"]
+    if graph:
+        properties["inputs"] = {"type": "array", "items": {"type": "string"},
+                                "minItems": 2 if node_type in JOINING_NODE_TYPES else 1,
+                                # add may sum an input with itself; the others take each once
+                                "uniqueItems": node_type != "add",
+                                "description": "node names, or 'input'"}
+        required = ["name", "type", "inputs"]
+    properties |= {key: NODE_PARAMETER_SCHEMAS[key] for key in keys}
+    required += [key for key, default in keys.items() if default is REQUIRED]
+    assert set(properties) <= COMMON_KEYS | set(keys)
+    return {"type": "object", "title": f"{node_type} {'node' if graph else 'layer'}", "properties": properties,
+            "required": required, "additionalProperties": False}
+
+
+def _definition_schema(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """Replace the model's loose fields by the engine's rules: a stack (`layers`) or a graph
+    (`nodes`, `output`), each node of a type the engine knows, with its parameters' bounds.
+
+    What JSON Schema cannot say stays with backprop.validate: names unique and referring to
+    nodes of the graph, no cycle, every node feeding the output, the widths, the parameter budget.
+    """
+    def nodes(graph: bool) -> dict[str, Any]:
+        types = [t for t in NODE_KEYS if graph or t not in JOINING_NODE_TYPES]
+        return {"type": "array", "minItems": 1, "maxItems": MAX_NODES,
+                "items": {"oneOf": [_node_schema(t, graph) for t in types]}}
+
+    for key in ("properties", "required", "additionalProperties"):
+        schema.pop(key, None)
+    schema["oneOf"] = [
+        {"type": "object", "title": "stack", "required": ["layers"], "additionalProperties": False,
+         "properties": {"name": DEFINITION_NAME_SCHEMA,
+                        "layers": nodes(graph=False) | {"description": "layers in order, each fed by the one before"}}},
+        {"type": "object", "title": "graph", "required": ["nodes"], "additionalProperties": False,
+         "properties": {"name": DEFINITION_NAME_SCHEMA,
+                        "nodes": nodes(graph=True),
+                        "output": {"type": "string", "description": "the output node's name; default the last node"}}},
+    ]
+
+
 class NetworkDefinition(BaseModel):
     """A network: `layers` (a stack) or `nodes` + `output` (a graph); see docs/design.md.
 
-    The engine (backprop.validate) checks the content and reports every problem at once.
+    The engine (backprop.validate) checks the content and reports every problem at once; the
+    JSON Schema states its rules as far as JSON Schema can (_definition_schema).
     """
 
-    model_config = ConfigDict(extra="allow", title="NetworkDefinition")
+    model_config = ConfigDict(extra="allow", title="NetworkDefinition", json_schema_extra=_definition_schema)
 
     name: str | None = Field(default=None, max_length=200,
                              description="a name to find it by (POST /v1/networks only)")
@@ -67,30 +149,64 @@ class NetworkDefinition(BaseModel):
     output: str | None = Field(default=None, description="graph form: the output node's name")
 
 
+class NetworkToCheck(NetworkDefinition):
+    """A definition to check (POST /v1/networks/validate): only its outer shape is the schema's,
+    since the problems of its content are the answer (`valid`, `problems`), not a 422."""
+
+    model_config = ConfigDict(title="NetworkToCheck", json_schema_extra=None)
+
+
+# The parser's rules for a column name (service.core.data.parsing._check_header, after
+# stripping: not empty, no NUL) and for a cell (a number, or a string that is not blank;
+# an empty cell is a missing value, which is an error in every column).
+COLUMN_NAME_SCHEMA: dict[str, Any] = {"type": "string", "pattern": "^[^\\u0000]*\\S[^\\u0000]*$"}
+TABLE_CELL_SCHEMA: dict[str, Any] = {
+    "type": ["number", "string"], "pattern": "\\S",
+    "description": "a number or a string; a column is numeric when most of its cells are numbers"}
+
+
 class DatasetJson(BaseModel):
     """A dataset given as JSON rows (the alternative to a multipart CSV upload)."""
 
     model_config = ConfigDict(extra="forbid", title="DatasetJson")
 
     name: str | None = Field(default=None, max_length=200)
-    columns: list[str] = Field(min_length=1, description="column names")
-    data: list[list[Cell]] = Field(description="rows of cells, one per column")
+    columns: list[str] = Field(min_length=1, description="column names (a target and at least one feature)",
+                               json_schema_extra={"minItems": 2, "uniqueItems": True, "items": COLUMN_NAME_SCHEMA})
+    data: list[list[Cell]] = Field(description="rows of cells, one per column; every cell filled",
+                                   json_schema_extra={"minItems": 1, "items": {
+                                       "type": "array", "minItems": 2, "items": TABLE_CELL_SCHEMA}})
     target: str | list[str] | None = Field(
-        default=None, description="target column(s); default the last column")
+        default=None, description="target column(s); default the last column",
+        json_schema_extra={"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"},
+                                                          "minItems": 1, "uniqueItems": True},
+                                     {"type": "null"}]})
     task: Task | None = Field(default=None, description="inferred when absent")
+
+
+def _form_fields_schema(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """A form field is text or absent, never null: drop the null branch of each optional field."""
+    for field_schema in schema.get("properties", {}).values():
+        branches = [b for b in field_schema.get("anyOf", []) if b != {"type": "null"}]
+        if len(branches) == 1:
+            del field_schema["anyOf"]
+            field_schema.update(branches[0])
+            if field_schema.get("default", 0) is None:
+                del field_schema["default"]
 
 
 class DatasetUpload(BaseModel):
     """Fields of a multipart/form-data dataset upload."""
 
-    model_config = ConfigDict(title="DatasetUpload")
+    model_config = ConfigDict(title="DatasetUpload", json_schema_extra=_form_fields_schema)
 
     file: bytes = Field(json_schema_extra={"format": "binary"},
                         description="CSV with a header row (UTF-8; quoted fields, BOM and CRLF are fine)")
     name: str | None = Field(default=None, description="default: the file's name")
     target: str | None = Field(default=None, description="target column; several comma-separated "
                                                          "for multi-output regression; default the last column")
-    task: Task | None = Field(default=None, description="inferred when absent")
+    task: Task | None = Field(default=None, description="inferred when absent or empty",
+                              json_schema_extra={"anyOf": [{"type": "string", "enum": [*get_args(Task), ""]}]})
 
 
 # The longest a job may ask to run (time_limit_s): a week.
@@ -100,7 +216,13 @@ MAX_JOB_TIME_LIMIT_S = 7 * 24 * 3600
 class JobCreate(BaseModel):
     """A training job: a dataset, a network (inline, by id, or a model's), training fields, a device."""
 
-    model_config = ConfigDict(extra="forbid", title="JobCreate")
+    model_config = ConfigDict(extra="forbid", title="JobCreate", json_schema_extra={
+        # _one_network's rule: not both of network and network_id; one of them or init_from_model.
+        "not": {"required": ["network", "network_id"],
+                "properties": {"network": {"type": "object"}, "network_id": {"type": "string"}}},
+        "anyOf": [{"required": [key], "properties": {key: {"type": kind}}}
+                  for key, kind in (("network", "object"), ("network_id", "string"),
+                                    ("init_from_model", "string"))]})
 
     dataset_id: str = Field(min_length=1)
     network: NetworkDefinition | None = None
@@ -127,15 +249,32 @@ class JobCreate(BaseModel):
         return self
 
 
+# The most rows one predict request may score.
+MAX_PREDICT_ROWS = 100_000
+# A cell to score (service.core.data.preprocessing.Preprocessor._cell): a number, or a string
+# (a category, or a number as text); null, booleans, lists and objects are errors.
+PREDICT_CELL_SCHEMA = {"type": ["number", "string"]}
+
+
+def _rows_schema(row: dict[str, Any]) -> dict[str, Any]:
+    """The JSON Schema of a list of rows to score: 1 to MAX_PREDICT_ROWS of `row`, or null."""
+    return {"anyOf": [{"type": "array", "minItems": 1, "maxItems": MAX_PREDICT_ROWS, "items": row},
+                      {"type": "null"}]}
+
+
 class PredictRequest(BaseModel):
     """Rows to score: `inputs` (lists in training feature order) or `records` (objects)."""
 
-    model_config = ConfigDict(extra="forbid", title="PredictRequest")
+    model_config = ConfigDict(extra="forbid", title="PredictRequest", json_schema_extra={
+        # _one_form's rule: exactly one of the two is a list.
+        "oneOf": [{"required": [key], "properties": {key: {"type": "array"}}} for key in ("inputs", "records")]})
 
     inputs: list[Any] | None = Field(default=None, description="[[value, ...], ...] in feature order",
-                                     json_schema_extra={"items": {"type": "array"}})
+                                     json_schema_extra=_rows_schema({"type": "array", "minItems": 1,
+                                                                     "items": PREDICT_CELL_SCHEMA}))
     records: list[Any] | None = Field(default=None, description="[{column: value, ...}, ...]",
-                                      json_schema_extra={"items": {"type": "object"}})
+                                      json_schema_extra=_rows_schema({"type": "object", "minProperties": 1,
+                                                                      "additionalProperties": PREDICT_CELL_SCHEMA}))
 
     @model_validator(mode="after")
     def _one_form(self) -> PredictRequest:
@@ -144,7 +283,7 @@ class PredictRequest(BaseModel):
         return self
 
 
-REQUEST_MODELS: list[type[BaseModel]] = [DatasetJson, DatasetUpload, NetworkDefinition,
+REQUEST_MODELS: list[type[BaseModel]] = [DatasetJson, DatasetUpload, NetworkDefinition, NetworkToCheck,
                                          JobCreate, TrainingSchema, PredictRequest]
 
 JOB_LOSS_FOR_TASK = {"classification": "cross_entropy", "regression": "mse"}

@@ -540,6 +540,8 @@ def describe_target(table: ParsedTable, target: str | list[str] | None,
     else:
         targets = [str(t).strip() for t in target]
     errors: list[FieldError] = []
+    if not targets:  # a list with no names, or a string of commas
+        errors.append({"field": "target", "message": "name at least one target column"})
     for name in targets:
         if name not in names:
             errors.append({"field": "target", "message": f"unknown target column {name!r}; "
