@@ -1,6 +1,8 @@
 """Fuzz every operation of /openapi.json with schemathesis, through the WSGI app (AUTH on, a key sent).
 
-Two runs, both with schemathesis's default checks and the exceptions of schemathesis.toml:
+Two runs, both with schemathesis's default checks and the exceptions of schemathesis.toml
+(whose `hooks`, tests/schemathesis_hooks.py, fit valid cases to the rules JSON Schema cannot
+state; without BACKPROP_FUZZ_IDS they leave the ids alone, which this test mixes in itself):
 - each operation gets generated requests, valid and invalid by its schema, with real ids of
   each kind mixed into the id paths (so they are exercised beyond 404);
 - the stateful run follows the document's `links` from the list and create operations to
