@@ -56,7 +56,8 @@ PROBLEM_CAUSES = {
     415: "a media type the operation does not take",
     421: "AUTH=off: a Host that is not 127.0.0.1, localhost or [::1] (DNS rebinding)",
     422: "a field is invalid; `errors` names each",
-    429: "the tenant has TENANT_MAX_CONCURRENT_JOBS jobs queued or running (see Retry-After)",
+    429: ("a limit is reached (see Retry-After; `errors[0].field` names it): TENANT_MAX_CONCURRENT_JOBS jobs "
+          "queued or running, or EVENTS_MAX_STREAMS_PER_TENANT / _PER_PROCESS event streams open"),
     503: "the database or the broker does not answer, or the process ran out of memory (see Retry-After)",
 }
 
@@ -184,6 +185,7 @@ OPERATIONS: dict[str, Operation] = {
     "events.job_events": Operation(
         {"text/event-stream": {"schema": EVENT_SCHEMA}},
         query=[_query("last_event_id", {"type": "integer", "minimum": 0}, "as the Last-Event-ID header")],
+        problems=(429,),
         description="One `epoch` event (a JobEpoch) per epoch, then a `status` event (a JobSummary) "
                     "when the job ends; Last-Event-ID resumes after that epoch."),
     "models.list_models": Operation(_json(responses.ModelPage), query=LIST_QUERY,

@@ -39,7 +39,8 @@ _SECONDS = ("REAPER_INTERVAL_S", "LEASE_TIMEOUT_S", "REQUEUE_QUEUED_AFTER_S", "J
 _POSITIVE_INTEGERS = ("PORT", "MAX_UPLOAD_MB", "MAX_PARAMETERS", "MAX_ACTIVATION_FLOATS",
                       "MAX_PREDICT_VALUES", "TENANT_MAX_CONCURRENT_JOBS",
                       "TENANT_MAX_STORED_MB", "MODEL_CACHE_SIZE", "CELERY_CONCURRENCY",
-                      "MAX_JSON_MB", "MAX_COLUMNS")
+                      "MAX_JSON_MB", "MAX_COLUMNS",
+                      "EVENTS_MAX_STREAMS_PER_PROCESS", "EVENTS_MAX_STREAMS_PER_TENANT", "EVENTS_BACKLOG_PAGE")
 
 
 # Set while Settings are made from a mapping alone: the process's environment is not read then.
@@ -159,12 +160,26 @@ class Settings(BaseSettings):
 
     # --- live events (docs/operations.md) ------------------------------------------------------
     EVENTS_POLL_S: float = Field(0.5, description="how often an event stream reads the database")
-    EVENTS_HEARTBEAT_S: float = Field(15.0, description=(
-        "an event stream silent this long writes a comment line, so proxies do not close it"))
+    # Short enough that a client gone behind a proxy (or under a server that does not hand
+    # over its socket) is noticed at the second write that fails: within 2 x this.
+    EVENTS_HEARTBEAT_S: float = Field(5.0, description=(
+        "an event stream silent this long writes a comment line, so proxies do not close it and a "
+        "client that went away is noticed"))
     # A stream holds a gunicorn thread: EventSource reconnects with Last-Event-ID, so a
     # forgotten browser tab cannot hold a thread forever.
     EVENTS_MAX_S: float = Field(300.0, description=(
         "an event stream ends after this long (the client reconnects with `Last-Event-ID`)"))
+    # The budget: compose runs each gunicorn process with --threads 4, and a stream holds a
+    # thread while it is open; half of them may, so the other requests always find threads.
+    EVENTS_MAX_STREAMS_PER_PROCESS: int = Field(2, description=(
+        "event streams one API process serves at once (each holds one of its gunicorn threads: keep it "
+        "below `--threads`); one more is a 429 with `Retry-After`"))
+    EVENTS_MAX_STREAMS_PER_TENANT: int = Field(1, description=(
+        "event streams one tenant may have open in one API process (below the process's limit, so one "
+        "tenant cannot take them all); one more is a 429 with `Retry-After`. Not applied with AUTH=off"))
+    EVENTS_BACKLOG_PAGE: int = Field(500, description=(
+        "epoch records an event stream reads per query when it catches up (after `Last-Event-ID`), so "
+        "a long job's backlog is never in memory at once"))
 
     # --- processes -----------------------------------------------------------------------------
     MODEL_CACHE_SIZE: int = Field(32, description="built networks each API process keeps for `/predict`")
