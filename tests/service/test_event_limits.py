@@ -189,8 +189,7 @@ def test_the_backlog_is_read_in_pages_and_arrives_whole_and_in_order(app, client
 @both_databases
 def test_a_long_backlog_streams_in_bounded_memory(app, client, job_id):
     epochs = 20_000
-    add_epochs(app, job_id, epochs)
-    app.config.update(EVENTS_BACKLOG_PAGE=200)
+    add_epochs(app, job_id, epochs)  # read at the default EVENTS_BACKLOG_PAGE
     response = client.get(f"/v1/jobs/{job_id}/events", buffered=False)
     sent = 0
     tracemalloc.start()
