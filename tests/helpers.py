@@ -181,3 +181,16 @@ def wait_for(condition: Callable[[], T], timeout: float = 10.0, interval: float 
             what = message() if callable(message) else message
             pytest.fail(f"{what} did not come true within {timeout} s")
         time.sleep(interval)
+
+
+def give_model(app: Any, tenant: str, size: int) -> None:
+    """Give a tenant a model of `size` bytes of weights (what a finished job would store)."""
+    from service.core.db.tables import TrainedModel
+    from service.core.ids import new_id
+
+    with app.extensions["backprop.sessions"]() as session:
+        session.add(TrainedModel(id=new_id("mdl"), tenant_id=tenant, job_id="job_x", dataset_id="ds_x",
+                                 task="classification", loss="cross_entropy", definition={},
+                                 weights=b"\0" * size, preprocessing={}, classes=None, metrics=None,
+                                 parameter_count=0))
+        session.commit()

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from service.core.db.tables import Dataset, DatasetPayload, DatasetPayloadChunk, TrainedModel
 from tests.conftest import BLOBS_COLUMNS, blobs_rows, client_with_key, csv_text
-from tests.helpers import mlp, problem, run_job, submit
+from tests.helpers import give_model, mlp, problem, run_job, submit
 from tests.service.test_cli_train import FlaskAdapter
 
 both_databases = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
@@ -40,18 +40,6 @@ def uploaded(client: Any, rows: list[list[Any]]) -> dict[str, Any]:
 def payload_size(app: Any, digest: str) -> int:
     with app.extensions["backprop.sessions"]() as session:
         return session.scalar(select(DatasetPayload.size_bytes).where(DatasetPayload.sha256 == digest))
-
-
-def give_model(app: Any, tenant: str, size: int) -> None:
-    """Give a tenant a model of `size` bytes of weights (what a finished job would store)."""
-    from service.core.ids import new_id
-
-    with app.extensions["backprop.sessions"]() as session:
-        session.add(TrainedModel(id=new_id("mdl"), tenant_id=tenant, job_id="job_x", dataset_id="ds_x",
-                                 task="classification", loss="cross_entropy", definition={},
-                                 weights=b"\0" * size, preprocessing={}, classes=None, metrics=None,
-                                 parameter_count=0))
-        session.commit()
 
 
 def stored(app: Any, tenant: str) -> int:

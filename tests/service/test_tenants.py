@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from service.api import models as models_api
 from service.core.db.tables import Dataset, DatasetPayload, Job, Network, TrainedModel
 from tests.conftest import BLOBS_COLUMNS, blobs_rows, client_with_key, csv_text
-from tests.helpers import mlp, problem, run_job, submit
+from tests.helpers import give_model, mlp, problem, run_job, submit
 
 MLP = mlp((4,), "tanh")
 TRAINING = {"epochs": 2, "batch_size": 16}
@@ -384,23 +384,11 @@ def test_a_tenants_own_limits_override_the_settings(app, client, bob_client):
     assert runner.invoke(args=["tenants", "set-limits", "alice"]).exit_code == 2
 
 
-def _fill_storage(app: Any, tenant: str, size: int) -> None:
-    """Give a tenant a model of `size` bytes of weights (what a finished job would store)."""
-    from service.core.ids import new_id
-
-    with app.extensions["backprop.sessions"]() as session:
-        session.add(TrainedModel(id=new_id("mdl"), tenant_id=tenant, job_id="job_x", dataset_id="ds_x",
-                                 task="classification", loss="cross_entropy", definition={},
-                                 weights=b"\0" * size, preprocessing={}, classes=None, metrics=None,
-                                 parameter_count=0))
-        session.commit()
-
-
 @both_databases
 def test_storage_over_the_limit_is_413_naming_it(app, client, bob_client):
     app.config["TENANT_MAX_STORED_MB"] = 1
     dataset = upload(client)
-    _fill_storage(app, "alice", 1024 * 1024 - 1000)  # a little room left, less than a dataset
+    give_model(app, "alice", 1024 * 1024 - 1000)  # a little room left, less than a dataset
     before = state(app)
     import io
 
@@ -414,7 +402,7 @@ def test_storage_over_the_limit_is_413_naming_it(app, client, bob_client):
     assert state(app) == before  # neither a dataset nor a payload
 
     # At the limit, a job (whose model would add weights) is refused too.
-    _fill_storage(app, "alice", 1000)
+    give_model(app, "alice", 1000)
     before = state(app)
     body = problem(start_job(client, dataset["id"]), 413)
     assert "TENANT_MAX_STORED_MB" in body["detail"] and "a job's model" in body["detail"]
