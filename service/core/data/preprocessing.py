@@ -182,7 +182,10 @@ class Preprocessor:
         width = len(self.features)
         if self.all_numeric:
             try:
-                matrix = np.asarray(inputs, dtype=np.float32)
+                # A value beyond float32 becomes inf here and sends the rows to the checks below,
+                # which name its cell: numpy's overflow warning would say nothing more.
+                with np.errstate(over="ignore"):
+                    matrix = np.asarray(inputs, dtype=np.float32)
             except (ValueError, TypeError, OverflowError):
                 matrix = None
             if (matrix is not None and matrix.ndim == 2 and matrix.shape[1] == width
