@@ -198,13 +198,19 @@ def test_image_holds_what_the_commands_need() -> None:
     assert 'pip install ".[gpu]"' in dockerfile
 
 
-def test_env_example_lists_the_secrets(docker_compose: DockerCompose) -> None:
+def test_env_example_lists_the_secrets(docker_compose: DockerCompose, tmp_path: Path) -> None:
     example = ROOT / ".env.example"
     names = {line.partition("=")[0] for line in example.read_text().splitlines() if "=" in line
              and not line.startswith("#")}
     assert set(SECRETS) <= names, names
-    # With the example's values (placeholders), compose accepts the file.
+    # As shipped, the example leaves both empty: a copied .env starts nothing until they are set...
     result = docker_compose("config", "-q", env={}, env_file=example)
+    assert result.returncode != 0 and "POSTGRES_PASSWORD" in result.stderr, result.stderr
+    # ...and with them filled in, compose accepts the file.
+    filled = tmp_path / ".env"
+    filled.write_text(example.read_text().replace("POSTGRES_PASSWORD=\n", "POSTGRES_PASSWORD=pg-secret\n")
+                      .replace("REDIS_PASSWORD=\n", "REDIS_PASSWORD=redis-secret\n"))
+    result = docker_compose("config", "-q", env={}, env_file=filled)
     assert result.returncode == 0, result.stderr
 
 

@@ -372,6 +372,16 @@ def test_upload_through_the_proxy(api: Stack, proxy: Proxy, tmp_path: Path) -> N
     assert "a client request body is buffered to a temporary file" in proxy.log_text()
 
 
+def test_metrics_are_not_served_through_the_proxy(api: Stack, proxy: Proxy) -> None:
+    # Prometheus scrapes the api service inside the deployment's network; the public port has none.
+    response = api.http.get(proxy.url("/metrics"), timeout=10)
+    assert response.status_code == 404, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "api:8000/metrics" in response.json()["detail"]
+    assert api.http.get(f"{api.base_url}/metrics", timeout=10).status_code == 200
+    assert api.http.get(proxy.url("/healthz"), timeout=10).status_code == 200
+
+
 def test_too_large_an_upload_gets_the_apis_problem_from_the_proxy(api: Stack, proxy: Proxy) -> None:
     too_large = int(api.env["MAX_UPLOAD_MB"]) * 1024 * 1024 + 1
     request = (f"POST /v1/datasets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {api.api_key}\r\n"
