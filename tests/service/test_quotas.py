@@ -206,3 +206,16 @@ def test_another_tenants_identical_upload_stores_its_own_payload(app, client, bo
         cached.write_bytes(b"not the payload")
         assert store.load_table(session, dataset, cache_dir=tmp_path).n_rows == 50
         assert cached.read_bytes() != b"not the payload"
+
+
+def test_holding_a_tenant_without_a_row_makes_its_row_so_the_lock_holds(app):
+    # An UPDATE of no row locks nothing on PostgreSQL: two requests would count side by side.
+    from service.core.db.tables import Tenant
+    from service.core.tenancy.limits import hold_tenant
+
+    with app.extensions["backprop.sessions"]() as session:
+        assert session.get(Tenant, "carol") is None
+        hold_tenant(session, "carol")
+        session.commit()
+    with app.extensions["backprop.sessions"]() as session:
+        assert session.get(Tenant, "carol") is not None

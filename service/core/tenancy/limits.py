@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from service.core.db.tables import Dataset, DatasetPayload, Job, JobEpoch, Tenant, TrainedModel
 from service.core.problems import ApiError
 from service.core.statuses import ACTIVE_STATUSES
+from service.core.tenancy.keys import ensure_tenant
 
 MB = 1024 * 1024
 # A job slot frees up when a job ends; a client may try again after this many seconds.
@@ -80,7 +81,12 @@ def hold_tenant(session: Session, tenant: str) -> None:
     UPDATE: SQLite has no FOR UPDATE, and there an UPDATE takes the database's write
     lock at once (PostgreSQL locks the one row, so other tenants do not wait).
     """
-    session.execute(update(Tenant).where(Tenant.id == tenant).values(id=Tenant.id))
+    held = update(Tenant).where(Tenant.id == tenant).values(id=Tenant.id)
+    if session.connection().execute(held).rowcount == 0:  # the session's own transaction
+        # A tenant's row comes with its first key (tenant `default`'s with migration 0003): one
+        # without a row is made here, or the UPDATE would lock nothing on PostgreSQL.
+        ensure_tenant(session, tenant)
+        session.execute(held)
 
 
 def check_job_slot(session: Session, tenant: str, config: Any) -> None:
