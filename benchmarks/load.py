@@ -67,9 +67,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import _servers  # noqa: E402
 from benchmarks._report import append_row, machine  # noqa: E402
 from benchmarks._servers import BIN, api_server, backends, create_api_key, servers_reachable, service_env  # noqa: E402
+from service.client import TERMINAL  # noqa: E402
 
 SECTION = "Load (benchmarks/load.py)"
-TERMINAL = ("succeeded", "failed", "cancelled")
 FEATURES = 12
 NETWORK = {"layers": [{"type": "dense", "units": 64, "activation": "relu"}, {"type": "dense", "units": 3}]}
 API_WORKERS = 2

@@ -7,7 +7,7 @@
    (eager, and streaming), pandas (whole file, and in chunks), numpy.loadtxt, and
    the csv-module path (the exact rules; the fallback). Each reports MB/s (best of
    --repeat) and its peak memory above the interpreter with the parser imported.
-2. End to end, --repeat times: POST /v1/datasets (multipart, as service/client.py
+2. End to end, --repeat times: POST /v1/datasets (multipart, as service/client/client.py
    sends it) to a fresh API under gunicorn, as compose runs it, on SQLite in a
    temporary DATA_DIR (``--postgres``: a fresh PostgreSQL database at 127.0.0.1,
    dropped afterwards; a fresh store each time, so every upload stores its payload

@@ -17,6 +17,7 @@ from service.api.queue import celery_job_queue
 from service.core import logs
 from service.core.models.cache import ModelCache
 from service.core.settings import get_settings
+from service.core.tenancy.limits import MB
 
 # How much of a multipart body werkzeug's decoder takes per step (its default: 64 KiB).
 # Each step costs a fixed amount of Python work: a 100 MB CSV took ~0.46 s of CPU to
@@ -64,7 +65,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     settings = get_settings().with_overrides(test_config) if test_config else get_settings()
     app.config.from_mapping(test_config or {})
     app.config.from_mapping(settings.as_config())  # the settings as validated, overrides included
-    app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_UPLOAD_MB"]) * 1024 * 1024
+    app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_UPLOAD_MB"]) * MB
     app.json = ServiceJSONProvider(app)
 
     upload_dir = Path(app.config["DATA_DIR"]) / "tmp"

@@ -103,11 +103,6 @@ def page_args() -> tuple[int, str | None]:
     return limit, request.args.get("cursor") or None
 
 
-def page(items: list[dict[str, Any]], next_cursor: str | None) -> dict[str, Any]:
-    """Shape one page of a list response."""
-    return {"items": items, "next_cursor": next_cursor}
-
-
 def config(key: str) -> Any:
     """Return a configuration value of the current app."""
     return current_app.config[key]

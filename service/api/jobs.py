@@ -60,10 +60,11 @@ def job_queue() -> JobQueue:
 @bp.post("")
 def create_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Validate a job, commit its row, then publish its id to the cpu or gpu queue."""
-    request_model = validate_body(JobCreate, json_body())
+    body = json_body()
+    request_model = validate_body(JobCreate, body)
     with get_session() as session:
         job = creation.create_job(session, current_tenant(), request_model, current_app.config, job_queue(),
-                                  sent_network=request.get_json().get("network"))
+                                  sent_network=body.get("network"))
     location = url_for("jobs.get_job", job_id=job.id)
     return job_json(job), 202, {"Location": location}
 

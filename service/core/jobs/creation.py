@@ -33,8 +33,6 @@ from service.core.tenancy.ownership import find_owned
 
 log = logging.getLogger(__name__)
 
-# The tables a job request names rows of by id.
-
 
 def create_job(session: Session, tenant: str, request: JobCreate, config: Mapping[str, Any],
                queue: JobQueue, sent_network: Mapping[str, Any] | None = None) -> Job:
