@@ -136,6 +136,8 @@ def layer_violation(edge: Import) -> str | None:
         if any(is_under(target, upper) for upper in ("service.api", "service.ui", "workers")) or target == "service":
             return "service.core is imported by service.api and workers, never the other way round"
     api_side = importer == "service" or is_under(importer, "service.api") or is_under(importer, "service.ui")
+    if api_side and top_level(target) == "celery" and importer != "service.api.queue":
+        return "the API is Flask only; its one Celery app, which only publishes, is service.api.queue"
     if api_side and is_under(target, "workers"):
         return "the API never imports workers (jobs reach them through the broker, by task name)"
     if is_under(importer, "workers") and (

@@ -18,7 +18,8 @@ class FieldError(TypedDict):
 
     `field` is a path in the request (`training.batch_size`, `data[3][1]`, `file`; empty for
     the body as a whole); the others say more where they apply. The engine's
-    backprop.errors.Problem has the same fields (`Problem.to_dict`).
+    backprop.errors.Problem (`Problem.to_dict`) gives field, message and node; the API's
+    answers describe the shape as service.api.responses.FieldProblem (a test keeps the two alike).
     """
 
     field: str

@@ -86,3 +86,11 @@ def test_allow_names_the_methods_of_the_route(client: Any) -> None:
     assert {m.strip() for m in refused.headers["Allow"].split(",")} == {"OPTIONS", "POST"}
     listed = client.options("/v1/networks").headers["Allow"]
     assert {m.strip() for m in listed.split(",")} == {"GET", "HEAD", "OPTIONS", "POST"}
+
+
+def test_the_documented_field_problem_is_the_field_error_type():
+    # One shape of a field error: what problems carry (core) is what the document describes (API).
+    from service.api.responses import FieldProblem
+    from service.core.problems import FieldError
+
+    assert set(FieldProblem.model_fields) == set(FieldError.__annotations__)
