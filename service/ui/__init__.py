@@ -14,7 +14,8 @@ from flask import Blueprint, Response, current_app, render_template, request, ur
 from backprop import FLAG_EXPLANATIONS
 from service.core.statuses import TERMINAL_STATUSES, JobStatus
 
-# The statuses a job never leaves, in JobStatus's order, for the page's JavaScript.
+# For the page's JavaScript: every status by name, and those a job never leaves (JobStatus's order).
+STATUSES = {status.name: status.value for status in JobStatus}
 TERMINAL = [status.value for status in JobStatus if status in TERMINAL_STATUSES]
 
 bp = Blueprint("ui", __name__, template_folder="templates", static_folder="static",
@@ -25,7 +26,7 @@ def _page(template: str, **context: Any) -> Response:
     """Render a page shell; it says whether the API wants a key and carries the flag table and
     the terminal statuses."""
     response = Response(render_template(template, auth=current_app.config["AUTH"], flag_explanations=FLAG_EXPLANATIONS,
-                                        terminal_statuses=TERMINAL, **context))
+                                        job_statuses=STATUSES, terminal_statuses=TERMINAL, **context))
     # The shell is the same for everyone, but a stale one may load stale JavaScript.
     response.headers["Cache-Control"] = "no-cache"
     return response

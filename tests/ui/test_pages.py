@@ -61,14 +61,18 @@ def test_the_flag_sentences_come_from_the_engines_table(client):
 
 
 def test_the_terminal_statuses_come_from_the_servers_list(client):
-    from service.core.statuses import TERMINAL_STATUSES
+    from service.core.statuses import TERMINAL_STATUSES, JobStatus
 
     page = client.get("/ui/jobs/job_x").text
     embedded = re.search(r'<script type="application/json" id="terminal-statuses">(.*?)</script>', page, re.S)
     assert json.loads(embedded.group(1)) == ["succeeded", "failed", "cancelled"]
     assert set(json.loads(embedded.group(1))) == TERMINAL_STATUSES
+    every = re.search(r'<script type="application/json" id="job-statuses">(.*?)</script>', page, re.S)
+    assert json.loads(every.group(1)) == {status.name: status.value for status in JobStatus}
     script = (ROOT / "service" / "ui" / "static" / "dashboard.js").read_text()
     assert '"succeeded", "failed"' not in script  # the page's list is the only one
+    # ...and no status is spelled in the script: each comes from the page (STATUS.RUNNING, ...).
+    assert not [value for value in JobStatus if f'"{value}"' in script], script
 
 
 def test_the_pages_load_only_vendored_scripts_and_styles(client):

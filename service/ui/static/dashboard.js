@@ -11,6 +11,7 @@
   const body = document.body;
   const FLAG_EXPLANATIONS = JSON.parse(document.getElementById("flag-explanations").textContent);
   // The statuses a job never leaves, as the server renders them (service/core/statuses.py).
+  const STATUS = JSON.parse(document.getElementById("job-statuses").textContent);
   const TERMINAL = JSON.parse(document.getElementById("terminal-statuses").textContent);
   // Exposed for the browser tests and for poking around in the console.
   const dashboard = (window.dashboard = { charts: {}, records: [] });
@@ -361,7 +362,7 @@
       charts.draw(all);
       renderFlags(all);
       if (job && !TERMINAL.includes(job.status)) {
-        update({ ...job, status: "running", progress: { ...job.progress, epoch: record.epoch } });
+        update({ ...job, status: STATUS.RUNNING, progress: { ...job.progress, epoch: record.epoch } });
       }
     }
 
