@@ -22,6 +22,7 @@ from service.core.schemas import JobCreate
 from service.core.settings import load_config
 from service.core.statuses import JobStatus
 from tests.conftest import BLOBS_COLUMNS, RecordingQueue, blobs_rows
+from tests.helpers import mlp
 
 TENANT = "alice"
 
@@ -52,11 +53,6 @@ def _dataset(sessions: sessionmaker[Session], tenant: str) -> Dataset:
     return save_dataset(sessions, table, describe_target(table, None, None), "blobs", "json", tenant_id=tenant)
 
 
-def _network(outputs: int = 2, hidden_activation: str = "relu") -> dict[str, Any]:
-    return {"layers": [{"type": "dense", "units": 8, "activation": hidden_activation},
-                       {"type": "dense", "units": outputs}]}
-
-
 def _create(sessions: sessionmaker[Session], config: dict[str, Any], queue: RecordingQueue,
             body: dict[str, Any], tenant: str = TENANT) -> Job:
     with sessions() as session:
@@ -78,7 +74,7 @@ def _job_count(sessions: sessionmaker[Session]) -> int:
 
 def test_a_valid_job_is_committed_then_published(sessions, config, dataset):
     queue = RecordingQueue()
-    network = {"name": "ignored", **_network()}
+    network = {"name": "ignored", **mlp()}
     job = _create(sessions, config, queue, {"dataset_id": dataset.id, "network": network,
                                             "training": {"epochs": 3}})
     assert queue.published == [(job.id, "cpu")]
@@ -86,7 +82,7 @@ def test_a_valid_job_is_committed_then_published(sessions, config, dataset):
         row = session.get(Job, job.id)
         assert row is not None
         assert row.status == JobStatus.QUEUED and row.tenant_id == TENANT and row.epochs == 3
-        assert row.network == _network()  # as sent, less its name
+        assert row.network == mlp()  # as sent, less its name
         # The full config, the loss following the dataset's task.
         assert row.training["loss"] == "cross_entropy" and row.training["batch_size"] == 32
         assert row.published_at is not None and row.attempt == 0
@@ -96,23 +92,23 @@ def test_the_network_defaults_to_the_fields_set_on_the_request(sessions, config,
     queue = RecordingQueue()
     with sessions() as session:
         job = create_job(session, TENANT, JobCreate.model_validate(
-            {"dataset_id": dataset.id, "network": {"name": "n", **_network()}}), config, queue)
-    assert job.network == _network()
+            {"dataset_id": dataset.id, "network": {"name": "n", **mlp()}}), config, queue)
+    assert job.network == mlp()
 
 
 def test_a_stored_network_is_copied_into_the_job(sessions, config, dataset):
     with sessions() as session:
-        network = Network(id=new_id("net"), tenant_id=TENANT, name=None, definition=_network())
+        network = Network(id=new_id("net"), tenant_id=TENANT, name=None, definition=mlp())
         session.add(network)
         session.commit()
     job = _create(sessions, config, RecordingQueue(), {"dataset_id": dataset.id, "network_id": network.id})
-    assert job.network == _network() and job.network_id == network.id
+    assert job.network == mlp() and job.network_id == network.id
 
 
 @pytest.mark.parametrize(("field", "kind"), [("dataset_id", "dataset"), ("network_id", "network"),
                                              ("init_from_model", "model")])
 def test_an_unknown_id_is_a_422_on_its_field(sessions, config, dataset, field, kind):
-    body: dict[str, Any] = {"dataset_id": dataset.id, "network": _network()}
+    body: dict[str, Any] = {"dataset_id": dataset.id, "network": mlp()}
     if field == "network_id":
         del body["network"]
     body[field] = "nope_123"
@@ -124,7 +120,7 @@ def test_an_unknown_id_is_a_422_on_its_field(sessions, config, dataset, field, k
 
 def test_another_tenants_dataset_is_as_absent_as_a_missing_one(sessions, config):
     bobs = _dataset(sessions, "bob")
-    error = _refusal(sessions, config, RecordingQueue(), {"dataset_id": bobs.id, "network": _network()})
+    error = _refusal(sessions, config, RecordingQueue(), {"dataset_id": bobs.id, "network": mlp()})
     assert error.status == 422 and error.errors == [
         {"field": "dataset_id", "message": f"no dataset with id {bobs.id!r}"}]
 
@@ -132,7 +128,7 @@ def test_another_tenants_dataset_is_as_absent_as_a_missing_one(sessions, config)
 def test_every_problem_is_reported_at_once(sessions, config, dataset):
     queue = RecordingQueue()
     error = _refusal(sessions, config, queue, {"dataset_id": dataset.id,
-                                               "network": _network(hidden_activation="sparkle"),
+                                               "network": mlp(activation="sparkle"),
                                                "training": {"loss": "mse"}})
     assert error.status == 422
     fields = [e["field"] for e in error.errors]
@@ -142,13 +138,13 @@ def test_every_problem_is_reported_at_once(sessions, config, dataset):
 
 
 def test_the_output_width_follows_the_dataset(sessions, config, dataset):
-    error = _refusal(sessions, config, RecordingQueue(), {"dataset_id": dataset.id, "network": _network(outputs=3)})
+    error = _refusal(sessions, config, RecordingQueue(), {"dataset_id": dataset.id, "network": mlp(outputs=3)})
     assert error.status == 422 and all(e["field"].startswith("network") for e in error.errors)
 
 
 def test_the_parameter_budget_comes_from_the_settings(sessions, config, dataset):
     config["MAX_PARAMETERS"] = 30  # 4*8+8 + 8*2+2 = 58 parameters
-    error = _refusal(sessions, config, RecordingQueue(), {"dataset_id": dataset.id, "network": _network()})
+    error = _refusal(sessions, config, RecordingQueue(), {"dataset_id": dataset.id, "network": mlp()})
     assert error.status == 422
     assert "more than the budget of 30 (MAX_PARAMETERS)" in error.errors[0]["message"]
 
@@ -158,7 +154,7 @@ def test_training_fields_refuse_binary_cross_entropy_without_two_classes(session
         row = session.get(Dataset, dataset.id)
         assert row is not None
         row.classes = [0, 1, 2]
-        request = JobCreate.model_validate({"dataset_id": row.id, "network": _network(),
+        request = JobCreate.model_validate({"dataset_id": row.id, "network": mlp(),
                                             "training": {"loss": "binary_cross_entropy"}})
         training, errors = training_fields(request, row)
     assert training["loss"] == "binary_cross_entropy"
@@ -169,8 +165,8 @@ def test_training_fields_refuse_binary_cross_entropy_without_two_classes(session
 def test_the_tenant_job_limit_is_a_429(sessions, config, dataset):
     config["TENANT_MAX_CONCURRENT_JOBS"] = 1
     queue = RecordingQueue()
-    first = _create(sessions, config, queue, {"dataset_id": dataset.id, "network": _network()})
-    error = _refusal(sessions, config, queue, {"dataset_id": dataset.id, "network": _network()})
+    first = _create(sessions, config, queue, {"dataset_id": dataset.id, "network": mlp()})
+    error = _refusal(sessions, config, queue, {"dataset_id": dataset.id, "network": mlp()})
     assert error.status == 429 and error.slug == "tenant-job-limit"
     assert error.headers == {"Retry-After": "30"}
     assert queue.published == [(first.id, "cpu")] and _job_count(sessions) == 1
@@ -178,7 +174,7 @@ def test_the_tenant_job_limit_is_a_429(sessions, config, dataset):
 
 def test_a_tenant_out_of_room_gets_a_413(sessions, config, dataset):
     config["TENANT_MAX_STORED_MB"] = 0  # (the settings refuse 0; a test may go below the bound)
-    error = _refusal(sessions, config, RecordingQueue(), {"dataset_id": dataset.id, "network": _network()})
+    error = _refusal(sessions, config, RecordingQueue(), {"dataset_id": dataset.id, "network": mlp()})
     assert error.status == 413 and error.slug == "tenant-storage-limit"
     assert _job_count(sessions) == 0
 
@@ -186,7 +182,7 @@ def test_a_tenant_out_of_room_gets_a_413(sessions, config, dataset):
 def test_a_queue_that_refuses_fails_the_committed_job_with_a_503(sessions, config, dataset):
     queue = RecordingQueue()
     queue.down = True
-    error = _refusal(sessions, config, queue, {"dataset_id": dataset.id, "network": _network(), "device": "gpu"})
+    error = _refusal(sessions, config, queue, {"dataset_id": dataset.id, "network": mlp(), "device": "gpu"})
     assert error.status == 503 and error.slug == "broker-unavailable"
     with sessions() as session:
         (job,) = session.scalars(select(Job)).all()
