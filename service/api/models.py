@@ -34,10 +34,9 @@ bp = Blueprint("models", __name__, url_prefix="/v1/models")
 ANSWER_TYPES = ["application/json", "text/csv"]
 
 
-def model_answer(model: TrainedModel) -> responses.Model:
-    """Build the answer describing a model, without its weights."""
-    preprocessing = model.preprocessing
-    return responses.Model.model_validate({
+def _described(model: TrainedModel) -> dict[str, Any]:
+    """Return what both a model's answer and its list summary say of it."""
+    return {
         "id": model.id,
         "job_id": model.job_id,
         "dataset_id": model.dataset_id,
@@ -45,13 +44,25 @@ def model_answer(model: TrainedModel) -> responses.Model:
         "loss": model.loss,
         "network": model.definition,
         "parameter_count": model.parameter_count,
-        "features": [f["name"] for f in preprocessing["features"]],
-        "targets": preprocessing["target"]["names"],
+        "targets": model.preprocessing["target"]["names"],
         "classes": model.classes,
-        "preprocessing": preprocessing,
         "metrics": model.metrics,
         "created_at": isoformat(model.created_at),
-    })
+    }
+
+
+def model_answer(model: TrainedModel) -> responses.Model:
+    """Build the answer describing a model, without its weights."""
+    preprocessing = model.preprocessing
+    return responses.Model.model_validate({**_described(model),
+                                           "features": [f["name"] for f in preprocessing["features"]],
+                                           "preprocessing": preprocessing})
+
+
+def model_summary(model: TrainedModel) -> responses.ModelSummary:
+    """Build a model's list item: the number of its features instead of their names and preprocessing."""
+    return responses.ModelSummary.model_validate({**_described(model),
+                                                  "n_features": len(model.preprocessing["features"])})
 
 
 def model_json(model: TrainedModel) -> dict[str, Any]:
@@ -72,7 +83,7 @@ def list_models() -> dict[str, Any]:
         statement = (select(TrainedModel).options(defer(TrainedModel.weights))
                      .where(TrainedModel.tenant_id == current_tenant()))
         rows, next_cursor = paginate(session, statement, TrainedModel.id, limit, cursor)
-        return responses.ModelPage(items=[model_answer(m) for m in rows], next_cursor=next_cursor).answer()
+        return responses.ModelPage(items=[model_summary(m) for m in rows], next_cursor=next_cursor).answer()
 
 
 @bp.get("/<model_id>")

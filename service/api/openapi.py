@@ -189,7 +189,9 @@ OPERATIONS: dict[str, Operation] = {
         description="One `epoch` event (a JobEpoch) per epoch, then a `status` event (a JobSummary) "
                     "when the job ends; Last-Event-ID resumes after that epoch."),
     "models.list_models": Operation(_json(responses.ModelPage), query=LIST_QUERY,
-                                    links=_id_links("model_id", "/items/0/id")),
+                                    links=_id_links("model_id", "/items/0/id"),
+                                    description="Each item is a summary (`n_features`); GET a model by id "
+                                                "for its features and preprocessing."),
     "models.get_model": Operation(_json(responses.Model)),
     "models.remove_model": Operation(None, 204),
     "models.predict": Operation(

@@ -215,6 +215,25 @@ class Model(Answer):
     created_at: Timestamp
 
 
+class ModelSummary(Answer):
+    """A model in a list: counts instead of its features and preprocessing (GET it by id for those)."""
+
+    model_config = ConfigDict(title="ModelSummary")
+
+    id: str
+    job_id: str | None
+    dataset_id: str | None
+    task: Task
+    loss: str
+    network: FreeObject
+    parameter_count: int
+    n_features: int
+    targets: list[str]
+    classes: list[Any] | None
+    metrics: FreeObject | None
+    created_at: Timestamp
+
+
 class Prediction(Answer):
     """Predictions: labels with probabilities (classification) or values with the target names."""
 
@@ -249,7 +268,7 @@ class JobPage(Page[Job]):
     model_config = ConfigDict(title="JobPage")
 
 
-class ModelPage(Page[Model]):
+class ModelPage(Page[ModelSummary]):
     model_config = ConfigDict(title="ModelPage")
 
 
