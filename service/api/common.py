@@ -35,19 +35,7 @@ def json_body(max_rows: Mapping[str, int] | None = None) -> Any:
     if not request.is_json:
         raise ApiError(415, "Unsupported Media Type",
                        f"send application/json (got {request.mimetype or 'no content type'})")
-    json_mb, upload_mb = int(config("MAX_JSON_MB")), int(config("MAX_UPLOAD_MB"))
-    limit_name, limit_mb = ("MAX_JSON_MB", json_mb) if json_mb <= upload_mb else ("MAX_UPLOAD_MB", upload_mb)
-    too_large = ApiError(413, "Request Entity Too Large",
-                         f"the JSON body is larger than {limit_name} ({limit_mb} MB)")
-    # One byte more than the limit: Werkzeug cuts a body without Content-Length there,
-    # silently, so a body read to that length is known to be too long.
-    request.max_content_length = limit_mb * MB + 1
-    try:
-        data = request.get_data(cache=True)  # kept for get_json
-    except RequestEntityTooLarge:  # Content-Length says so: nothing was read
-        raise too_large from None
-    if len(data) > limit_mb * MB:
-        raise too_large
+    limited_body("JSON", cache=True)  # kept for get_json
     try:
         body = request.get_json()
     except BadRequest as error:
@@ -67,6 +55,30 @@ def json_body(max_rows: Mapping[str, int] | None = None) -> Any:
             if isinstance(rows, list) and len(rows) > most:
                 raise invalid([{"field": field, "message": f"at most {most:,} rows per request"}])
     return body
+
+
+def limited_body(kind: str, cache: bool = False) -> bytes:
+    """Return the request's body, or raise the 413 problem when it is past the bodies' limit.
+
+    The limit is the smaller of MAX_JSON_MB and MAX_UPLOAD_MB: a larger Content-Length is
+    a 413 before a byte is read, and a body without one (chunked) is read no further than
+    one byte past the limit. `kind` names the body in the problem ("JSON", "CSV"); `cache`
+    keeps the body for get_json.
+    """
+    json_mb, upload_mb = int(config("MAX_JSON_MB")), int(config("MAX_UPLOAD_MB"))
+    limit_name, limit_mb = ("MAX_JSON_MB", json_mb) if json_mb <= upload_mb else ("MAX_UPLOAD_MB", upload_mb)
+    too_large = ApiError(413, "Request Entity Too Large",
+                         f"the {kind} body is larger than {limit_name} ({limit_mb} MB)")
+    # One byte more than the limit: Werkzeug cuts a body without Content-Length there,
+    # silently, so a body read to that length is known to be too long.
+    request.max_content_length = limit_mb * MB + 1
+    try:
+        data = request.get_data(cache=cache)
+    except RequestEntityTooLarge:  # Content-Length says so: nothing was read
+        raise too_large from None
+    if len(data) > limit_mb * MB:
+        raise too_large
+    return data
 
 
 def validate_body(model: type[M], body: Any) -> M:

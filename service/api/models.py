@@ -17,7 +17,7 @@ from sqlalchemy.orm import defer
 
 from service.api import responses
 from service.api.auth import authenticate, current_tenant
-from service.api.common import find_owned, get_or_404, json_body, page_args, validate_body
+from service.api.common import find_owned, get_or_404, json_body, limited_body, page_args, validate_body
 from service.api.db import get_session
 from service.api.request_ids import REQUEST_ID_HEADER, request_id_from
 from service.core.data.preprocessing import InputError
@@ -120,10 +120,11 @@ def _load_model(model_id: str) -> TrainedModel | None:
 def predict(model_id: str) -> Any:
     """Score raw rows (`inputs`, `records` or a text/csv body) with a trained model."""
     if request.mimetype == "text/csv":
-        body = request.get_data(cache=False)
+        # The JSON bodies' limit: a CSV body becomes Python strings before anything counts its rows.
+        body = limited_body("CSV")
         predictor = _predictor(model_id)
         try:
-            encoded = predictor.preprocessor.encode_csv(body, MAX_PREDICT_ROWS)
+            encoded = predictor.preprocessor.encode_csv(body, MAX_PREDICT_ROWS, current_app.config["MAX_COLUMNS"])
         except InputError as error:
             raise invalid(error.errors) from None
         _check_predict_size(predictor, len(encoded), "csv")

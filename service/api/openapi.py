@@ -50,9 +50,9 @@ PROBLEM_CAUSES = {
     403: "AUTH=off: a state change sent by another origin's web page (Origin, Sec-Fetch-Site)",
     404: "no resource with this id",
     409: "the resource's state forbids it",
-    413: ("the body is larger than MAX_UPLOAD_MB (a JSON body: MAX_JSON_MB), or the tenant would store more "
-          "than TENANT_MAX_STORED_MB, or a /predict passes more than MAX_PREDICT_VALUES values through its "
-          "network"),
+    413: ("the body is larger than MAX_UPLOAD_MB (a JSON or /predict CSV body: MAX_JSON_MB), or the tenant "
+          "would store more than TENANT_MAX_STORED_MB, or a /predict passes more than MAX_PREDICT_VALUES "
+          "values through its network"),
     415: "a media type the operation does not take",
     421: "AUTH=off: a Host that is not 127.0.0.1, localhost or [::1] (DNS rebinding)",
     422: "a field is invalid; `errors` names each",

@@ -1,13 +1,96 @@
 """Limits a review of the hardening found missing.
 
-The model list answers summaries (n_features, not the columns).
+A text/csv `/predict` body is held to the JSON bodies' limit (the smaller of MAX_JSON_MB and
+MAX_UPLOAD_MB), its header to MAX_COLUMNS fields, and its 422 lists at most MAX_ERRORS problems;
+the model list answers summaries (n_features, not the columns).
 """
 
 from __future__ import annotations
 
+import io
+from typing import Any
+
 import pytest
 
+from service.core.data.parsing import MAX_ERRORS
+from tests.conftest import csv_text
+from tests.helpers import problem
+
 both_databases = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+MB = 1024 * 1024
+
+
+class CountingStream(io.BytesIO):
+    """A request body that counts how many of its bytes were read."""
+
+    bytes_read = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        chunk = super().read(size)
+        self.bytes_read += len(chunk)
+        return chunk
+
+    def readinto(self, buffer: Any) -> int:
+        count = super().readinto(buffer)
+        self.bytes_read += count
+        return count
+
+
+def csv_body(size: int) -> bytes:
+    """A CSV body of the blobs model's columns, about `size` bytes long."""
+    line = b"0.5,0.25,0.125,1\n"
+    return b"a,b,c,d\n" + line * (size // len(line))
+
+
+def predict_csv(client: Any, model_id: str, body: bytes, **options: Any) -> Any:
+    return client.post(f"/v1/models/{model_id}/predict", data=body, content_type="text/csv", **options)
+
+
+# -- 1. a CSV /predict within the JSON bodies' limit, its header within MAX_COLUMNS ---------------
+
+def test_a_csv_predict_past_max_json_mb_is_a_413_before_it_is_read(app, client, blobs_model):
+    app.config["MAX_JSON_MB"] = 1  # the fixture's MAX_UPLOAD_MB is 2
+    stream = CountingStream(csv_body(MB + MB // 2))
+    response = client.post(f"/v1/models/{blobs_model}/predict", input_stream=stream, content_type="text/csv",
+                           headers={"Content-Length": str(len(stream.getvalue()))})
+    assert "MAX_JSON_MB (1 MB)" in problem(response, 413)["detail"]
+    assert stream.bytes_read == 0
+
+
+def test_a_chunked_csv_predict_is_read_no_further_than_the_limit(app, client, blobs_model):
+    app.config["MAX_JSON_MB"] = 1
+    stream = CountingStream(csv_body(2 * MB - 100))
+    response = client.post(f"/v1/models/{blobs_model}/predict", input_stream=stream, content_type="text/csv",
+                           headers={"Transfer-Encoding": "chunked"},
+                           environ_overrides={"wsgi.input_terminated": True})
+    assert "MAX_JSON_MB (1 MB)" in problem(response, 413)["detail"]
+    assert stream.bytes_read <= MB + 64 * 1024, stream.bytes_read
+
+
+def test_a_csv_predict_within_the_limit_is_scored(app, client, blobs_model):
+    app.config["MAX_JSON_MB"] = 1
+    response = predict_csv(client, blobs_model, csv_body(MB - 1000))
+    assert response.status_code == 200, response.get_json()
+
+
+def test_a_csv_predict_header_wider_than_max_columns_is_a_422(app, client, blobs_model):
+    app.config["MAX_COLUMNS"] = 10
+    header = ["a", "b", "c", "d"] + [f"extra{i}" for i in range(7)]  # 11 fields
+    body = problem(predict_csv(client, blobs_model, csv_text(header, [[0] * 11]).encode()), 422)
+    assert body["errors"] == [{"field": "csv", "message": "the header has more than 10 fields; MAX_COLUMNS is 10"}]
+    # A header of millions of fields is refused as quickly.
+    problem(predict_csv(client, blobs_model, b"a,b,c,d" + b",x" * 500_000 + b"\n1,2,3,4\n"), 422)
+
+
+def test_a_csv_predict_header_lists_at_most_max_errors_problems(client, blobs_model):
+    header = ["a", "b", "c", "d"] + [f"unknown{i}" for i in range(500)]
+    body = problem(predict_csv(client, blobs_model, csv_text(header, [[0] * 504]).encode()), 422)
+    (error,) = body["errors"]
+    assert error["field"] == "csv"
+    assert error["message"].count("unknown column") == MAX_ERRORS
+    assert f"and {500 - MAX_ERRORS} more" in error["message"]
+    assert error["message"].endswith("the header row must name the columns a, b, c, d")
+    assert len(body["detail"]) < 2000
 
 
 # -- 2. the model list answers summaries -----------------------------------------------------------

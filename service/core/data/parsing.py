@@ -205,17 +205,26 @@ def _header_wider_than(path: Path, limit: int) -> bool:
         except ValueError:  # an empty file, which _csv_rows words
             return False
     with view:
-        start = len(b"\xef\xbb\xbf") if view[:3] == b"\xef\xbb\xbf" else 0
-        position = CSV_BLANK_LINES.match(view, start).end()  # type: ignore[union-attr]  # * always matches
-        fields = 0
-        while True:
-            fields += 1
-            if fields > limit:
-                return True
-            position = CSV_FIELD.match(view, position).end()  # type: ignore[union-attr]
-            if view[position:position + 1] != b",":
-                return False
-            position += 1
+        return header_wider_than(view, limit)
+
+
+def header_wider_than(text: bytes | mmap.mmap, limit: int) -> bool:
+    """Say whether the header record of CSV `text` has more than `limit` fields, matching no more than those.
+
+    The fields are matched one at a time, as the csv module would split them (a BOM and
+    blank lines first skipped), and counting stops past `limit`: no list of names is built.
+    """
+    start = len(b"\xef\xbb\xbf") if text[:3] == b"\xef\xbb\xbf" else 0
+    position = CSV_BLANK_LINES.match(text, start).end()  # type: ignore[union-attr]  # * always matches
+    fields = 0
+    while True:
+        fields += 1
+        if fields > limit:
+            return True
+        position = CSV_FIELD.match(text, position).end()  # type: ignore[union-attr]
+        if text[position:position + 1] != b",":
+            return False
+        position += 1
 
 
 def _parse_numeric_csv(path: Path, header: list[str]) -> ParsedTable | None:

@@ -16,7 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from service.core.data.parsing import FLOAT32_MAX, ParsedTable, parse_number
+from service.core.data.parsing import (
+    DEFAULT_MAX_COLUMNS,
+    FLOAT32_MAX,
+    MAX_ERRORS,
+    ParsedTable,
+    header_wider_than,
+    parse_number,
+)
 from service.core.problems import FieldError, FieldErrors
 
 
@@ -234,22 +241,31 @@ class Preprocessor:
             raise InputError(errors[:20])
         return self._encode(matrix)
 
-    def encode_csv(self, body: bytes, max_rows: int) -> np.ndarray:
+    def encode_csv(self, body: bytes, max_rows: int, max_columns: int = DEFAULT_MAX_COLUMNS) -> np.ndarray:
         """Encode raw rows given as CSV text: a header row naming the feature columns, then rows.
 
         Target columns are ignored, as in records. An all-numeric model reads clean
         numeric text with pyarrow; anything else goes cell by cell through the rules
-        of `records`, with errors on `csv[i].column` (i counts data rows from 0).
+        of `records`, with errors on `csv[i].column` (i counts data rows from 0). A
+        header of more than `max_columns` fields (MAX_COLUMNS) is refused before its
+        names are split, and a wrong header's message lists at most MAX_ERRORS problems.
         """
+        if header_wider_than(body, max_columns):
+            raise InputError([{"field": "csv", "message": f"the header has more than {max_columns:,} fields; "
+                                                          f"MAX_COLUMNS is {max_columns:,}"}])
         text = _csv_text(body)
         header_line, _, _rest = text.partition("\n")
         header = [name.strip() for name in next(csv.reader([header_line]), [])]
         known = set(self.feature_names) | set(self.target["names"])
+        named = set(header)
         problems = [f"unknown column {name!r}" for name in header if name not in known]
-        problems += [f"missing column {name!r}" for name in self.feature_names if name not in header]
+        problems += [f"missing column {name!r}" for name in self.feature_names if name not in named]
         if not header_line.strip() or problems:
+            listed = problems[:MAX_ERRORS]
+            if len(problems) > MAX_ERRORS:
+                listed.append(f"and {len(problems) - MAX_ERRORS} more")
             expected = f"the header row must name the columns {', '.join(self.feature_names)}"
-            raise InputError([{"field": "csv", "message": "; ".join(problems + [expected])}])
+            raise InputError([{"field": "csv", "message": "; ".join(listed + [expected])}])
         matrix = self._numeric_csv(body, header) if self.all_numeric else None
         if matrix is not None:
             if len(matrix) > max_rows:
