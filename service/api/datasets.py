@@ -79,14 +79,16 @@ def _from_csv() -> tuple[ParsedTable, dict[str, Any], str]:
     stream_path = getattr(upload.stream, "name", None)
     try:
         if isinstance(stream_path, str) and Path(stream_path).is_file():
-            table = parse_csv(stream_path, max_columns=current_app.config["MAX_COLUMNS"])
+            table = parse_csv(stream_path, max_columns=current_app.config["MAX_COLUMNS"],
+                              max_distinct_strings=current_app.config["MAX_DISTINCT_STRINGS"])
         else:
             # Small parts may arrive in memory (another stream factory); spill them to DATA_DIR.
             path = Path(current_app.config["DATA_DIR"]) / "tmp" / f"upload-{id(upload)}.csv"
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 upload.save(path)
-                table = parse_csv(path, max_columns=current_app.config["MAX_COLUMNS"])
+                table = parse_csv(path, max_columns=current_app.config["MAX_COLUMNS"],
+                                  max_distinct_strings=current_app.config["MAX_DISTINCT_STRINGS"])
             finally:
                 path.unlink(missing_ok=True)
         description = describe_target(table, request.form.get("target"), task)
@@ -112,7 +114,8 @@ def _from_json() -> tuple[ParsedTable, dict[str, Any], str]:
     # JSON rows are limited as predict's are (CSV uploads are not): counted before validation.
     body = validate_body(DatasetJson, json_body(max_rows={"data": MAX_PREDICT_ROWS}))
     try:
-        table = parse_json_rows(body.columns, body.data, max_columns=current_app.config["MAX_COLUMNS"])
+        table = parse_json_rows(body.columns, body.data, max_columns=current_app.config["MAX_COLUMNS"],
+                                max_distinct_strings=current_app.config["MAX_DISTINCT_STRINGS"])
         description = describe_target(table, body.target, body.task)
     except TableError as error:
         raise _table_error(error) from None

@@ -2,7 +2,8 @@
 
 A text/csv `/predict` body is held to the JSON bodies' limit (the smaller of MAX_JSON_MB and
 MAX_UPLOAD_MB), its header to MAX_COLUMNS fields, and its 422 lists at most MAX_ERRORS problems;
-the model list answers summaries (n_features, not the columns).
+the model list answers summaries (n_features, not the columns); an upload keeps at most
+MAX_DISTINCT_STRINGS distinct strings across its columns while it is surveyed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from service.core.data.parsing import MAX_ERRORS
+from service.core.settings import setting_default
 from tests.conftest import csv_text
 from tests.helpers import problem
 
@@ -113,3 +115,44 @@ def test_the_openapi_model_list_is_of_summaries(client):
     assert schemas["ModelPage"]["properties"]["items"]["items"] == {"$ref": "#/components/schemas/ModelSummary"}
     summary = schemas["ModelSummary"]["properties"]
     assert "n_features" in summary and "features" not in summary and "preprocessing" not in summary
+
+
+# -- 3. an upload's distinct strings are bounded across its columns --------------------------------
+
+def test_max_distinct_strings_has_its_default():
+    assert setting_default("MAX_DISTINCT_STRINGS") == 1_000_000
+
+
+def string_table(columns: int, distinct: int) -> tuple[list[str], list[list[Any]]]:
+    """`columns` string columns of `distinct` values each, and a numeric label."""
+    header = [f"s{j}" for j in range(columns)] + ["label"]
+    rows = [[f"v{j}_{i}" for j in range(columns)] + [i % 2] for i in range(distinct)]
+    return header, rows
+
+
+@both_databases
+def test_a_csv_upload_past_max_distinct_strings_is_a_422_naming_the_column(app, upload_csv):
+    app.config["MAX_DISTINCT_STRINGS"] = 50
+    header, rows = string_table(3, 20)  # 60 distinct strings in all, 20 a column
+    body = problem(upload_csv(csv_text(header, rows), target="label"), 422)
+    (error,) = body["errors"]
+    assert error["field"] == "file" and error["column"] == "s2"
+    assert "MAX_DISTINCT_STRINGS" in error["message"] and "50" in error["message"]
+
+
+@both_databases
+def test_a_json_upload_past_max_distinct_strings_is_a_422_naming_the_column(app, client):
+    app.config["MAX_DISTINCT_STRINGS"] = 50
+    header, rows = string_table(3, 20)
+    body = problem(client.post("/v1/datasets", json={"columns": header, "data": rows, "target": "label"}), 422)
+    (error,) = body["errors"]
+    assert error["field"] == "columns" and error["column"] == "s2"
+    assert "MAX_DISTINCT_STRINGS" in error["message"]
+
+
+@both_databases
+def test_an_upload_within_max_distinct_strings_is_stored(app, upload_csv):
+    app.config["MAX_DISTINCT_STRINGS"] = 60
+    header, rows = string_table(3, 20)
+    response = upload_csv(csv_text(header, rows), target="label")
+    assert response.status_code == 201, response.get_json()

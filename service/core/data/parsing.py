@@ -13,7 +13,10 @@ reports the errors.
 
 A table has at most MAX_COLUMNS columns, counted before anything else is read: a
 CSV header's fields are counted in the file itself, so that a header of millions
-of names is refused without the csv module building their list.
+of names is refused without the csv module building their list. The first pass
+keeps each column's distinct strings (up to one past MAX_CATEGORIES) and at most
+MAX_DISTINCT_STRINGS of them across all columns: past that the table is refused
+there, so that 10,000 columns of 10,000 strings never fill memory.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ CSV_BLOCK_BYTES = 4 << 20
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 FLOAT32_RANGE = "\u00b1" + f"{FLOAT32_MAX:.1e}".replace("e+", "e")  # as messages say it: ±3.4e38
 DEFAULT_MAX_COLUMNS: int = setting_default("MAX_COLUMNS")
+DEFAULT_MAX_DISTINCT_STRINGS: int = setting_default("MAX_DISTINCT_STRINGS")
 # One field of a CSV record as the csv module reads it (excel dialect): a quoted part
 # ("" is a quote within it) and what follows up to the separator, or an unquoted run
 # (where a quote is a character). Unrolled, so that an unclosed quote cannot backtrack.
@@ -172,8 +176,9 @@ def _csv_rows(path: Path, field: str) -> tuple[list[str], Callable[[], Iterator[
 OTHER_SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "vertical bars"}
 
 
-def parse_csv(path: str | Path, field: str = "file", max_columns: int = DEFAULT_MAX_COLUMNS) -> ParsedTable:
-    """Parse a CSV file with a header row of at most `max_columns` names."""
+def parse_csv(path: str | Path, field: str = "file", max_columns: int = DEFAULT_MAX_COLUMNS,
+              max_distinct_strings: int = DEFAULT_MAX_DISTINCT_STRINGS) -> ParsedTable:
+    """Parse a CSV file with a header row of at most `max_columns` names (see parse_rows for the rest)."""
     too_wide = TableError([{"field": field, "message": f"the file has more than {max_columns:,} columns; "
                                                        f"MAX_COLUMNS is {max_columns:,}"}])
     if _header_wider_than(Path(path), max_columns):
@@ -189,7 +194,7 @@ def parse_csv(path: str | Path, field: str = "file", max_columns: int = DEFAULT_
     table = _parse_numeric_csv(Path(path), header)
     if table is not None:
         return table
-    return parse_rows(header, rows, field=field, row_field=None)
+    return parse_rows(header, rows, field=field, row_field=None, max_distinct_strings=max_distinct_strings)
 
 
 def _header_wider_than(path: Path, limit: int) -> bool:
@@ -316,8 +321,8 @@ def _json_cell(value: Any) -> str:
     return str(value)
 
 
-def parse_json_rows(columns: list[str], data: list[list[Any]],
-                    max_columns: int = DEFAULT_MAX_COLUMNS) -> ParsedTable:
+def parse_json_rows(columns: list[str], data: list[list[Any]], max_columns: int = DEFAULT_MAX_COLUMNS,
+                    max_distinct_strings: int = DEFAULT_MAX_DISTINCT_STRINGS) -> ParsedTable:
     """Parse a table given as JSON column names (at most `max_columns`) and rows of numbers, strings or nulls."""
     if len(columns) > max_columns:
         raise TableError([{"field": "columns", "message": f"{len(columns):,} columns; "
@@ -327,11 +332,12 @@ def parse_json_rows(columns: list[str], data: list[list[Any]],
         for index, row in enumerate(data):
             yield index + 1, f"data[{index}]", [_json_cell(v) for v in row]
 
-    return parse_rows([str(c).strip() for c in columns], rows, field="columns", row_field="data")
+    return parse_rows([str(c).strip() for c in columns], rows, field="columns", row_field="data",
+                      max_distinct_strings=max_distinct_strings)
 
 
 def parse_rows(header: list[str], rows: Callable[[], Iterable[Row]], field: str,
-               row_field: str | None) -> ParsedTable:
+               row_field: str | None, max_distinct_strings: int = DEFAULT_MAX_DISTINCT_STRINGS) -> ParsedTable:
     """Parse rows of string cells into a ParsedTable (two passes over `rows()`).
 
     A column is numeric when more than half of its non-empty cells are finite
@@ -349,9 +355,12 @@ def parse_rows(header: list[str], rows: Callable[[], Iterable[Row]], field: str,
     row_field
         The request field of the rows (`data` for JSON rows), or None when the
         rows come from the file named by `field`.
+    max_distinct_strings
+        The most distinct strings the first pass keeps across all columns
+        (MAX_DISTINCT_STRINGS); one more is a TableError naming `field` and the column.
     """
     _check_header(header, field)
-    survey = _survey_rows(header, rows, field, row_field)
+    survey = _survey_rows(header, rows, field, row_field, max_distinct_strings)
     if survey.n_rows == 0 and not survey.errors:
         raise TableError([{"field": row_field or field,
                            "message": "the table has a header but no data rows"}])
@@ -411,8 +420,12 @@ class _RowSurvey:
 
 
 def _survey_rows(header: list[str], rows: Callable[[], Iterable[Row]], field: str,
-                 row_field: str | None) -> _RowSurvey:
-    """First pass: count each column's numbers and filled cells; note bad rows and first bad cells."""
+                 row_field: str | None, max_distinct_strings: int) -> _RowSurvey:
+    """First pass: count each column's numbers and filled cells; note bad rows and first bad cells.
+
+    Raises TableError as soon as the columns' distinct strings, all together, are more
+    than `max_distinct_strings`: what the pass keeps stays within it.
+    """
     width = len(header)
     errors: list[FieldError] = []
     numeric_count = [0] * width
@@ -420,6 +433,7 @@ def _survey_rows(header: list[str], rows: Callable[[], Iterable[Row]], field: st
     first_missing: list[tuple[int, str] | None] = [None] * width
     first_not_number: list[tuple[int, str, str] | None] = [None] * width
     strings: list[set[str]] = [set() for _ in range(width)]
+    strings_kept = 0
     n_rows = 0
     for number, place, cells in rows():
         n_rows = number
@@ -449,8 +463,16 @@ def _survey_rows(header: list[str], rows: Callable[[], Iterable[Row]], field: st
                                           f"is this a binary file?"})
             if first_not_number[j] is None:
                 first_not_number[j] = (number, place, cell)
-            if len(strings[j]) <= MAX_CATEGORIES:
-                strings[j].add(cell)
+            kept = strings[j]
+            if len(kept) <= MAX_CATEGORIES:
+                before = len(kept)
+                kept.add(cell)
+                strings_kept += len(kept) - before
+                if strings_kept > max_distinct_strings:
+                    raise TableError([{"field": field, "row": number, "column": header[j], "message": (
+                        f"{place}, column {header[j]!r}: the table has more than {max_distinct_strings:,} "
+                        f"distinct strings in all (MAX_DISTINCT_STRINGS); drop string columns or encode "
+                        f"them as numbers")}])
     return _RowSurvey(n_rows, errors, numeric_count, filled_count, first_missing, first_not_number, strings)
 
 
