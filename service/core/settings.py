@@ -132,8 +132,8 @@ class Settings(BaseSettings):
         "jobs a tenant may have queued or running at once; one more is a 429 with `Retry-After` "
         "(a tenant's own limit: `flask --app service tenants set-limits`)"))
     TENANT_MAX_STORED_MB: int = Field(10240, description=(
-        "MB a tenant may store (its datasets' payloads and its models' weights); an upload past it, "
-        "or a job when it is reached, is a 413"))
+        "MB a tenant may store (its datasets' payloads, its models' weights and its jobs' epoch records); "
+        "an upload past it, or a job when it is reached, is a 413"))
     KEY_CACHE_TTL_S: float = Field(10.0, description=(
         "seconds an API process remembers a key it looked up: a revoked key stops working within this"))
 
@@ -187,7 +187,9 @@ class Settings(BaseSettings):
         "a long job's backlog is never in memory at once"))
 
     # --- processes -----------------------------------------------------------------------------
-    MODEL_CACHE_SIZE: int = Field(32, description="built networks each API process keeps for `/predict`")
+    MODEL_CACHE_SIZE: int = Field(32, description=(
+        "built networks each API process keeps for `/predict`, one cache shared by all tenants (an "
+        "entry is only ever served to its own tenant)"))
     CELERY_CONCURRENCY: int | None = Field(None, json_schema_extra=_shown("the number of cores"), description=(
         "Celery processes per worker when the command line gives no `--concurrency`; each gets "
         "cores / concurrency BLAS threads"))
