@@ -8,10 +8,11 @@ otherwise. It runs with AUTH=off (no API keys; everything belongs to tenant
 `default`) unless the caller sets AUTH, which is why it listens on 127.0.0.1
 only.
 
-The front reads each request's head (and a small body) whole before gunicorn
-sees it, so a client that sends its request a byte at a time holds none of
-gunicorn's threads; a head that has not arrived within HEAD_TIMEOUT_S is
-answered 408. A worker that dies (the OOM killer, a crash) is started again
+The front reads each request whole (its head, then its body, spooled to a file
+past 1 MiB) before gunicorn sees it, so a client that sends its request a byte
+at a time holds none of gunicorn's threads; a head that has not arrived within
+HEAD_TIMEOUT_S, or a body that pauses for BODY_IDLE_S, is answered 408, and a
+body over MAX_UPLOAD_MB 413. A worker that dies (the OOM killer, a crash) is started again
 after a backoff, and the leases of the jobs it held are expired at once so the
 new worker's reaper resumes them from their checkpoints; after
 WORKER_MAX_FAST_EXITS exits in a row, each within WORKER_STABLE_S of its start,
@@ -38,9 +39,11 @@ import tempfile
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from datetime import timedelta
 from http import HTTPStatus
 from pathlib import Path
+from typing import BinaryIO
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -57,11 +60,18 @@ WORKER_MAX_FAST_EXITS = 5
 
 # The front (see Front). gunicorn's own limits on a head (100 fields of 8 KiB) are well
 # under MAX_HEAD_BYTES, so only a head gunicorn would refuse anyway is refused here.
+# BODY_IDLE_S is nginx's client_body_timeout (the environment may set it: the tests do);
+# SEND_TIMEOUT_S its send_timeout. MAX_CONNECTIONS keeps a thousand idle connections
+# from taking every file descriptor of the launcher.
 HEAD_TIMEOUT_S = 10.0
 MAX_HEAD_BYTES = 1 << 20
+BODY_IDLE_S = 30.0
+SEND_TIMEOUT_S = 60.0
+MAX_CONNECTIONS = 256
 BUFFERED_BODY_BYTES = 1 << 20
 PIPE_CHUNK_BYTES = 1 << 16
 LINGER_S = 2.0
+MEBIBYTE = 1024 * 1024  # MAX_UPLOAD_MB's unit, as the API counts it (service/api/app.py)
 
 
 def _die_with_parent() -> None:
@@ -244,72 +254,88 @@ class SupervisedWorker:
 # --- the front --------------------------------------------------------------------------------
 
 
-def _one_request_only(head: bytes) -> tuple[bytes, int | None]:
-    """Return the head with `Connection: close`, and the body's length when it may be read here first.
+class _Refusal(Exception):
+    """A request the front answers itself with a problem, the API never seeing it."""
 
-    gunicorn then closes the connection after its response, so it never waits, in one
-    of its threads, for a next request on it: every request comes through the front.
-    The length is None for a chunked body, an `Expect: 100-continue` or a body larger
-    than BUFFERED_BODY_BYTES: those are passed on as they arrive.
+    def __init__(self, status: HTTPStatus, detail: str, title: str | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.title = status, detail, title or status.phrase
+
+
+@dataclass
+class _RequestHead:
+    """A request's head as the front forwards it, and how its body is framed.
+
+    `lines` are the head's field lines the API gets (Connection, Keep-Alive,
+    Transfer-Encoding, Content-Length and `Expect: 100-continue` left out: the front
+    writes those itself); `length` is the body's Content-Length (None when chunked, 0
+    when there is none); `framed` says whether it had a Content-Length or was chunked.
     """
+
+    request_line: bytes
+    lines: list[bytes]
+    length: int | None
+    framed: bool
+    expect_continue: bool
+
+    def for_api(self, body_length: int) -> bytes:
+        """The head with the body's length and `Connection: close`.
+
+        gunicorn then closes the connection after its response, so it never waits, in one
+        of its threads, for a next request on it: every request comes through the front.
+        """
+        framing = [f"Content-Length: {body_length}".encode()] if self.framed else []
+        return b"\r\n".join([self.request_line, *self.lines, *framing, b"Connection: close"]) + b"\r\n\r\n"
+
+
+def _parse_head(head: bytes) -> _RequestHead:
+    """Read the framing of a head (ending in a blank line); _Refusal for one the front cannot frame."""
     request_line, *lines = head[:-4].split(b"\r\n")
-    fields = [(line.partition(b":")[0].strip().lower(), line) for line in lines]
-    kept = [(name, line) for name, line in fields if name not in (b"connection", b"keep-alive")]
-    names = [name for name, _ in kept]
-    lengths = [line.partition(b":")[2].strip() for name, line in kept if name == b"content-length"]
-    length: int | None = 0
-    if b"transfer-encoding" in names or b"expect" in names or len(lengths) > 1:
+    fields = [(line.partition(b":")[0].strip().lower(), line.partition(b":")[2].strip(), line) for line in lines]
+    codings = b",".join(value for name, value, _ in fields if name == b"transfer-encoding")
+    lengths = {value for name, value, _ in fields if name == b"content-length"}
+    expectations = [value.lower() for name, value, _ in fields if name == b"expect"]
+    kept = [line for name, value, line in fields
+            if name not in (b"connection", b"keep-alive", b"transfer-encoding", b"content-length")
+            and not (name == b"expect" and value.lower() == b"100-continue")]
+    if codings:
+        if [coding.strip().lower() for coding in codings.split(b",")] != [b"chunked"]:
+            raise _Refusal(HTTPStatus.NOT_IMPLEMENTED, "the only transfer coding the API takes is `chunked`")
+        if lengths:
+            raise _Refusal(HTTPStatus.BAD_REQUEST, "a request may not have both Transfer-Encoding and Content-Length")
         length = None
-    elif lengths:
-        length = int(lengths[0]) if lengths[0].isdigit() and int(lengths[0]) <= BUFFERED_BODY_BYTES else None
-    return b"\r\n".join([request_line, *(line for _, line in kept), b"Connection: close"]) + b"\r\n\r\n", length
-
-
-async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: HTTPStatus,
-                  detail: str) -> None:
-    """Answer a problem+json and close, reading what the client still sends for a moment.
-
-    Closing a socket with unread input resets the connection, and the client may then
-    lose the answer; so the front half-closes first and reads on briefly (as nginx's
-    lingering close does).
-    """
-    body = json.dumps({"type": "about:blank", "title": status.phrase, "status": status.value,
-                       "detail": detail}).encode()
-    writer.write((f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: application/problem+json\r\n"
-                  f"Content-Length: {len(body)}\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n"
-                  ).encode() + body)
-    await writer.drain()
-    if writer.can_write_eof():
-        writer.write_eof()
-    linger_until = asyncio.get_running_loop().time() + LINGER_S
-    try:
-        while (left := linger_until - asyncio.get_running_loop().time()) > 0:
-            if not await asyncio.wait_for(reader.read(PIPE_CHUNK_BYTES), left):
-                break
-    except (TimeoutError, OSError):
-        pass
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, eof: bool) -> None:
-    """Copy reader to writer until the reader ends; then half-close the writer when eof."""
-    while chunk := await reader.read(PIPE_CHUNK_BYTES):
-        writer.write(chunk)
-        await writer.drain()
-    if eof and writer.can_write_eof():
-        writer.write_eof()
+    elif len(lengths) > 1 or not all(value.isdigit() for value in lengths):
+        raise _Refusal(HTTPStatus.BAD_REQUEST, "the request's Content-Length is not one number")
+    else:
+        length = int(next(iter(lengths), b"0"))
+    return _RequestHead(request_line, kept, length, bool(codings or lengths), b"100-continue" in expectations)
 
 
 class Front:
-    """Listen on 127.0.0.1:port and hand each request, its head read whole, to gunicorn on a Unix socket.
+    """Listen on 127.0.0.1:port and hand each request, read whole, to gunicorn on a Unix socket.
 
     What nginx does for the deployment (docs/running.md), in a thread of the launcher:
     gunicorn's gthread worker reads a request in one of its threads from its first
-    byte on, so a few clients that send their heads slowly would hold every thread.
+    byte on, so a few clients that send their heads or bodies slowly would hold every
+    thread. The front reads the head within HEAD_TIMEOUT_S, then the body (a chunked
+    one de-chunked) with at most body_idle_s between reads, into memory up to
+    BUFFERED_BODY_BYTES and into a file in spool_dir beyond, refusing one over
+    max_body_bytes; only then does it connect to gunicorn. A client that reads the
+    answer no faster than send_timeout_s allows for each write is dropped, and past
+    max_connections open connections a new one is answered 503.
     """
 
-    def __init__(self, port: int, upstream: str) -> None:
+    def __init__(self, port: int, upstream: str, spool_dir: Path, max_body_bytes: int, *,
+                 body_idle_s: float = BODY_IDLE_S, send_timeout_s: float = SEND_TIMEOUT_S,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         self.port = port
         self.upstream = upstream
+        self.spool_dir = spool_dir
+        self.max_body_bytes = max_body_bytes
+        self.body_idle_s = body_idle_s
+        self.send_timeout_s = send_timeout_s
+        self.max_connections = max_connections
+        self._open_connections = 0
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="front", daemon=True)
@@ -325,46 +351,172 @@ class Front:
         if self._server is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._server.close)
 
+    # --- to the client
+
+    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        """Write to the client; TimeoutError when it takes none of it for send_timeout_s."""
+        writer.write(data)
+        await asyncio.wait_for(writer.drain(), self.send_timeout_s)
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, refusal: _Refusal,
+                      linger: bool = True) -> None:
+        """Answer a problem+json and close, reading what the client still sends for a moment.
+
+        Closing a socket with unread input resets the connection, and the client may then
+        lose the answer; so the front half-closes first and reads on briefly (as nginx's
+        lingering close does), unless told not to linger.
+        """
+        status = refusal.status
+        body = json.dumps({"type": "about:blank", "title": refusal.title, "status": status.value,
+                           "detail": refusal.detail}).encode()
+        retry = "Retry-After: 1\r\n" if status == HTTPStatus.SERVICE_UNAVAILABLE else ""
+        await self._send(writer, (
+            f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: application/problem+json\r\n"
+            f"Content-Length: {len(body)}\r\nX-Content-Type-Options: nosniff\r\n{retry}Connection: close\r\n\r\n"
+        ).encode() + body)
+        if writer.can_write_eof():
+            writer.write_eof()
+        if not linger:
+            return
+        linger_until = self._loop.time() + LINGER_S
+        try:
+            while (left := linger_until - self._loop.time()) > 0:
+                if not await asyncio.wait_for(reader.read(PIPE_CHUNK_BYTES), left):
+                    break
+        except (TimeoutError, OSError):
+            pass
+
+    # --- from the client
+
+    async def _read(self, reader: asyncio.StreamReader, most: int) -> bytes:
+        """Read up to `most` bytes of the body; TimeoutError after body_idle_s without any."""
+        chunk = await asyncio.wait_for(reader.read(most), self.body_idle_s)
+        if not chunk:
+            raise asyncio.IncompleteReadError(b"", most)
+        return chunk
+
+    async def _spool_exactly(self, reader: asyncio.StreamReader, spool: BinaryIO, length: int) -> None:
+        while length:
+            chunk = await self._read(reader, min(length, PIPE_CHUNK_BYTES))
+            spool.write(chunk)
+            length -= len(chunk)
+
+    async def _line(self, reader: asyncio.StreamReader) -> bytes:
+        return await asyncio.wait_for(reader.readuntil(b"\r\n"), self.body_idle_s)
+
+    async def _spool_chunked(self, reader: asyncio.StreamReader, spool: BinaryIO) -> None:
+        """Spool a chunked body's data (its chunk sizes, extensions and trailers dropped)."""
+        while True:
+            size = _chunk_size(await self._line(reader))
+            if size == 0:
+                break
+            if spool.tell() + size > self.max_body_bytes:
+                raise _Refusal(*self._too_large())
+            await self._spool_exactly(reader, spool, size)
+            if await asyncio.wait_for(reader.readexactly(2), self.body_idle_s) != b"\r\n":
+                raise _Refusal(HTTPStatus.BAD_REQUEST, "a chunk of the request body does not end in CRLF")
+        trailers = 0
+        while (line := await self._line(reader)) != b"\r\n":
+            trailers += len(line)
+            if trailers > MAX_HEAD_BYTES:
+                raise _Refusal(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                               f"the request's trailers are larger than {MAX_HEAD_BYTES} bytes")
+
+    def _too_large(self) -> tuple[HTTPStatus, str, str]:
+        """The API's own 413 (service/api/errors.py), so that a client sees one answer for one limit."""
+        from werkzeug.exceptions import RequestEntityTooLarge
+
+        return (HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"the request body is larger than MAX_UPLOAD_MB ({self.max_body_bytes // MEBIBYTE} MB)",
+                RequestEntityTooLarge().name)
+
+    async def _read_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            spool: BinaryIO) -> bytes:
+        """Read a request whole: its body into spool; return the head the API gets."""
+        try:
+            head = _parse_head(await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S))
+        except TimeoutError:
+            raise _Refusal(HTTPStatus.REQUEST_TIMEOUT,
+                           f"the request's head did not arrive within {HEAD_TIMEOUT_S:g} s") from None
+        except asyncio.LimitOverrunError:
+            raise _Refusal(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                           f"the request's head is larger than {MAX_HEAD_BYTES} bytes") from None
+        if head.length is not None and head.length > self.max_body_bytes:
+            raise _Refusal(*self._too_large())
+        if head.expect_continue and head.length != 0:
+            await self._send(writer, b"HTTP/1.1 100 Continue\r\n\r\n")
+        try:
+            if head.length is None:
+                await self._spool_chunked(reader, spool)
+            else:
+                await self._spool_exactly(reader, spool, head.length)
+        except TimeoutError:
+            raise _Refusal(HTTPStatus.REQUEST_TIMEOUT, (
+                f"the request body paused for more than {self.body_idle_s:g} s (BODY_IDLE_S)")) from None
+        except asyncio.LimitOverrunError:
+            raise _Refusal(HTTPStatus.BAD_REQUEST, "a chunk size line of the request body is too long") from None
+        return head.for_api(spool.tell())
+
+    # --- to the API and back
+
+    async def _send_to_api(self, writer: asyncio.StreamWriter, head: bytes, spool: BinaryIO) -> None:
+        writer.write(head)
+        spool.seek(0)
+        while chunk := spool.read(PIPE_CHUNK_BYTES):
+            writer.write(chunk)
+            await writer.drain()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Copy the API's answer to the client until the API closes."""
+        while chunk := await reader.read(PIPE_CHUNK_BYTES):
+            await self._send(writer, chunk)
+
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        if self._open_connections >= self.max_connections:
+            try:
+                await self._refuse(client_reader, client_writer, _Refusal(HTTPStatus.SERVICE_UNAVAILABLE, (
+                    f"{self.max_connections} connections are open; try again shortly")), linger=False)
+            except (TimeoutError, OSError):
+                pass
+            finally:
+                client_writer.close()
+            return
+        self._open_connections += 1
         upstream_writer: asyncio.StreamWriter | None = None
         try:
-            deadline = self._loop.time() + HEAD_TIMEOUT_S
-            try:
-                head = await asyncio.wait_for(client_reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S)
-                head, length = _one_request_only(head)
-                body = b""
-                if length:
-                    body = await asyncio.wait_for(client_reader.readexactly(length),
-                                                  max(0.0, deadline - self._loop.time()))
-            except TimeoutError:
-                await _refuse(client_reader, client_writer, HTTPStatus.REQUEST_TIMEOUT, (
-                    f"the request's head (and a body of up to {BUFFERED_BODY_BYTES} bytes) did not "
-                    f"arrive within {HEAD_TIMEOUT_S:g} s"))
-                return
-            except asyncio.LimitOverrunError:
-                await _refuse(client_reader, client_writer, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
-                              f"the request's head is larger than {MAX_HEAD_BYTES} bytes")
-                return
-            except asyncio.IncompleteReadError:
-                return  # the client left
-            try:
-                upstream_reader, upstream_writer = await asyncio.open_unix_connection(self.upstream)
-            except OSError:
-                await _refuse(client_reader, client_writer, HTTPStatus.BAD_GATEWAY, "the API is not running")
-                return
-            upstream_writer.write(head + body)
-            to_api = asyncio.ensure_future(_pipe(client_reader, upstream_writer, eof=True))
-            to_api.add_done_callback(lambda task: task.cancelled() or task.exception())
-            try:
-                await _pipe(upstream_reader, client_writer, eof=False)
-            finally:
-                to_api.cancel()
-        except OSError:
-            pass  # one side went away: close both
+            with tempfile.SpooledTemporaryFile(BUFFERED_BODY_BYTES, dir=self.spool_dir) as spool:
+                try:
+                    head = await self._read_request(client_reader, client_writer, spool)
+                    upstream_reader, upstream_writer = await asyncio.open_unix_connection(self.upstream)
+                except _Refusal as refusal:
+                    await self._refuse(client_reader, client_writer, refusal)
+                    return
+                except OSError:
+                    await self._refuse(client_reader, client_writer,
+                                       _Refusal(HTTPStatus.BAD_GATEWAY, "the API is not running"))
+                    return
+                to_api = asyncio.ensure_future(self._send_to_api(upstream_writer, head, spool))
+                # The API may answer (a 401, a 413) before it read the body, and close.
+                to_api.add_done_callback(lambda task: task.cancelled() or task.exception())
+                try:
+                    await self._answer(upstream_reader, client_writer)
+                finally:
+                    to_api.cancel()
+        except (asyncio.IncompleteReadError, TimeoutError, OSError):
+            pass  # one side went away, or the client took nothing for send_timeout_s: close both
         finally:
+            self._open_connections -= 1
             for writer in (upstream_writer, client_writer):
                 if writer is not None:
                     writer.close()
+
+
+def _chunk_size(line: bytes) -> int:
+    """The size in a chunk's size line (`1a;name=value` CRLF); _Refusal for one that is not hex."""
+    digits = line.partition(b";")[0].strip()
+    if not digits or len(digits) > 16 or digits.strip(b"0123456789abcdefABCDEF"):
+        raise _Refusal(HTTPStatus.BAD_REQUEST, "a chunk size of the request body is not a hex number")
+    return int(digits, 16)
 
 
 # --- the launcher -------------------------------------------------------------------------------
@@ -403,15 +555,19 @@ def main(argv: list[str] | None = None) -> int:
     # A directory only this user may enter: nothing else on the machine reaches gunicorn but through the front.
     socket_dir = Path(tempfile.mkdtemp(prefix="backprop-run-"))
     upstream = str(socket_dir / "api.sock")
-    front = Front(int(port), upstream)
+    from service.core.settings import load_config
+
+    max_upload_mb = int(load_config()["MAX_UPLOAD_MB"])
+    front = Front(int(port), upstream, socket_dir, max_upload_mb * MEBIBYTE,
+                  body_idle_s=float(os.environ.get("BODY_IDLE_S", BODY_IDLE_S)))
     try:
         front.start()
     except OSError as error:
         print(f"[run] cannot listen on 127.0.0.1:{port}: {error}", file=sys.stderr)
         shutil.rmtree(socket_dir, ignore_errors=True)
         return 1
-    print(f"[run] listening on 127.0.0.1:{port} (each request head read whole, then handed to the API "
-          f"on unix:{upstream})", flush=True)
+    print(f"[run] listening on 127.0.0.1:{port} (each request read whole, a body of up to "
+          f"{max_upload_mb} MB, then handed to the API on unix:{upstream})", flush=True)
 
     stopping: list[int] = []
 
