@@ -426,8 +426,9 @@ class Front:
         """The API's own 413 (service/api/errors.py), so that a client sees one answer for one limit."""
         from werkzeug.exceptions import RequestEntityTooLarge
 
-        return (HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                f"the request body is larger than MAX_UPLOAD_MB ({self.max_body_bytes // MEBIBYTE} MB)",
+        from service.core.problems import body_too_large
+
+        return (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, body_too_large(self.max_body_bytes // MEBIBYTE),
                 RequestEntityTooLarge().name)
 
     async def _read_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,

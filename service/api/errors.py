@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from service.api.responses import Problem, render
-from service.core.problems import PROBLEM_JSON, ApiError, from_validation_error
+from service.core.problems import PROBLEM_JSON, ApiError, body_too_large, from_validation_error
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,7 @@ def init_app(app: Flask) -> None:
         status = error.code or 500
         detail = error.description or error.name
         if status == 413:
-            detail = (f"the request body is larger than MAX_UPLOAD_MB "
-                      f"({app.config['MAX_UPLOAD_MB']} MB)")
+            detail = body_too_large(app.config["MAX_UPLOAD_MB"])
         response = problem_response(status, error.name, detail)
         if isinstance(error, MethodNotAllowed) and error.valid_methods:
             response.headers["Allow"] = ", ".join(_allowed_for_405(app, error.valid_methods))

@@ -62,6 +62,11 @@ def invalid(errors: list[FieldError], detail: str | None = None) -> ApiError:
     return ApiError(422, "Unprocessable request", detail, errors, slug="validation-error")
 
 
+def body_too_large(max_upload_mb: int) -> str:
+    """Say why a request body was refused with 413: the API's and `make run`'s front's one wording."""
+    return f"the request body is larger than MAX_UPLOAD_MB ({max_upload_mb} MB)"
+
+
 def not_found(kind: str, ident: str) -> ApiError:
     """Return a 404 for a missing resource."""
     return ApiError(404, "Not found", f"no {kind} with id {ident!r}", slug="not-found")
