@@ -162,12 +162,39 @@ class Job(Answer):
     finished_at: Timestamp | None
 
 
+class FlagDetail(BaseModel):
+    """A health flag an epoch raised: the layers past its threshold, and what it means."""
+
+    model_config = ConfigDict(title="FlagDetail", extra="allow")
+
+    layers: list[str] = Field(description="the layers past the flag's threshold (none: the global norm raised it)")
+    explanation: str
+
+
 class JobEpoch(BaseModel):
-    """One epoch's record: its number, losses and metrics, per-layer diagnostics (docs/jobs.md)."""
+    """One epoch's record as the engine makes it (docs/engine.md): losses and metrics, per-layer
+    diagnostics and health flags. A metric the task has not (accuracy for a regression, the
+    validation ones without a validation split) is absent; keys the engine adds later pass through."""
 
     model_config = ConfigDict(title="JobEpoch", extra="allow")
 
     epoch: int
+    loss: float | None = Field(default=None, description="the training loss (null when it was not finite)")
+    accuracy: float | None = Field(default=None, description="classification: training accuracy")
+    mae: float | None = Field(default=None, description="regression: training mean absolute error")
+    r2: float | None = Field(default=None, description="regression: training R²")
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    val_mae: float | None = None
+    val_r2: float | None = None
+    learning_rate: float | None = None
+    duration_s: float | None = None
+    samples_per_second: float | None = None
+    layers: dict[str, dict[str, float | None]] | None = Field(default=None, description=(
+        "per layer: grad_norm, weight_norm, update_ratio, saturation (where they apply)"))
+    flags: list[str] | None = Field(default=None, description="the health flags raised this epoch")
+    flag_details: dict[str, FlagDetail] | None = Field(default=None,
+                                                       description="each raised flag's layers and meaning")
 
 
 class JobMetrics(Answer):
