@@ -138,6 +138,7 @@ class SlowClients:
         self.sockets: list[socket.socket] = []
         self.opened: list[float] = []
         self.closed_after: dict[int, float] = {}
+        self.trickled: dict[int, int] = {}  # per connection, the bytes of `trickle` sent so far
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._send, daemon=True)
 
@@ -174,6 +175,7 @@ class SlowClients:
                         continue
                     if byte:
                         sock.send(byte)
+                        self.trickled[index] = self.trickled.get(index, 0) + 1
                 except OSError:
                     self._mark_closed(index)
             self._stop.wait(self.interval_s)
@@ -188,6 +190,11 @@ class SlowClients:
 
     def all_closed(self) -> bool:
         return len(self.closed_after) == len(self.sockets)
+
+    def all_trickling(self) -> None:
+        """Wait until every open connection has sent bytes past its head: the server holds them all."""
+        wait_for(lambda: all(self.trickled.get(i, 0) >= 2 for i in range(len(self.sockets))
+                             if i not in self.closed_after), 30, 0.1, "every slow connection trickling")
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -290,7 +297,7 @@ def test_template_uses_only_what_the_proxy_service_sets() -> None:
 def test_slow_headers_do_not_stall_requests_through_the_proxy(api: Stack, proxy: Proxy, count: int) -> None:
     header_timeout_s = float(proxy.values["PROXY_HEADER_TIMEOUT_S"])
     with slow_headers(proxy.port, count) as slow:
-        time.sleep(1)  # they have all sent something
+        slow.all_trickling()
         timings = [timed_get(api.http, proxy.url(path), timeout=PROMPT_S * 5)
                    for path in ("/healthz", "/v1/datasets", "/readyz") * 3]
         assert all(status == 200 for status, _ in timings), timings
@@ -328,7 +335,7 @@ def test_slow_bodies_are_buffered_and_limited_per_client(api: Stack, proxy: Prox
     limit = int(proxy.values["PROXY_CONNECTIONS_PER_CLIENT"])
     assert api.api_key
     with slow_bodies(proxy.port, limit, api.api_key) as slow:
-        time.sleep(1)
+        slow.all_trickling()
 
         def refused() -> list[requests.Response]:
             # A list: a Response is falsy when its status is 4xx.
