@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
 import os
 import shlex
@@ -338,13 +339,28 @@ class Front:
         self._open_connections = 0
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
-        self._thread = threading.Thread(target=self._loop.run_forever, name="front", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="front", daemon=True)
+        self._bound: concurrent.futures.Future[None] = concurrent.futures.Future()
 
     def start(self) -> None:
-        """Bind the port (OSError when it is taken) and start serving in a thread."""
-        self._server = self._loop.run_until_complete(asyncio.start_server(
-            self._serve, "127.0.0.1", self.port, limit=MAX_HEAD_BYTES, reuse_address=True))
+        """Bind the port (OSError when it is taken) and start serving in a thread of its own.
+
+        The loop runs in that thread alone: the caller's thread may be running an event loop
+        of its own (Playwright's sync API keeps one), and asyncio runs one loop per thread.
+        """
         self._thread.start()
+        self._bound.result()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._server = self._loop.run_until_complete(asyncio.start_server(
+                self._serve, "127.0.0.1", self.port, limit=MAX_HEAD_BYTES, reuse_address=True))
+        except BaseException as error:  # handed to start(), which raises it in the caller
+            self._bound.set_exception(error)
+            return
+        self._bound.set_result(None)
+        self._loop.run_forever()
 
     def stop(self) -> None:
         """Stop listening; connections still open end with the process."""

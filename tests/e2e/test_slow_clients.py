@@ -7,6 +7,7 @@ launcher now reads each request whole, head and body, before the API sees it.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import socket
@@ -327,3 +328,16 @@ def test_past_the_connection_cap_a_new_connection_is_answered_503(tmp_path: Path
             assert _answer(sock).startswith(b"HTTP/1.1 502 ")
     finally:
         front.stop()
+
+
+def test_the_front_starts_while_the_callers_thread_runs_an_event_loop(tmp_path: Path) -> None:
+    # Playwright's sync API (the dashboard tests) keeps a loop running in the main thread.
+    async def start_and_stop() -> None:
+        front = _launcher_module().Front(free_port(), str(tmp_path / "none.sock"), tmp_path, MEBIBYTE)
+        front.start()
+        with socket.create_connection(("127.0.0.1", front.port), timeout=10) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert _answer(sock).startswith(b"HTTP/1.1 502 ")  # no API behind it here
+        front.stop()
+
+    asyncio.run(start_and_stop())
