@@ -332,7 +332,7 @@ def test_past_the_connection_cap_a_new_connection_is_answered_503(tmp_path: Path
 
 def test_the_front_starts_while_the_callers_thread_runs_an_event_loop(tmp_path: Path) -> None:
     # Playwright's sync API (the dashboard tests) keeps a loop running in the main thread.
-    async def start_and_stop() -> None:
+    def start_and_stop() -> None:
         front = _launcher_module().Front(free_port(), str(tmp_path / "none.sock"), tmp_path, MEBIBYTE)
         front.start()
         with socket.create_connection(("127.0.0.1", front.port), timeout=10) as sock:
@@ -340,4 +340,12 @@ def test_the_front_starts_while_the_callers_thread_runs_an_event_loop(tmp_path: 
             assert _answer(sock).startswith(b"HTTP/1.1 502 ")  # no API behind it here
         front.stop()
 
-    asyncio.run(start_and_stop())
+    async def inside_a_loop() -> None:
+        start_and_stop()
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # none runs here: run one
+        asyncio.run(inside_a_loop())
+    else:  # in the whole suite, Playwright's already runs in this thread
+        start_and_stop()
