@@ -6,9 +6,12 @@ or a fixture of any folder can call it.
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
+
+import pytest
 
 T = TypeVar("T")
 
@@ -194,3 +197,23 @@ def give_model(app: Any, tenant: str, size: int) -> None:
                                  weights=b"\0" * size, preprocessing={}, classes=None, metrics=None,
                                  parameter_count=0))
         session.commit()
+
+
+# A test marked so runs on SQLite and on PostgreSQL (the `backend` fixture of tests/conftest.py).
+both_databases = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+
+
+class CountingStream(io.BytesIO):
+    """A request body that counts how many of its bytes were read."""
+
+    bytes_read = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        chunk = super().read(size)
+        self.bytes_read += len(chunk)
+        return chunk
+
+    def readinto(self, buffer: Any) -> int:
+        count = super().readinto(buffer)
+        self.bytes_read += count
+        return count

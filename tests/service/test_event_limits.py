@@ -17,10 +17,9 @@ from sqlalchemy import event, insert, update
 from service.core.db.tables import ApiKey, JobEpoch
 from service.core.ids import utcnow
 from tests.conftest import BLOBS_COLUMNS, blobs_rows, client_with_key, csv_text
-from tests.helpers import mlp, problem, set_row, submit
+from tests.helpers import both_databases, mlp, problem, set_row, submit
 from tests.service.test_events import parse_events
 
-both_databases = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
 # A stream the test client reads whole (one that ought to be refused) ends soon rather than at 300 s.
 SHORT_STREAMS = {"EVENTS_POLL_S": 0.05, "EVENTS_MAX_S": 1.0}
 

@@ -17,27 +17,9 @@ import pytest
 from service.api import models as models_api
 from service.core.data.parsing import TableError, parse_csv
 from service.core.settings import setting_default
+from service.core.tenancy.limits import MB
 from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text
-from tests.helpers import problem
-
-both_databases = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
-MB = 1024 * 1024
-
-
-class CountingStream(io.BytesIO):
-    """A request body that counts how many of its bytes were read."""
-
-    bytes_read = 0
-
-    def read(self, size: int | None = -1) -> bytes:
-        chunk = super().read(size)
-        self.bytes_read += len(chunk)
-        return chunk
-
-    def readinto(self, buffer: Any) -> int:
-        count = super().readinto(buffer)
-        self.bytes_read += count
-        return count
+from tests.helpers import CountingStream, both_databases, problem
 
 
 def big_network_body(size: int) -> bytes:

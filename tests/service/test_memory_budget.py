@@ -17,9 +17,7 @@ import pytest
 from backprop.network import Network
 from benchmarks import wide_predict
 from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text
-from tests.helpers import job_row, job_settings, mlp, problem, run_job, submit
-
-both_databases = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+from tests.helpers import both_databases, job_row, job_settings, mlp, problem, run_job, submit
 
 # mlp((100,)) on the four blobs features: 4 + 100 + 2 values a row.
 WIDTH = 106

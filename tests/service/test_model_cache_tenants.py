@@ -11,9 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text
-from tests.helpers import mlp, problem, train
-
-both_databases = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+from tests.helpers import both_databases, mlp, problem, train
 
 ROW = {"inputs": [[0.1, 0.2, 0.3, 0.4]]}  # a body the fast lane answers
 RECORDS = {"records": [{"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4}]}  # one only the view answers

@@ -11,8 +11,7 @@ from service.core.db import store
 from service.core.db.store import PAYLOAD_CHUNK_BYTES, load_table, store_payload
 from service.core.db.tables import Dataset, DatasetPayload, DatasetPayloadChunk
 from tests.conftest import csv_text
-
-both_databases = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+from tests.helpers import both_databases
 
 
 def big_table(n_rows: int = 150_000) -> ParsedTable:

@@ -12,16 +12,13 @@ import threading
 import time
 from typing import Any
 
-import pytest
 import requests
 from sqlalchemy import func, select
 
 from service.core.db.tables import Dataset, DatasetPayload, DatasetPayloadChunk, TrainedModel
 from tests.conftest import BLOBS_COLUMNS, blobs_rows, client_with_key, csv_text
-from tests.helpers import give_model, mlp, problem, run_job, submit
+from tests.helpers import both_databases, give_model, mlp, problem, run_job, submit
 from tests.service.test_cli_train import FlaskAdapter
-
-both_databases = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
 
 
 def post_csv(client: Any, rows: list[list[Any]], header: list[str] = BLOBS_COLUMNS) -> Any:

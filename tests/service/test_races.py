@@ -17,9 +17,7 @@ from sqlalchemy import select
 
 from service.core.db.tables import Dataset, Job
 from tests.conftest import BLOBS_COLUMNS, blobs_rows, client_with_key, csv_text
-from tests.helpers import mlp, problem
-
-both_databases = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+from tests.helpers import both_databases, mlp, problem
 
 # How long each request pauses inside its window; and a generous bound on any wait for a thread.
 WINDOW_S = 0.05

@@ -8,34 +8,13 @@ MAX_DISTINCT_STRINGS distinct strings across its columns while it is surveyed.
 
 from __future__ import annotations
 
-import io
 from typing import Any
-
-import pytest
 
 from service.core.data.parsing import MAX_ERRORS
 from service.core.settings import setting_default
+from service.core.tenancy.limits import MB
 from tests.conftest import csv_text
-from tests.helpers import problem
-
-both_databases = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
-MB = 1024 * 1024
-
-
-class CountingStream(io.BytesIO):
-    """A request body that counts how many of its bytes were read."""
-
-    bytes_read = 0
-
-    def read(self, size: int | None = -1) -> bytes:
-        chunk = super().read(size)
-        self.bytes_read += len(chunk)
-        return chunk
-
-    def readinto(self, buffer: Any) -> int:
-        count = super().readinto(buffer)
-        self.bytes_read += count
-        return count
+from tests.helpers import CountingStream, both_databases, problem
 
 
 def csv_body(size: int) -> bytes:

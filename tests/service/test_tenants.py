@@ -17,13 +17,12 @@ from sqlalchemy import func, select
 from service.api import models as models_api
 from service.core.db.tables import Dataset, DatasetPayload, Job, Network, TrainedModel
 from tests.conftest import BLOBS_COLUMNS, blobs_rows, client_with_key, csv_text
-from tests.helpers import give_model, mlp, problem, run_job, submit
+from tests.helpers import both_databases, give_model, mlp, problem, run_job, submit
 
 MLP = mlp((4,), "tanh")
 TRAINING = {"epochs": 2, "batch_size": 16}
 # Which of alice's resources a path parameter names.
 PARAMETER_KINDS = {"dataset_id": "dataset", "network_id": "network", "job_id": "job", "model_id": "model"}
-both_databases = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
 
 
 def v1_rules(app: Any) -> list[tuple[str, str, Any]]:
