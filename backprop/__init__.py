@@ -20,13 +20,14 @@ from .errors import (
     TrainingDiverged,
 )
 from .initializers import INITIALIZERS
-from .losses import LOSSES, TASK_OF_LOSS, output_width
+from .losses import CLASS_WEIGHTED_LOSSES, LOSSES, TASK_OF_LOSS, output_width
 from .network import Network, build
 from .spec import count_parameters, validate
 from .training import FLAG_EXPLANATIONS, History, train, train_validation_split
 
 __all__ = [
     "ACTIVATIONS",
+    "CLASS_WEIGHTED_LOSSES",
     "DERIVATIVES",
     "FLAG_EXPLANATIONS",
     "INITIALIZERS",

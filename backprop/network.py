@@ -301,13 +301,19 @@ class Network:
                 else:
                     grads[source] = grads[source] + grad
 
-    def _loss_step(self, X: Any, y: Any, loss: str, training: bool) -> tuple[float, Any]:
-        """Run forward, the loss and backward; return the loss and the output values."""
+    def _loss_step(self, X: Any, y: Any, loss: str, training: bool, class_weight: Any = None) -> tuple[float, Any]:
+        """Run forward, the loss and backward; return the loss and the output values.
+
+        ``class_weight``, an array on this network's device, weights a classification loss.
+        """
         fused = self.output_node.activation == FUSED_ACTIVATION.get(loss)
         self.output_node.skip_activation = fused
         try:
             Z = self.forward(X, training)
-            value, dZ = LOSSES[loss](Z, y, self.xp)
+            if class_weight is None:
+                value, dZ = LOSSES[loss](Z, y, self.xp)
+            else:
+                value, dZ = LOSSES[loss](Z, y, self.xp, class_weight)
             # A confident classifier's output gradients fall to ~1e-40, far too small to move
             # any weight; as they shrink through the layers they turn subnormal, and x86
             # arithmetic on subnormals is many times slower (a converged job's epochs took 5x
@@ -318,11 +324,17 @@ class Network:
             self.output_node.skip_activation = False
         return value, Z
 
-    def loss_and_gradients(self, X: Any, y: Any, loss: str, training: bool = False) -> tuple[float, dict[str, Any]]:
-        """Return the mean loss on (X, y) and copies of its gradients, keyed like ``parameters``."""
+    def loss_and_gradients(self, X: Any, y: Any, loss: str, training: bool = False,
+                           class_weight: Any = None) -> tuple[float, dict[str, Any]]:
+        """Return the mean loss on (X, y) and copies of its gradients, keyed like ``parameters``.
+
+        ``class_weight`` (n_classes,) makes a classification loss the weighted mean
+        (``backprop.losses``); it is not validated here, :func:`backprop.train` does that.
+        """
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; use one of {', '.join(LOSSES)}")
-        value, _ = self._loss_step(X, self.xp.asarray(y), loss, training)
+        weights = None if class_weight is None else self.as_array(class_weight)
+        value, _ = self._loss_step(X, self.xp.asarray(y), loss, training, weights)
         return value, {key: grad.copy() for key, grad in self.gradients().items()}
 
     def logits(self, X: Any, loss: str) -> Any:

@@ -12,8 +12,8 @@ import numpy as np
 from .backend import to_numpy
 from .checkpoint import Checkpoint
 from .config import TrainingConfig
-from .errors import TrainingCancelled, TrainingDiverged
-from .losses import LOSSES, TASK_OF_LOSS
+from .errors import ConfigError, Problem, TrainingCancelled, TrainingDiverged
+from .losses import CLASS_WEIGHTED_LOSSES, LOSSES, TASK_OF_LOSS, class_weight_total
 from .network import Network
 from .optimizers import LearningRateSchedule, make_optimizer
 
@@ -44,13 +44,59 @@ class History(list):
     stopped_early: bool = False
 
 
-def train_validation_split(n: int, validation_split: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Return (train, validation) row indices: a seeded shuffle, at least one training row."""
+def train_validation_split(
+    n: int, validation_split: float, seed: int = 0, stratify: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (train, validation) row indices, each sorted: a seeded shuffle, at least one training row.
+
+    Parameters
+    ----------
+    n
+        Number of rows.
+    validation_split
+        Fraction of the rows held out, in [0, 1).
+    seed
+        Seed of the shuffle; the same arguments give the same split.
+    stratify
+        Optional class index of each row, integers of length ``n``. Each class
+        then holds out ``round(count * validation_split)`` of its rows, but
+        keeps at least one training row (a class of one row stays whole in
+        training), so the total may differ from the unstratified split's
+        ``round(n * validation_split)``. Without it the split is the one this
+        function has always made, row for row.
+
+    Raises
+    ------
+    ValueError
+        ``stratify`` is not integer class indices of length ``n``.
+    """
+    labels = None if stratify is None else _stratify_labels(stratify, n)
     if validation_split <= 0 or n < 2:
         return np.arange(n), np.arange(0)
     order = np.random.default_rng([seed, 1]).permutation(n)
-    n_val = min(int(round(n * validation_split)), n - 1)
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
+    if labels is None:
+        n_val = min(int(round(n * validation_split)), n - 1)
+        return np.sort(order[n_val:]), np.sort(order[:n_val])
+    # Each class takes its validation rows from the front of the one shuffle, in shuffled order.
+    shuffled = labels[order]
+    held = np.zeros(n, dtype=bool)
+    for label in np.unique(labels):
+        members = np.flatnonzero(shuffled == label)
+        n_val = min(int(round(len(members) * validation_split)), len(members) - 1)
+        held[members[:n_val]] = True
+    return np.sort(order[~held]), np.sort(order[held])
+
+
+def _stratify_labels(stratify: Any, n: int) -> np.ndarray:
+    """``stratify`` as int64 class indices, or a ValueError saying why it is not."""
+    labels = np.asarray(stratify)
+    if labels.shape != (n,):
+        raise ValueError(f"stratify must hold one class index per row, shape ({n},), not {labels.shape}")
+    if labels.dtype.kind in "iub":
+        return labels.astype(np.int64, copy=False)
+    if labels.dtype.kind == "f" and bool(np.isfinite(labels).all()) and bool((labels == np.round(labels)).all()):
+        return labels.astype(np.int64)
+    raise ValueError("stratify must hold integer class indices")
 
 
 def train(
@@ -66,6 +112,7 @@ def train(
     checkpoint: Checkpoint | None = None,
     on_checkpoint: Callable[[Checkpoint], None] | None = None,
     max_eval_rows: int = EVAL_CHUNK_ROWS,
+    class_weight: np.ndarray | None = None,
     **training: Any,
 ) -> History:
     """Train ``network`` on inputs ``X`` (n, input_dim) and targets ``y`` in place.
@@ -80,10 +127,19 @@ def train(
     pass holds ``rows * network.activation_width`` values, so a caller with a
     memory budget passes ``budget // network.activation_width``.
 
+    ``class_weight``, positive finite floats (n_classes,) (classes 0 and 1 for
+    ``binary_cross_entropy``), makes the loss the weighted mean
+    ``sum_i w[y_i] l_i / sum_i w[y_i]`` (see :mod:`backprop.losses`) and its
+    gradient. The records' ``loss`` and ``val_loss`` are then weighted too, so
+    that early stopping and ``reduce_on_plateau`` watch the loss being
+    minimized; ``accuracy`` and ``val_accuracy`` stay unweighted. A checkpoint
+    does not hold the weights: resume with the same ``class_weight``.
+
     Raises
     ------
     ConfigError
-        A training field is out of range.
+        A training field is out of range, or ``class_weight`` does not fit the
+        loss and the network's output (field ``class_weight``).
     TrainingDiverged
         The loss or a parameter became non-finite.
     TrainingCancelled
@@ -92,7 +148,8 @@ def train(
     config = TrainingConfig.from_dict(training)
     if max_eval_rows < 1:
         raise ValueError(f"max_eval_rows must be at least 1, not {max_eval_rows}")
-    data, val = _split_data(network, X, y, validation_data, config)
+    weights = _class_weight(network, class_weight, config.loss)
+    data, val = _split_data(network, X, y, validation_data, config, weights)
     run = _TrainingRun(network, config)
     if checkpoint is not None:
         run.resume(checkpoint)
@@ -133,8 +190,33 @@ def train(
     return run.finish()
 
 
+def _class_weight(network: Network, class_weight: Any, loss: str) -> Any:
+    """``class_weight`` checked against the loss and the output, on the network's device; None stays None."""
+    if class_weight is None:
+        return None
+
+    def problem(message: str) -> ConfigError:
+        return ConfigError([Problem("class_weight", message)])
+
+    if loss not in CLASS_WEIGHTED_LOSSES:
+        raise problem(f"applies to {' and '.join(CLASS_WEIGHTED_LOSSES)}, not {loss}")
+    try:
+        weights = np.asarray(class_weight, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise problem("must be an array of numbers, one per class") from None
+    n_classes = 2 if loss == "binary_cross_entropy" else network.graph.output_width
+    if weights.shape != (n_classes,):
+        raise problem(f"must hold one weight per class, shape ({n_classes},), not {weights.shape}")
+    if not np.isfinite(weights).all():
+        raise problem("must be finite")
+    if not (weights > 0).all():
+        raise problem(f"must be positive, not {weights.min():g}")
+    return network.as_array(weights)  # once: every batch indexes it on the device
+
+
 def _split_data(
     network: Network, X: Any, y: Any, validation_data: tuple[Any, Any] | None, config: TrainingConfig,
+    class_weight: Any = None,
 ) -> tuple[_Data, _Data | None]:
     """The training split and the validation split (None without one) on the network's device.
 
@@ -151,8 +233,8 @@ def _split_data(
             X, y = X[train_rows], y[train_rows]
     else:
         X_val, y_val = validation_data
-    data = _Data(network, X, y, config.loss)
-    val = _Data(network, X_val, y_val, config.loss) if X_val is not None and len(X_val) else None
+    data = _Data(network, X, y, config.loss, class_weight)
+    val = _Data(network, X_val, y_val, config.loss, class_weight) if X_val is not None and len(X_val) else None
     return data, val
 
 
@@ -258,7 +340,7 @@ def _train_epoch(
     """
     network, config, xp = run.network, run.config, run.xp
     nodes, weights, params, grad_slots, optimizer = run.nodes, run.weights, run.params, run.grad_slots, run.optimizer
-    loss_name, batch_size = config.loss, config.batch_size
+    loss_name, batch_size, class_weight = config.loss, config.batch_size, data.class_weight
     order = xp.asarray(run.rng.permutation(data.n))
     totals = _Totals()
     layers: dict[str, dict[str, float]] = {}
@@ -266,7 +348,7 @@ def _train_epoch(
     for batch, start in enumerate(range(0, data.n, batch_size)):
         rows = order[start:start + batch_size]
         X_batch, y_batch = data.X[rows], data.y[rows]
-        value, Z = network._loss_step(X_batch, y_batch, loss_name, training=True)
+        value, Z = network._loss_step(X_batch, y_batch, loss_name, training=True, class_weight=class_weight)
         if not math.isfinite(value):
             raise _diverged(epoch, learning_rate, config)
         totals.add(value, Z, y_batch, data, xp)
@@ -303,14 +385,15 @@ def _epoch_metrics(
 
 
 class _Data:
-    """Inputs and targets on the network's device, targets shaped for the loss."""
+    """Inputs and targets on the network's device, targets shaped for the loss, and the loss's class weights."""
 
-    def __init__(self, network: Network, X: Any, y: Any, loss: str):
+    def __init__(self, network: Network, X: Any, y: Any, loss: str, class_weight: Any = None):
         xp = network.xp
         self.X = network.as_array(X)
         self.n = len(self.X)
         self.task = TASK_OF_LOSS[loss]
         self.loss = loss
+        self.class_weight = class_weight
         if loss == "cross_entropy":
             self.y = xp.asarray(y).reshape(-1).astype(np.int64)
         else:
@@ -324,14 +407,18 @@ class _Totals:
     """Running sums of an epoch's training metrics."""
 
     def __init__(self):
-        self.loss = 0.0
+        self.loss = 0.0  # sum of batch losses times their weight
+        self.weight = 0.0  # rows, or the class weights' total of a weighted loss
         self.rows = 0
         self.correct = 0
         self.abs_error = 0.0
 
     def add(self, value: float, Z: Any, y: Any, data: _Data, xp: Any) -> None:
         rows = len(y)
-        self.loss += value * rows
+        # A weighted batch loss is a mean over its weights, so batches combine in proportion to them.
+        weight = rows if data.class_weight is None else class_weight_total(data.loss, y, data.class_weight)
+        self.loss += value * weight
+        self.weight += weight
         self.rows += rows
         if data.task == "classification":
             self.correct += int(_correct(Z, y, data.loss, xp))
@@ -339,7 +426,7 @@ class _Totals:
             self.abs_error += float(xp.abs(Z - y).sum())
 
     def metrics(self, data: _Data) -> dict[str, float]:
-        loss = self.loss / self.rows
+        loss = self.loss / self.weight
         if data.task == "classification":
             return {"loss": loss, "accuracy": self.correct / self.rows}
         width = data.y.shape[1]
@@ -367,7 +454,7 @@ def _evaluate(network: Network, data: _Data, loss_fn: Callable, loss_name: str, 
     for start in range(0, data.n, max_rows):
         X, y = data.X[start:start + max_rows], data.y[start:start + max_rows]
         Z = network.logits(X, loss_name)
-        value, _ = loss_fn(Z, y, xp)
+        value, _ = loss_fn(Z, y, xp) if data.class_weight is None else loss_fn(Z, y, xp, data.class_weight)
         totals.add(value, Z, y, data, xp)
     return totals.metrics(data)
 
