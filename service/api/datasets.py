@@ -42,6 +42,7 @@ def _described(dataset: Dataset) -> dict[str, Any]:
         "classes": dataset.classes,
         "input_width": dataset_input_width(dataset),
         "source": dataset.source,
+        "n_rows_without_target": dataset.n_rows_without_target,
         "sha256": dataset.payload_sha256,
         "created_at": isoformat(dataset.created_at),
     }
@@ -49,7 +50,8 @@ def _described(dataset: Dataset) -> dict[str, Any]:
 
 def dataset_answer(dataset: Dataset, size_bytes: int | None = None) -> responses.Dataset:
     """Build the answer describing a dataset, its columns and features (its payload's size when given)."""
-    body = {**_described(dataset), "columns": dataset.columns, "features": dataset.features}
+    body = {**_described(dataset), "columns": dataset.columns, "features": dataset.features,
+            "warnings": dataset.warnings}
     if size_bytes is not None:
         body["size_bytes"] = size_bytes
     return responses.Dataset.model_validate(body)

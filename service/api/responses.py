@@ -64,6 +64,9 @@ class Problem(Answer):
     errors: list[FieldProblem] | None = Field(default=None, description="every field at fault (422)")
 
 
+DatasetSource = Literal["csv", "json", "jsonl", "parquet"]
+
+
 class Dataset(Answer):
     """An uploaded dataset."""
 
@@ -73,13 +76,18 @@ class Dataset(Answer):
     name: str
     n_rows: int
     n_columns: int
-    columns: list[dict[str, Any]] = Field(description="each column's name and inferred kind")
-    features: list[str]
+    columns: list[dict[str, Any]] = Field(description=(
+        "each column: name, kind (numeric, string, datetime), role (feature, target, identifier, constant), "
+        "missing and distinct counts, categories (string), has_time (datetime)"))
+    features: list[str] = Field(description="the columns a job uses by default: non-target columns of role feature")
     targets: list[str]
     task: Task
     classes: list[Any] | None = Field(description="the target's classes (classification)")
     input_width: int = Field(description="the width of an encoded row: the network's input_dim")
-    source: Literal["csv", "json"]
+    source: DatasetSource
+    n_rows_without_target: int = Field(description="rows missing a target value: kept out of training")
+    warnings: list[str] = Field(description="sentences: columns left out of the features and why, folded "
+                                            "categories, rows without a target")
     sha256: str = Field(description="the stored payload's key: the sha256 of the tenant and of the .npz's sha256")
     created_at: Timestamp
     size_bytes: int | None = Field(default=None, description="the stored payload's size (GET by id only)")
@@ -99,7 +107,8 @@ class DatasetSummary(Answer):
     task: Task
     classes: list[Any] | None = Field(description="the target's classes (classification)")
     input_width: int = Field(description="the width of an encoded row: the network's input_dim")
-    source: Literal["csv", "json"]
+    source: DatasetSource
+    n_rows_without_target: int = Field(description="rows missing a target value: kept out of training")
     sha256: str = Field(description="the stored payload's key (see Dataset)")
     created_at: Timestamp
 
@@ -151,6 +160,8 @@ class Job(Answer):
     device: Device
     time_limit_s: Number | None
     init_from_model: str | None
+    features: list[str] | None = Field(description="the columns the job trains on, in the order the model "
+                                                   "takes them; null for a job made before jobs chose columns")
     progress: Progress
     metrics: FreeObject | None
     model_id: str | None

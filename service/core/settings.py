@@ -39,7 +39,7 @@ _SECONDS = ("REAPER_INTERVAL_S", "LEASE_TIMEOUT_S", "REQUEUE_QUEUED_AFTER_S", "J
 _POSITIVE_INTEGERS = ("PORT", "MAX_UPLOAD_MB", "MAX_PARAMETERS", "MAX_ACTIVATION_FLOATS",
                       "MAX_PREDICT_VALUES", "TENANT_MAX_CONCURRENT_JOBS",
                       "TENANT_MAX_STORED_MB", "MODEL_CACHE_SIZE", "CELERY_CONCURRENCY",
-                      "MAX_JSON_MB", "MAX_COLUMNS", "MAX_DISTINCT_STRINGS",
+                      "MAX_JSON_MB", "MAX_COLUMNS", "MAX_DISTINCT_STRINGS", "MAX_CATEGORIES",
                       "EVENTS_MAX_STREAMS_PER_PROCESS", "EVENTS_MAX_STREAMS_PER_TENANT", "EVENTS_BACKLOG_PAGE")
 
 
@@ -96,11 +96,14 @@ class Settings(BaseSettings):
     MAX_COLUMNS: int = Field(10_000, description=(
         "most columns a dataset may have (CSV or JSON rows); a wider one is a 422, counted right after "
         "the header, before any row is read"))
-    # An upload's first pass keeps each string column's distinct values (up to 10,001, past which
-    # the column is refused): 10,000 such columns would be 100M Python strings.
+    # An upload's first pass keeps each string column's distinct values: 10,000 such columns of
+    # 10,000 values would be 100M Python strings.
     MAX_DISTINCT_STRINGS: int = Field(1_000_000, description=(
-        "most distinct strings an upload (CSV or JSON rows) may hold across all its columns; one more "
-        "is a 422 naming the column it was met in, checked while the rows are read"))
+        "most distinct strings an upload's first pass keeps across all its columns; past it the column "
+        "holding the most is no longer counted: it becomes an identifier that no job can use as a feature"))
+    MAX_CATEGORIES: int = Field(1_000, description=(
+        "most categories a string column keeps (the most frequent); its rarer values fold into one "
+        "category `other`, and the dataset's warnings say how many"))
     # Trainable scalars a network may have (weights and biases): 200 MB of float32, a few
     # times that with gradients and Adam's moments. Checked before anything is allocated.
     MAX_PARAMETERS: int = Field(50_000_000, description=(

@@ -14,7 +14,7 @@ from service.core.data.parsing import TableError, parse_csv, parse_rows
 def slow_parse(path: Path) -> parsing.ParsedTable:
     """Parse with the csv-module path only (the reference)."""
     header, rows = parsing._csv_rows(path, "file")
-    return parse_rows(header, rows, field="file", row_field=None)
+    return parse_rows(header, rows, field="file", row_field=None, na_values=parsing.NA_VALUES)
 
 
 @pytest.fixture
@@ -33,6 +33,10 @@ NUMERIC_FILES = {
     "blank_lines_inside": "a,b\n\n1,2\n\n3,4\n",
     "big_integers": "a,b\n9007199254740993,1\n-123456789012345678,2\n",
     "float32_rounding": "a,b\n0.1,16777217\n3.4028234e38,1e-45\n",
+    # Missing cells: empty, NA tokens as they are written (pyarrow matches them unstripped).
+    "empty_cells": "a,b\n1,\n,3\n4,5\n",
+    "na_tokens": "a,b,c\n1,NA,N/A\nnan,2,NULL\n3,#N/A,4\n<NA>,None,5\n",
+    "a_column_all_missing": "a,b\n1,\n2,NA\n",
 }
 
 
@@ -50,9 +54,9 @@ def test_numeric_files_take_the_fast_path_with_the_same_table(tmp_path, name, mo
 
 @pytest.mark.parametrize("text", [
     "a,b\n1,cat\n2,dog\n",            # a string column
-    "a,b\n1,\n2,3\n",                 # an empty cell
-    "a,b\n1,nan\n2,3\n",              # not finite
-    "a,b\n1,NA\n2,3\n",               # pandas-style missing marker
+    "a,b\n1,inf\n2,3\n",              # not finite
+    "a,b\n1, NA\n2,3\n",              # a padded NA token (the csv-module path strips it)
+    "a,b\n1,1e39\n2,3\n",             # beyond float32
     "a,b\n1,2\n3\n",                  # ragged
     "a,a\n1,2\n",                     # duplicate header
     "a,b\n",                          # header only
@@ -100,6 +104,10 @@ def test_pyarrow_columns_are_read_from_their_buffers_at_their_offsets():
     doubles = pa.array([0.1, 2.5, -1e300, 3.0], type=pa.float64())
     assert parsing._chunk_as_float64(ints).tolist() == [1.0, -2.0, float(2**53 + 1), 7.0]
     assert parsing._chunk_as_float64(ints.slice(2, 2)).tolist() == [float(2**53 + 1), 7.0]
-    assert parsing._chunk_as_float64(doubles.slice(1, 2)).tolist() == [2.5, -1e300]
+    assert parsing._chunk_as_float64(doubles.slice(3, 1)).tolist() == [3.0]
+    assert parsing._chunk_as_float64(doubles.slice(1, 2)) is None  # -1e300 is beyond float32
     assert parsing._chunk_as_float64(doubles.slice(4)).tolist() == []
-    assert parsing._chunk_as_float64(pa.array([1.0, None])) is None
+    with_nulls = parsing._chunk_as_float64(pa.array([1.0, None, 3.0, None]).slice(1))
+    assert np.isnan(with_nulls[[0, 2]]).all() and with_nulls[1] == 3.0
+    assert np.isnan(parsing._chunk_as_float64(pa.array([None, None]))).all()  # the null type
+    assert parsing._chunk_as_float64(pa.array(["a"])) is None

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.core.data.parsing import ParsedTable, sha256
+from service.core.data.preprocessing import encoded_width
 from service.core.db.tables import DEFAULT_TENANT, Dataset, DatasetPayload, DatasetPayloadChunk
 from service.core.ids import new_id
 from service.core.settings import load_config
@@ -133,9 +134,11 @@ def save_dataset(sessions: sessionmaker[Session], table: ParsedTable, descriptio
                     raise
             dataset = Dataset(id=new_id("ds"), tenant_id=tenant_id, name=name, payload_sha256=key,
                               n_rows=table.n_rows,
-                              columns=table.columns, features=description["features"],
-                              targets=description["targets"], task=description["task"],
-                              classes=description["classes"], source=source)
+                              columns=description.get("columns", table.columns),
+                              features=description["features"], targets=description["targets"],
+                              task=description["task"], classes=description["classes"], source=source,
+                              n_rows_without_target=description.get("n_rows_without_target", 0),
+                              warnings=description.get("warnings", []))
             session.add(dataset)
             try:
                 session.commit()
@@ -254,8 +257,9 @@ def paginate(session: Session, statement: Select[Any], id_column: Any, limit: in
     return rows, None
 
 
-def dataset_input_width(dataset: Dataset) -> int:
-    """Return the encoded input width: one per numeric feature, one per category of a string one."""
-    kinds = {c["name"]: c for c in dataset.columns}
-    return sum(1 if kinds[f]["kind"] == "numeric" else len(kinds[f]["categories"])
-               for f in dataset.features)
+def dataset_input_width(dataset: Dataset, features: list[str] | None = None) -> int:
+    """Return the encoded input width (preprocessing.encoded_width: what a fit would give at most).
+
+    `features` are a job's columns (default the dataset's features).
+    """
+    return encoded_width(dataset.columns, dataset.features if features is None else features)

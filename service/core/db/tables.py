@@ -81,13 +81,18 @@ class Dataset(Base):
     name: Mapped[str] = mapped_column(String(200))
     payload_sha256: Mapped[str] = mapped_column(ForeignKey("dataset_payloads.sha256"), index=True)
     n_rows: Mapped[int] = mapped_column(Integer)
-    # [{"name", "kind": "numeric"|"string", "categories": [...]}] in file order.
+    # [{"name", "kind", "role", "missing", "distinct", "categories", ...}] in file order
+    # (service.core.data.parsing describes the keys; datasets stored before 0006 have name,
+    # kind and categories only).
     columns: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # The default features of a job: the non-target columns of role "feature".
     features: Mapped[list[str]] = mapped_column(JSON)
     targets: Mapped[list[str]] = mapped_column(JSON)
     task: Mapped[str] = mapped_column(String(20))
     classes: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
-    source: Mapped[str] = mapped_column(String(10))  # csv | json
+    source: Mapped[str] = mapped_column(String(10))  # csv | json | jsonl | parquet
+    n_rows_without_target: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    warnings: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -116,6 +121,9 @@ class Job(Base):
     # The definition as it was when the job was created, so later edits cannot change it.
     network: Mapped[dict[str, Any]] = mapped_column(JSON)
     training: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The columns the job trains on, resolved at creation (None: a job from before 0006,
+    # which uses its dataset's features).
+    features: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     device: Mapped[str] = mapped_column(String(10))
     epochs: Mapped[int] = mapped_column(Integer)
     epoch: Mapped[int] = mapped_column(Integer, default=0)
