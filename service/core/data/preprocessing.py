@@ -1,10 +1,14 @@
 """Preprocessing that is part of a model: fitted on the training split, applied by /predict.
 
-Numeric features are standardized with the training split's mean and deviation,
-string features one-hot encoded with the categories seen in training (a value
-never seen in training encodes as all zeros), regression targets standardized
-and mapped back at prediction. The fitted state is a JSON-able dict stored with
-the model.
+Numeric features are imputed with the training split's mean and standardized with
+its mean and deviation (missing cells left out of both), plus a 0/1 missing
+indicator when the training split had missing cells; datetime features become
+numeric parts (year, month, day, weekday, day of year; hour and minute when the
+column has times) treated the same way. String features are one-hot encoded with
+the categories seen in training, plus a slot of their own for a missing value when
+training had one (a value never seen in training, or a missing value without that
+slot, encodes as all zeros). Regression targets are standardized and mapped back at
+prediction. The fitted state is a JSON-able dict stored with the model.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from service.core.data import parsing
 from service.core.data.parsing import (
     DEFAULT_MAX_COLUMNS,
     FLOAT32_MAX,
@@ -47,37 +52,130 @@ def _deviation(values: np.ndarray) -> float:
     return std if std > 1e-12 and math.isfinite(std) else 1.0
 
 
+def _moments(values: np.ndarray) -> tuple[float, float, bool]:
+    """Return the mean and deviation of the non-missing values, and whether any value was missing."""
+    values = np.asarray(values, dtype=np.float64)
+    present = ~np.isnan(values)
+    kept = values[present]
+    return (float(kept.mean()) if len(kept) else 0.0), _deviation(kept), bool(not present.all())
+
+
+DATE_PARTS = ("year", "month", "day", "weekday", "yearday")
+TIME_PARTS = ("hour", "minute")
+
+
+def datetime_parts(seconds: np.ndarray, has_time: bool) -> np.ndarray:
+    """Return the numeric parts of datetimes given as float64 seconds since 1970-01-01.
+
+    Columns: year, month (1-12), day (1-31), weekday (Monday 0 to Sunday 6), day of
+    the year (1-366), then hour and minute when `has_time`. A NaN (missing) second
+    gives a row of NaN.
+    """
+    seconds = np.asarray(seconds, dtype=np.float64).reshape(-1)
+    missing = np.isnan(seconds)
+    whole = np.floor(np.where(missing, 0.0, seconds)).astype(np.int64).astype("datetime64[s]")
+    days = whole.astype("datetime64[D]")
+    months = days.astype("datetime64[M]")
+    years = days.astype("datetime64[Y]")
+    day_number = days.astype(np.int64)
+    columns = [years.astype(np.int64) + 1970,
+               (months - years.astype("datetime64[M]")).astype(np.int64) + 1,
+               (days - months.astype("datetime64[D]")).astype(np.int64) + 1,
+               (day_number + 3) % 7,  # 1970-01-01 was a Thursday (3 when Monday is 0)
+               (days - years.astype("datetime64[D]")).astype(np.int64) + 1]
+    if has_time:
+        in_day = (whole - days.astype("datetime64[s]")).astype(np.int64)
+        columns += [in_day // 3600, in_day // 60 % 60]
+    parts = np.stack(columns, axis=1).astype(np.float64)
+    parts[missing] = np.nan
+    return parts
+
+
+def _part_names(has_time: bool) -> list[str]:
+    return list(DATE_PARTS + (TIME_PARTS if has_time else ()))
+
+
 def fit(table: ParsedTable, features: list[str], targets: list[str], task: str,
         classes: list[Any] | None, train_rows: np.ndarray) -> dict[str, Any]:
-    """Fit the preprocessing on the training rows of a stored table."""
+    """Fit the preprocessing on the training rows of a stored table.
+
+    Missing cells (NaN) are left out of every mean, deviation and category list; a
+    feature with missing training cells gets an indicator input (numeric, datetime)
+    or a missing slot of its own (string). docs/service.md, "Preprocessing", gives
+    the state's format.
+    """
     names = [c["name"] for c in table.columns]
+    position = {name: j for j, name in enumerate(names)}
     train = table.values[train_rows]
-    fitted_features = []
+    fitted_features: list[dict[str, Any]] = []
     for name in features:
-        j = names.index(name)
+        j = position[name]
         column = table.columns[j]
         if column["kind"] == "numeric":
-            values = train[:, j].astype(np.float64)
-            fitted_features.append({"name": name, "kind": "numeric",
-                                    "mean": float(values.mean()) if len(values) else 0.0,
-                                    "std": _deviation(values)})
+            mean, std, missing = _moments(train[:, j])
+            fitted_features.append({"name": name, "kind": "numeric", "mean": mean, "std": std,
+                                    "indicator": missing})
+        elif column["kind"] == "datetime":
+            datetimes = table.datetimes
+            assert datetimes is not None, f"datetime column {name!r} without the table's datetimes"
+            has_time = bool(column.get("has_time", False))
+            seconds = datetimes[train_rows, column["slot"]]
+            parts = datetime_parts(seconds, has_time)
+            moments = [_moments(parts[:, p]) for p in range(parts.shape[1])]
+            fitted_features.append({"name": name, "kind": "datetime", "has_time": has_time,
+                                    "parts": _part_names(has_time),
+                                    "mean": [m[0] for m in moments], "std": [m[1] for m in moments],
+                                    "indicator": bool(np.isnan(seconds).any())})
         else:
-            seen = np.unique(train[:, j].astype(np.int64))
+            codes = train[:, j]
+            present = ~np.isnan(codes)
+            seen = np.unique(codes[present].astype(np.int64))
             fitted_features.append({"name": name, "kind": "string",
-                                    "categories": [column["categories"][k] for k in seen]})
+                                    "categories": [column["categories"][k] for k in seen],
+                                    "missing_category": bool(not present.all())})
     if task == "classification":
         target: dict[str, Any] = {"task": task, "names": targets, "classes": classes}
     else:
-        columns = [names.index(t) for t in targets]
-        values = train[:, columns].astype(np.float64)
+        moments = [_moments(train[:, position[t]]) for t in targets]
         target = {"task": task, "names": targets,
-                  "mean": [float(v) for v in values.mean(axis=0)],
-                  "std": [_deviation(values[:, k]) for k in range(len(targets))]}
-    return {"features": fitted_features, "target": target}
+                  "mean": [m[0] for m in moments], "std": [m[1] for m in moments]}
+    # The dataset's column names: /predict accepts (and ignores) those the model does not use.
+    return {"features": fitted_features, "target": target, "columns": names}
+
+
+def encoded_width(columns: list[dict[str, Any]], features: list[str]) -> int:
+    """Return the width a fit on these dataset columns gives at most (the network's input_dim).
+
+    An indicator or missing slot counts when the column has missing cells anywhere; a
+    fit counts it only when its training split has one, and categories only when
+    training rows hold them, so the fitted width may be smaller.
+    """
+    by_name = {c["name"]: c for c in columns}
+    width = 0
+    for name in features:
+        column = by_name[name]
+        missing = column.get("missing", 0) > 0
+        if column["kind"] == "numeric":
+            width += 1 + missing
+        elif column["kind"] == "datetime":
+            width += len(_part_names(bool(column.get("has_time", False)))) + missing
+        else:
+            width += len(column["categories"]) + missing
+    return width
 
 
 class Preprocessor:
-    """Fitted preprocessing compiled for fast encoding of stored tables and raw rows."""
+    """Fitted preprocessing compiled for fast encoding of stored tables and raw rows.
+
+    Raw rows become a (n, features) matrix first: a numeric feature's value, a string
+    feature's index in the fitted categories (-1 unseen), NaN for a missing cell; a
+    datetime feature's seconds travel beside it in float64 (float32 would lose minutes).
+    The encoded layout: the scaled block (each numeric feature, each datetime feature's
+    parts, in feature order), then one missing indicator per feature that has one, then
+    one one-hot block per string feature (its categories, then its missing slot if any).
+    A state without indicators, datetimes and missing slots (every model stored before
+    missing values were accepted) has the old layout: numeric features, then one-hot blocks.
+    """
 
     def __init__(self, state: dict[str, Any]) -> None:
         self.state = state
@@ -86,19 +184,44 @@ class Preprocessor:
         self.target: dict[str, Any] = state["target"]
         self.task: str = self.target["task"]
         self.classes: list[Any] | None = self.target.get("classes")
+        # Old states have no column list: only the model's features and targets are known then.
+        self.known_columns = (set(state.get("columns", [])) | set(self.feature_names)
+                              | set(self.target["names"]))
         self._numeric = [k for k, f in enumerate(self.features) if f["kind"] == "numeric"]
+        self._datetime = [k for k, f in enumerate(self.features) if f["kind"] == "datetime"]
         self.all_numeric = len(self._numeric) == len(self.features)
-        self._mean = np.array([self.features[k]["mean"] for k in self._numeric], dtype=np.float32)
-        self._std = np.array([self.features[k]["std"] for k in self._numeric], dtype=np.float32)
+        mean: list[float] = []
+        std: list[float] = []
+        self._numeric_at: list[int] = []  # scaled-block column of each numeric feature
+        self._datetime_at: list[tuple[int, int, bool]] = []  # (datetime slot, first column, has_time)
+        first_column: dict[int, int] = {}
+        for k, f in enumerate(self.features):
+            first_column[k] = len(mean)
+            if f["kind"] == "numeric":
+                self._numeric_at.append(len(mean))
+                mean.append(f["mean"])
+                std.append(f["std"])
+            elif f["kind"] == "datetime":
+                self._datetime_at.append((len(self._datetime_at), len(mean), bool(f["has_time"])))
+                mean += f["mean"]
+                std += f["std"]
+        self._scaled_width = len(mean)
+        self._mean = np.array(mean, dtype=np.float32)
+        self._std = np.array(std, dtype=np.float32)
+        # (encoded column, scaled column whose NaN it reports)
+        self._indicators = [(self._scaled_width + i, first_column[k]) for i, k in enumerate(
+            k for k, f in enumerate(self.features) if f["kind"] != "string" and f.get("indicator"))]
+        # The all-numeric fast path: no datetime, no string, no indicator.
+        self._plain = self.all_numeric and not self._indicators
         self._category_index = {k: {c: i for i, c in enumerate(f["categories"])}
                                 for k, f in enumerate(self.features) if f["kind"] == "string"}
-        # Columns of the encoded matrix: numeric features first, then one block per string feature.
-        self._blocks: list[tuple[int, int, int]] = []  # (feature index, offset, width)
-        offset = len(self._numeric)
+        self._blocks: list[tuple[int, int, int, bool]] = []  # (feature, offset, categories, missing slot)
+        offset = self._scaled_width + len(self._indicators)
         for k, f in enumerate(self.features):
             if f["kind"] == "string":
-                self._blocks.append((k, offset, len(f["categories"])))
-                offset += len(f["categories"])
+                slot = bool(f.get("missing_category", False))
+                self._blocks.append((k, offset, len(f["categories"]), slot))
+                offset += len(f["categories"]) + slot
         self.input_width = offset
         if self.task == "regression":
             self._target_mean = np.array(self.target["mean"], dtype=np.float64)
@@ -106,36 +229,69 @@ class Preprocessor:
 
     # Encoding -------------------------------------------------------------
 
-    def _encode(self, matrix: np.ndarray) -> np.ndarray:
-        """Encode a (n, features) matrix whose string features hold category indices (-1 unknown)."""
+    def _encode(self, matrix: np.ndarray, seconds: np.ndarray | None = None, clean: bool = False) -> np.ndarray:
+        """Encode a raw (n, features) matrix (see the class), `seconds` (n, datetime features) beside it.
+
+        `clean` says the caller knows the matrix has no NaN (a checked all-numeric
+        request): an all-numeric model without indicators then only standardizes.
+        """
         n = matrix.shape[0]
-        if self.all_numeric:
-            return ((matrix - self._mean) / self._std).astype(np.float32, copy=False)
+        if self._plain:
+            scaled = ((matrix - self._mean) / self._std).astype(np.float32, copy=False)
+            if not clean:
+                # Mean imputation, then standardization with the same mean: a missing value is 0.
+                scaled[np.isnan(scaled)] = 0.0
+            return scaled
         encoded = np.zeros((n, self.input_width), dtype=np.float32)
+        scaled = encoded[:, :self._scaled_width]
         if self._numeric:
-            encoded[:, :len(self._numeric)] = (matrix[:, self._numeric] - self._mean) / self._std
+            scaled[:, self._numeric_at] = matrix[:, self._numeric]
+        for slot, first, has_time in self._datetime_at:
+            column = seconds[:, slot] if seconds is not None else np.full(n, np.nan)
+            parts = datetime_parts(column, has_time)
+            scaled[:, first:first + parts.shape[1]] = parts
+        scaled -= self._mean
+        scaled /= self._std
+        missing = np.isnan(scaled)
+        if missing.any():
+            for at, source in self._indicators:
+                encoded[:, at] = missing[:, source]
+            scaled[missing] = 0.0
         rows = np.arange(n)
-        for k, offset, _width in self._blocks:
-            index = matrix[:, k].astype(np.int64)
+        for k, offset, width, slot in self._blocks:
+            index = matrix[:, k]
+            absent = np.isnan(index)
+            if slot:
+                encoded[rows[absent], offset + width] = 1.0
+            index = np.where(absent, -1, index).astype(np.int64)
             known = index >= 0
             encoded[rows[known], offset + index[known]] = 1.0
         return encoded
 
     def encode_table(self, table: ParsedTable, rows: np.ndarray | None = None) -> np.ndarray:
-        """Encode stored rows of a dataset (string columns hold dataset category codes)."""
-        names = [c["name"] for c in table.columns]
+        """Encode stored rows of a dataset (string columns hold dataset category codes, NaN missing)."""
+        position = {c["name"]: j for j, c in enumerate(table.columns)}
         values = table.values if rows is None else table.values[rows]
-        matrix = np.empty((values.shape[0], len(self.features)), dtype=np.float32)
+        matrix = np.zeros((values.shape[0], len(self.features)), dtype=np.float32)
+        seconds = None
+        if self._datetime:
+            datetimes = table.datetimes
+            assert datetimes is not None, "a datetime feature without the table's datetimes"
+            chosen = datetimes if rows is None else datetimes[rows]
+            seconds = np.stack([chosen[:, table.columns[position[self.feature_names[k]]]["slot"]]
+                                for k in self._datetime], axis=1)
         for k, feature in enumerate(self.features):
-            column = table.columns[names.index(feature["name"])]
-            source = values[:, names.index(feature["name"])]
+            j = position[feature["name"]]
+            source = values[:, j]
             if feature["kind"] == "numeric":
                 matrix[:, k] = source
-            else:
+            elif feature["kind"] == "string":
                 index = self._category_index[k]
-                lookup = np.array([index.get(c, -1) for c in column["categories"]], dtype=np.float32)
-                matrix[:, k] = lookup[source.astype(np.int64)]
-        return self._encode(matrix)
+                lookup = np.array([index.get(c, -1) for c in table.columns[j]["categories"]], dtype=np.float32)
+                present = ~np.isnan(source)
+                matrix[:, k] = np.nan
+                matrix[present, k] = lookup[source[present].astype(np.int64)]
+        return self._encode(matrix, seconds)
 
     def targets_from_table(self, table: ParsedTable, rows: np.ndarray | None = None) -> np.ndarray:
         """Return training labels: class indices (int64) or standardized targets (n, k)."""
@@ -155,11 +311,14 @@ class Preprocessor:
         return standardized.astype(np.float32)
 
     def _cell(self, k: int, value: Any, field: str, errors: list[FieldError]) -> float:
+        """Return one raw cell as the raw matrix holds it (NaN when missing), or note its error."""
         feature = self.features[k]
         name = feature["name"]
-        if value is None or isinstance(value, bool) or isinstance(value, (list, dict)):
-            what = "missing" if value is None else f"{type(value).__name__} is not allowed"
-            errors.append({"field": field, "message": f"column {name!r}: {what}"})
+        # JSON null and an empty string are missing values, as in an upload.
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return math.nan
+        if isinstance(value, bool) or isinstance(value, (list, dict)):
+            errors.append({"field": field, "message": f"column {name!r}: {type(value).__name__} is not allowed"})
             return 0.0
         if feature["kind"] == "numeric":
             try:
@@ -175,12 +334,24 @@ class Preprocessor:
                                                           f"the float32 range"})
                 return 0.0
             return number
+        if feature["kind"] == "datetime":
+            parsed = parsing.parse_datetime(value.strip()) if isinstance(value, str) else None
+            if parsed is None:
+                errors.append({"field": field, "message": f"column {name!r} is a date; give an ISO 8601 date "
+                                                          f"or date-time, got {str(value)[:50]!r}"})
+                return 0.0
+            return parsed[0]
         if isinstance(value, float) and value.is_integer():
             value = repr(value)
         return float(self._category_index[k].get(str(value).strip(), -1))
 
+    def _encode_raw(self, raw: np.ndarray) -> np.ndarray:
+        """Encode a float64 raw matrix built cell by cell (datetime seconds in their own columns)."""
+        seconds = raw[:, self._datetime] if self._datetime else None
+        return self._encode(raw.astype(np.float32), seconds)
+
     def encode_inputs(self, inputs: list[Any], may_hold_booleans: bool = True) -> np.ndarray:
-        """Encode raw rows given as lists in feature order.
+        """Encode raw rows given as lists in feature order; null (or "") is a missing value.
 
         `may_hold_booleans=False` (the body has no `true`/`false` anywhere) skips the
         per-value check that JSON booleans are not taken for numbers, the slowest part
@@ -190,7 +361,8 @@ class Preprocessor:
         if self.all_numeric:
             try:
                 # A value beyond float32 becomes inf here and sends the rows to the checks below,
-                # which name its cell: numpy's overflow warning would say nothing more.
+                # which name its cell: numpy's overflow warning would say nothing more. A null
+                # becomes NaN, which also goes the careful way (a NaN token must stay an error).
                 with np.errstate(over="ignore"):
                     matrix = np.asarray(inputs, dtype=np.float32)
             except (ValueError, TypeError, OverflowError):
@@ -199,9 +371,9 @@ class Preprocessor:
                     and np.isfinite(matrix).all()
                     and not (may_hold_booleans
                              and any(isinstance(v, bool) for row in inputs for v in row))):
-                return self._encode(matrix)
+                return self._encode(matrix, clean=True)
         errors: list[FieldError] = []
-        matrix = np.zeros((len(inputs), width), dtype=np.float32)
+        raw = np.zeros((len(inputs), width), dtype=np.float64)
         for i, row in enumerate(inputs):
             if not isinstance(row, list) or len(row) != width:
                 got = f"{len(row)} values" if isinstance(row, list) else type(row).__name__
@@ -209,18 +381,21 @@ class Preprocessor:
                                f"expected {width} values ({', '.join(self.feature_names)}), got {got}"})
                 continue
             for k, value in enumerate(row):
-                matrix[i, k] = self._cell(k, value, f"inputs[{i}][{k}]", errors)
+                raw[i, k] = self._cell(k, value, f"inputs[{i}][{k}]", errors)
             if len(errors) >= 20:
                 break
         if errors:
             raise InputError(errors[:20])
-        return self._encode(matrix)
+        return self._encode_raw(raw)
 
     def encode_records(self, records: list[Any], field: str = "records") -> np.ndarray:
-        """Encode raw rows given as {column: value}; target columns are ignored."""
+        """Encode raw rows given as {column: value}; an absent or null feature is a missing value.
+
+        Target columns and the dataset's other columns are ignored; any other key is an error.
+        """
         errors: list[FieldError] = []
-        known = set(self.feature_names) | set(self.target["names"])
-        matrix = np.zeros((len(records), len(self.features)), dtype=np.float32)
+        known = self.known_columns
+        raw = np.zeros((len(records), len(self.features)), dtype=np.float64)
         for i, record in enumerate(records):
             if not isinstance(record, dict):
                 errors.append({"field": f"{field}[{i}]", "message": "expected an object"})
@@ -231,21 +406,19 @@ class Preprocessor:
                                    "message": f"unknown column {key!r}; the model takes "
                                               f"{', '.join(self.feature_names)}"})
             for k, name in enumerate(self.feature_names):
-                if name not in record:
-                    errors.append({"field": f"{field}[{i}].{name}", "message": f"missing column {name!r}"})
-                else:
-                    matrix[i, k] = self._cell(k, record[name], f"{field}[{i}].{name}", errors)
+                raw[i, k] = self._cell(k, record.get(name), f"{field}[{i}].{name}", errors)
             if len(errors) >= 20:
                 break
         if errors:
             raise InputError(errors[:20])
-        return self._encode(matrix)
+        return self._encode_raw(raw)
 
     def encode_csv(self, body: bytes, max_rows: int, max_columns: int = DEFAULT_MAX_COLUMNS) -> np.ndarray:
         """Encode raw rows given as CSV text: a header row naming the feature columns, then rows.
 
-        Target columns are ignored, as in records. An all-numeric model reads clean
-        numeric text with pyarrow; anything else goes cell by cell through the rules
+        Target columns and the dataset's other columns are ignored, as in records; an
+        empty cell or one of parsing.NA_VALUES is a missing value. An all-numeric model
+        reads numeric text with pyarrow; anything else goes cell by cell through the rules
         of `records`, with errors on `csv[i].column` (i counts data rows from 0). A
         header of more than `max_columns` fields (MAX_COLUMNS) is refused before its
         names are split, and a wrong header's message lists at most MAX_ERRORS problems.
@@ -256,9 +429,8 @@ class Preprocessor:
         text = _csv_text(body)
         header_line, _, _rest = text.partition("\n")
         header = [name.strip() for name in next(csv.reader([header_line]), [])]
-        known = set(self.feature_names) | set(self.target["names"])
         named = set(header)
-        problems = [f"unknown column {name!r}" for name in header if name not in known]
+        problems = [f"unknown column {name!r}" for name in header if name not in self.known_columns]
         problems += [f"missing column {name!r}" for name in self.feature_names if name not in named]
         if not header_line.strip() or problems:
             listed = problems[:MAX_ERRORS]
@@ -266,11 +438,13 @@ class Preprocessor:
                 listed.append(f"and {len(problems) - MAX_ERRORS} more")
             expected = f"the header row must name the columns {', '.join(self.feature_names)}"
             raise InputError([{"field": "csv", "message": "; ".join(listed + [expected])}])
-        matrix = self._numeric_csv(body, header) if self.all_numeric else None
-        if matrix is not None:
+        numeric = self._numeric_csv(body, header) if self.all_numeric else None
+        if numeric is not None:
+            matrix, clean = numeric
             if len(matrix) > max_rows:
                 raise InputError([{"field": "csv", "message": f"at most {max_rows:,} rows per request"}])
-            return self._encode(matrix)
+            return self._encode(matrix, clean=clean)
+        na_values = parsing.NA_VALUES
         records = []
         for i, cells in enumerate(row for row in csv.reader(io.StringIO(text)) if row):
             if i == 0:
@@ -280,17 +454,23 @@ class Preprocessor:
             if len(cells) != len(header):
                 raise InputError([{"field": f"csv[{i - 1}]", "message":
                                    f"expected {len(header)} fields ({', '.join(header)}), got {len(cells)}"}])
-            records.append(dict(zip(header, cells)))
+            records.append({name: None if cell.strip() in na_values else cell
+                            for name, cell in zip(header, cells)})
         if not records:
             raise InputError([{"field": "csv", "message": "give at least one row after the header"}])
         return self.encode_records(records, field="csv")
 
-    def _numeric_csv(self, body: bytes, header: list[str]) -> np.ndarray | None:
-        """Read clean numeric CSV in feature order with pyarrow; None when it needs the careful path."""
+    def _numeric_csv(self, body: bytes, header: list[str]) -> tuple[np.ndarray, bool] | None:
+        """Read numeric CSV in feature order with pyarrow; None when it needs the careful path.
+
+        Returns the raw matrix (NaN for a missing cell: empty or an NA token) and
+        whether it has no missing cell.
+        """
         import pyarrow as pa  # noqa: PLC0415 - loaded on the first CSV request only
         import pyarrow.csv as pa_csv  # noqa: PLC0415
 
-        convert = pa_csv.ConvertOptions(null_values=[], strings_can_be_null=False,
+        # A quoted NA token stays text and sends the body the careful way, which also calls it missing.
+        convert = pa_csv.ConvertOptions(null_values=sorted(parsing.NA_VALUES), strings_can_be_null=False,
                                         quoted_strings_can_be_null=False)
         try:
             table = pa_csv.read_csv(io.BytesIO(body), convert_options=convert)
@@ -300,15 +480,21 @@ class Preprocessor:
                 or len(set(header)) != len(header)):
             return None
         matrix = np.empty((table.num_rows, len(self.features)), dtype=np.float32)
+        clean = True
         for k, name in enumerate(self.feature_names):
             column = table.column(header.index(name))
-            if not (pa.types.is_int64(column.type) or pa.types.is_float64(column.type)):
+            if not (pa.types.is_int64(column.type) or pa.types.is_float64(column.type)
+                    or pa.types.is_null(column.type)):
                 return None
-            values = column.to_numpy().astype(np.float64, copy=False)
-            if not np.isfinite(values).all() or (np.abs(values) > FLOAT32_MAX).any():
+            nulls = column.null_count
+            values = column.cast(pa.float64()).to_numpy().astype(np.float64, copy=False)
+            given = values if not nulls else values[~np.asarray(column.is_null())]
+            # Text that pyarrow reads as a non-finite float (not an NA token) is an error the careful path names.
+            if not np.isfinite(given).all() or (np.abs(given) > FLOAT32_MAX).any():
                 return None
+            clean = clean and not nulls
             matrix[:, k] = values
-        return matrix
+        return matrix, clean
 
     # Decoding -------------------------------------------------------------
 
