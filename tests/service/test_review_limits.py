@@ -109,24 +109,32 @@ def string_table(columns: int, distinct: int) -> tuple[list[str], list[list[Any]
     return header, rows
 
 
+def given_up(body: dict[str, Any]) -> list[str]:
+    """The columns an upload stopped counting (MAX_DISTINCT_STRINGS)."""
+    return [c["name"] for c in body["columns"] if c.get("encoded") is False]
+
+
 @both_databases
-def test_a_csv_upload_past_max_distinct_strings_is_a_422_naming_the_column(app, upload_csv):
+def test_a_csv_upload_past_max_distinct_strings_gives_up_on_the_column_where_it_passed(app, upload_csv):
     app.config["MAX_DISTINCT_STRINGS"] = 50
     header, rows = string_table(3, 20)  # 60 distinct strings in all, 20 a column
-    body = problem(upload_csv(csv_text(header, rows), target="label"), 422)
-    (error,) = body["errors"]
-    assert error["field"] == "file" and error["column"] == "s2"
-    assert "MAX_DISTINCT_STRINGS" in error["message"] and "50" in error["message"]
+    response = upload_csv(csv_text(header, rows), target="label")
+    assert response.status_code == 201, response.get_json()
+    body = response.get_json()
+    assert given_up(body) == ["s2"]  # the other two columns' 40 strings stay within the 50
+    (s2,) = [c for c in body["columns"] if c["name"] == "s2"]
+    assert s2["role"] == "identifier" and s2["categories"] == [] and s2["distinct"] == 17
+    assert body["features"] == ["s0", "s1"]
+    assert any("'s2' has more than 17 distinct values" in w for w in body["warnings"])
 
 
 @both_databases
-def test_a_json_upload_past_max_distinct_strings_is_a_422_naming_the_column(app, client):
+def test_a_json_upload_past_max_distinct_strings_gives_up_on_a_column(app, client):
     app.config["MAX_DISTINCT_STRINGS"] = 50
     header, rows = string_table(3, 20)
-    body = problem(client.post("/v1/datasets", json={"columns": header, "data": rows, "target": "label"}), 422)
-    (error,) = body["errors"]
-    assert error["field"] == "columns" and error["column"] == "s2"
-    assert "MAX_DISTINCT_STRINGS" in error["message"]
+    response = client.post("/v1/datasets", json={"columns": header, "data": rows, "target": "label"})
+    assert response.status_code == 201, response.get_json()
+    assert given_up(response.get_json()) == ["s2"]
 
 
 @both_databases

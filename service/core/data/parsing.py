@@ -646,7 +646,8 @@ def _survey_rows(header: list[str], rows: Callable[[], Iterable[Row]], field: st
             kept.add(cell)
             strings_kept += len(kept) - before
             if strings_kept > max_distinct_strings:
-                most = max(range(width), key=lambda k: len(strings[k]))
+                # (among equals, the column where the count passed it)
+                most = max(range(width), key=lambda k: (len(strings[k]), k == j))
                 given_up[most] = True
                 distinct_when_given_up[most] = len(strings[most])
                 strings_kept -= len(strings[most])
