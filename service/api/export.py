@@ -22,6 +22,9 @@ def export_model(model_id: str) -> Response:
                                                       f"not {format_[:50]!r}"}])
     with get_session() as session:
         model = get_or_404(session, TrainedModel, model_id, "model")
+        problems = export.onnx_problems(model) if format_ == "onnx" else []
+        if problems:
+            raise invalid(problems)
         data = export.to_onnx(model) if format_ == "onnx" else export.to_npz(model)
     return Response(data, mimetype=export.MEDIA_TYPES[format_], headers={
         "Content-Disposition": f'attachment; filename="{model_id}.{format_}"'})

@@ -1,9 +1,10 @@
 """Export trained models: an ONNX graph with the preprocessing inside, or a backprop .npz.
 
 The ONNX graph takes raw rows, one input per feature column (float32 [N, 1]
-for numeric columns, string [N, 1] for categorical ones), and reproduces
-/predict: standardization, one-hot encoding with ai.onnx.ml's OneHotEncoder
-(a category never seen in training encodes as all zeros), the network, the
+for numeric columns, NaN for a missing value; string [N, 1] for categorical ones,
+"" for a missing value), and reproduces /predict: mean imputation and missing
+indicators (IsNaN, Where), standardization, one-hot encoding with ai.onnx.ml's
+OneHotEncoder (a category never seen in training encodes as all zeros), the network, the
 output transform of the loss, and the mapping back to labels or the target's
 scale. docs/export.md describes both formats.
 """
@@ -18,6 +19,7 @@ import numpy as np
 import backprop
 from backprop.checkpoint import pack, unpack
 from backprop.losses import FUSED_ACTIVATION
+from service.core.problems import FieldError
 
 FORMATS = ("onnx", "npz")
 NPZ_FORMAT = "backprop.model.v1"
@@ -47,8 +49,23 @@ def to_npz(model: Any) -> bytes:
     return pack(arrays, meta)
 
 
+def onnx_problems(model: Any) -> list[FieldError]:
+    """Return why the model cannot be exported as ONNX (empty: it can).
+
+    A datetime feature's parts (year, month, ... from ISO text) have no ONNX operators
+    in the standard domains; such a model exports as npz only (docs/export.md).
+    """
+    return [{"field": "format", "message": f"feature {f['name']!r} is a datetime column, which the ONNX "
+                                           f"export does not take (its parts are computed from ISO 8601 "
+                                           f"text); export this model with format=npz"}
+            for f in model.preprocessing["features"] if f["kind"] == "datetime"]
+
+
 def to_onnx(model: Any) -> bytes:
-    """Return a serialized ONNX model that maps raw rows to /predict's outputs."""
+    """Return a serialized ONNX model that maps raw rows to /predict's outputs.
+
+    Call onnx_problems first: a model with a datetime feature has no graph.
+    """
     # Imported here: only this endpoint needs onnx, and the API starts faster without it.
     import onnx
 
@@ -126,25 +143,42 @@ class _GraphBuilder:
     def preprocessing(self) -> str:
         """Declare one input per feature; return the name of the encoded matrix."""
         tensor = self.onnx.TensorProto
-        numeric, blocks = [], []
+        numeric: list[dict[str, Any]] = []
+        indicators: list[int] = []
+        blocks: list[str] = []
         for feature in self.features:
             name = feature["name"]
             if feature["kind"] == "numeric":
                 self.inputs.append(self.helper.make_tensor_value_info(name, tensor.FLOAT, ["N", 1]))
+                if feature.get("indicator"):
+                    indicators.append(len(numeric))
                 numeric.append(feature)
             else:
                 self.inputs.append(self.helper.make_tensor_value_info(name, tensor.STRING, ["N", 1]))
+                categories = [str(c) for c in feature["categories"]]
+                if feature.get("missing_category"):
+                    # The missing slot follows the categories; "" is how a missing string is given
+                    # (an upload's empty cell is missing, so no category is "").
+                    categories.append("")
                 # zeros=1: a category not seen in training encodes as all zeros, as in /predict.
                 hot = self.node("OneHotEncoder", [name], "onehot", domain="ai.onnx.ml",
-                                cats_strings=[str(c) for c in feature["categories"]], zeros=1)
+                                cats_strings=categories, zeros=1)
                 blocks.append(self.node("Flatten", [hot], "onehot_2d", axis=1))
         parts = []
         if numeric:
             matrix = self.joined([f["name"] for f in numeric], "numeric")
             mean = self.constant(np.array([f["mean"] for f in numeric], dtype=np.float32), "mean")
             std = self.constant(np.array([f["std"] for f in numeric], dtype=np.float32), "std")
-            parts.append(self.node("Div", [self.node("Sub", [matrix, mean], "centred"), std], "standardized"))
-        # Numeric features first, then one block per categorical feature: Preprocessor's layout.
+            # NaN is a missing value: imputed with the training mean, which standardizes to 0.
+            missing = self.node("IsNaN", [matrix], "missing")
+            filled = self.node("Where", [missing, mean, matrix], "imputed")
+            parts.append(self.node("Div", [self.node("Sub", [filled, mean], "centred"), std], "standardized"))
+            if indicators:
+                chosen = self.node("Gather", [missing, self.constant(np.array(indicators, dtype=np.int64),
+                                                                     "indicator_columns")],
+                                   "indicated", axis=1)
+                parts.append(self.node("Cast", [chosen], "indicators", to=tensor.FLOAT))
+        # Preprocessor's layout: numeric features, their missing indicators, one block per categorical feature.
         return self.joined(parts + blocks, "encoded")
 
     def network(self, network: Any, encoded: str) -> str:
