@@ -1,21 +1,25 @@
-"""Datasets: upload (multipart CSV or JSON rows), list, read, delete."""
+"""Datasets: upload (a multipart file: CSV, JSON, JSON Lines or Parquet; or a JSON body), list, read, delete."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request, url_for
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
+from werkzeug.datastructures import FileStorage
 
 from service.api import responses
 from service.api.auth import current_tenant
 from service.api.common import get_or_404, json_body, page_args, validate_body
 from service.api.db import get_session, get_session_factory
 from service.api.models import MAX_PREDICT_ROWS  # one limit on rows in a JSON body
-from service.core.data.parsing import ParsedTable, TableError, describe_target, parse_csv, parse_json_rows
+from service.core.data import formats
+from service.core.data.parsing import ParsedTable, TableError, describe_target, parse_json_rows
 from service.core.db.store import dataset_input_width, delete_dataset, paginate, save_dataset
 from service.core.db.tables import Dataset, DatasetPayload, Job
 from service.core.ids import isoformat
@@ -71,35 +75,47 @@ def _table_error(error: TableError) -> ApiError:
     return invalid(error.errors)
 
 
-def _from_csv() -> tuple[ParsedTable, dict[str, Any], str]:
+def _from_file() -> tuple[ParsedTable, dict[str, Any], str, str]:
+    """Parse a multipart upload's `file` in its format (the `format` field, else its name, else its content)."""
     upload = request.files.get("file")
     if upload is None:
-        raise invalid([{"field": "file", "message": "a multipart field 'file' with the CSV is required"}])
+        raise invalid([{"field": "file", "message": "a multipart field 'file' with the table (CSV, JSON, "
+                                                    "JSON Lines or Parquet) is required"}])
     task = request.form.get("task") or None
     if task is not None and task not in TASKS:
         raise invalid([{"field": "task", "message": "must be classification or regression"}])
-    stream_path = getattr(upload.stream, "name", None)
+    given_na = request.form.get("na_values")
     try:
-        if isinstance(stream_path, str) and Path(stream_path).is_file():
-            table = parse_csv(stream_path, max_columns=current_app.config["MAX_COLUMNS"],
-                              max_distinct_strings=current_app.config["MAX_DISTINCT_STRINGS"])
-        else:
-            # Small parts may arrive in memory (another stream factory); spill them to DATA_DIR.
-            path = Path(current_app.config["DATA_DIR"]) / "tmp" / f"upload-{id(upload)}.csv"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                upload.save(path)
-                table = parse_csv(path, max_columns=current_app.config["MAX_COLUMNS"],
-                                  max_distinct_strings=current_app.config["MAX_DISTINCT_STRINGS"])
-            finally:
-                path.unlink(missing_ok=True)
+        na_values = None if given_na is None else formats.parse_na_values(given_na)
+        with _upload_path(upload) as path:
+            fmt = formats.detect_format(path, upload.filename, request.form.get("format"))
+            table = formats.parse_upload(path, fmt, limits=formats.Limits.from_config(current_app.config),
+                                         na_values=na_values)
         description = describe_target(table, request.form.get("target"), task)
     except TableError as error:
         raise _table_error(error) from None
     finally:
         upload.close()
     name = request.form.get("name") or name_from_filename(upload.filename)
-    return table, description, name[:200]
+    return table, description, name[:200], fmt
+
+
+@contextmanager
+def _upload_path(upload: FileStorage) -> Iterator[Path]:
+    """Give the uploaded file's path on disk: where the request streamed it, else spilled to DATA_DIR/tmp."""
+    stream_path = getattr(upload.stream, "name", None)
+    if isinstance(stream_path, str) and Path(stream_path).is_file():
+        upload.stream.flush()
+        yield Path(stream_path)
+        return
+    # Small parts may arrive in memory (another stream factory).
+    path = Path(current_app.config["DATA_DIR"]) / "tmp" / f"upload-{id(upload)}.part"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        upload.save(path)
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def name_from_filename(filename: str | None) -> str:
@@ -113,11 +129,17 @@ def name_from_filename(filename: str | None) -> str:
 
 
 def _from_json() -> tuple[ParsedTable, dict[str, Any], str]:
-    # JSON rows are limited as predict's are (CSV uploads are not): counted before validation.
-    body = validate_body(DatasetJson, json_body(max_rows={"data": MAX_PREDICT_ROWS}))
+    # JSON rows are limited as predict's are (file uploads are not): counted before validation.
+    body = validate_body(DatasetJson, json_body(max_rows={"data": MAX_PREDICT_ROWS, "records": MAX_PREDICT_ROWS}))
+    limits = formats.Limits.from_config(current_app.config)
     try:
-        table = parse_json_rows(body.columns, body.data, max_columns=current_app.config["MAX_COLUMNS"],
-                                max_distinct_strings=current_app.config["MAX_DISTINCT_STRINGS"])
+        if body.records is not None:
+            table = formats.parse_records(body.records, limits=limits)
+        else:
+            assert body.columns is not None and body.data is not None  # DatasetJson's rule: one shape
+            table = parse_json_rows(body.columns, body.data, max_columns=limits.max_columns,
+                                    max_distinct_strings=limits.max_distinct_strings,
+                                    max_categories=limits.max_categories)
         description = describe_target(table, body.target, body.task)
     except TableError as error:
         raise _table_error(error) from None
@@ -126,10 +148,9 @@ def _from_json() -> tuple[ParsedTable, dict[str, Any], str]:
 
 @bp.post("")
 def create_dataset() -> tuple[dict[str, Any], int, dict[str, str]]:
-    """Upload a dataset as multipart CSV or JSON rows."""
+    """Upload a dataset as a multipart file (CSV, JSON, JSON Lines, Parquet) or a JSON body."""
     if request.mimetype == "multipart/form-data":
-        table, description, name = _from_csv()
-        source = "csv"
+        table, description, name, source = _from_file()
     elif request.is_json:
         table, description, name = _from_json()
         source = "json"

@@ -9,10 +9,8 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
-    Discriminator,
     Field,
     Strict,
-    Tag,
     create_model,
     model_validator,
 )
@@ -22,6 +20,7 @@ from backprop.activations import ACTIVATIONS
 from backprop.config import TrainingConfig
 from backprop.initializers import INITIALIZERS
 from backprop.spec import COMMON_KEYS, INPUT, MAX_NODES, MAX_UNITS, NODE_KEYS, REQUIRED
+from service.core.data.formats import FORMATS as UPLOAD_FORMATS
 
 Cell = Annotated[float | str | None, Field(description="a number, a string, or null (missing)")]
 Task = Literal["classification", "regression"]
@@ -57,29 +56,8 @@ def _training_field(spec: dataclasses.Field) -> tuple[Any, Any]:
     return annotation, Field(default=spec.default, description=description, **bounds)
 
 
-# The largest weight `training.class_weight` may give a class: far beyond any useful
-# imbalance, and small enough that a weighted float32 loss cannot overflow.
-MAX_CLASS_WEIGHT = 1e6
-ClassWeights = dict[str, Annotated[float, Field(gt=0, le=MAX_CLASS_WEIGHT, allow_inf_nan=False),
-                                   BeforeValidator(_json_number)]]
-# Tagged so that a bad weight is reported alone (not with "should be 'balanced'" too); the tags
-# are the names service.core.problems drops from an error's path.
-ClassWeight = Annotated[
-    Annotated[Literal["balanced"], Tag("str")] | Annotated[ClassWeights, Tag("dict")],
-    Discriminator(lambda value: "dict" if isinstance(value, dict) else "str"),
-] | None
-# A training field of the service's, not the engine's: the engine takes one weight per class
-# index (backprop.train's class_weight array); labels are the dataset's, so the worker resolves
-# this against the job's classes and training split (workers.training.class_weights).
-CLASS_WEIGHT_FIELD: tuple[Any, Any] = (ClassWeight, Field(
-    default=None,
-    description="classification only: null (every class weighs 1), \"balanced\" (n_train / (n_classes "
-                "* rows of the class) over the training split, as scikit-learn) or {label: weight} with "
-                "labels as the dataset's classes written as strings ({\"1\": 3} for integer classes); "
-                "a class left out weighs 1"))
-
 # The training schema is derived from backprop.TrainingConfig: one source of truth for
-# names, defaults and bounds; class_weight is the service's own field.
+# names, defaults and bounds.
 TrainingSchema: type[BaseModel] = create_model(  # type: ignore[call-overload]  # fields built at run time
     "Training",
     __config__=ConfigDict(extra="forbid", title="Training"),
@@ -87,7 +65,6 @@ TrainingSchema: type[BaseModel] = create_model(  # type: ignore[call-overload]  
             "absent it follows the dataset's task: cross_entropy for classification, mse for "
             "regression.",
     **{f.name: _training_field(f) for f in dataclasses.fields(TrainingConfig)},
-    class_weight=CLASS_WEIGHT_FIELD,
 )
 
 
@@ -190,22 +167,44 @@ TABLE_CELL_SCHEMA: dict[str, Any] = {
 
 
 class DatasetJson(BaseModel):
-    """A dataset given as JSON rows (the alternative to a multipart CSV upload)."""
+    """A dataset given as a JSON body: `columns` + `data` (rows), or `records` (objects); the
+    alternative to a multipart file upload. A null cell, an empty string or (in records) an
+    absent key is a missing value."""
 
-    model_config = ConfigDict(extra="forbid", title="DatasetJson")
+    model_config = ConfigDict(extra="forbid", title="DatasetJson", json_schema_extra={
+        # _one_shape's rule: columns and data together, or records alone.
+        "oneOf": [{"required": ["columns", "data"], "not": {"required": ["records"]}},
+                  {"required": ["records"], "not": {"anyOf": [{"required": ["columns"]}, {"required": ["data"]}]}}]})
 
     name: str | None = Field(default=None, max_length=200)
-    columns: list[str] = Field(min_length=1, description="column names (a target and at least one feature)",
-                               json_schema_extra={"minItems": 2, "uniqueItems": True, "items": COLUMN_NAME_SCHEMA})
-    data: list[list[Cell]] = Field(description="rows of cells, one per column; every cell filled",
-                                   json_schema_extra={"minItems": 1, "items": {
-                                       "type": "array", "minItems": 2, "items": TABLE_CELL_SCHEMA}})
+    columns: list[str] | None = Field(
+        default=None, min_length=1, description="column names (a target and at least one feature); with `data`",
+        json_schema_extra={"minItems": 2, "uniqueItems": True, "items": COLUMN_NAME_SCHEMA})
+    data: list[list[Cell]] | None = Field(
+        default=None, description="rows of cells, one per column (null: missing); with `columns`",
+        json_schema_extra={"minItems": 1, "items": {"type": "array", "minItems": 2, "items": {
+            "type": ["number", "string", "null"], "description": "a number, a string, or null (missing)"}}})
+    records: list[dict[str, Cell]] | None = Field(
+        default=None, min_length=1,
+        description="rows as objects {column: cell}, instead of `columns` + `data`; the columns are the "
+                    "union of the keys in the order first seen, and a key a record lacks is a missing cell",
+        json_schema_extra={"items": {"type": "object", "additionalProperties": {
+            "type": ["number", "string", "null"], "description": "a number, a string, or null (missing)"}}})
     target: str | list[str] | None = Field(
         default=None, description="target column(s); default the last column",
         json_schema_extra={"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"},
                                                           "minItems": 1, "uniqueItems": True},
                                      {"type": "null"}]})
     task: Task | None = Field(default=None, description="inferred when absent")
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> DatasetJson:
+        if self.records is not None:
+            if self.columns is not None or self.data is not None:
+                raise ValueError("give records, or columns and data, not both")
+        elif self.columns is None or self.data is None:
+            raise ValueError("give columns and data (rows), or records (objects)")
+        return self
 
 
 def _form_fields_schema(schema: dict[str, Any], model: type[BaseModel]) -> None:
@@ -225,7 +224,16 @@ class DatasetUpload(BaseModel):
     model_config = ConfigDict(title="DatasetUpload", json_schema_extra=_form_fields_schema)
 
     file: bytes = Field(json_schema_extra={"format": "binary"},
-                        description="CSV with a header row (UTF-8; quoted fields, BOM and CRLF are fine)")
+                        description="the table: CSV with a header row (UTF-8; quoted fields, BOM and CRLF are "
+                                    "fine), JSON (an array of records, or columns + data), JSON Lines or Parquet")
+    format: str | None = Field(default=None, description="csv, json, jsonl or parquet; default: told by the "
+                                                         "file's name (.csv, .json, .jsonl/.ndjson, .parquet/.pq), "
+                                                         "else by its content, else csv",
+                               json_schema_extra={"anyOf": [{"type": "string", "enum": [*UPLOAD_FORMATS, ""]}]})
+    na_values: str | None = Field(default=None, description="CSV only: the tokens that mean a missing cell, "
+                                                            "comma-separated or a JSON list of strings, in place "
+                                                            "of pandas' defaults (NA, N/A, null, ...); an empty "
+                                                            "cell is always missing")
     name: str | None = Field(default=None, description="default: the file's name")
     target: str | None = Field(default=None, description="target column; several comma-separated "
                                                          "for multi-output regression; default the last column")
@@ -246,10 +254,7 @@ class JobCreate(BaseModel):
                 "properties": {"network": {"type": "object"}, "network_id": {"type": "string"}}},
         "anyOf": [{"required": [key], "properties": {key: {"type": kind}}}
                   for key, kind in (("network", "object"), ("network_id", "string"),
-                                    ("init_from_model", "string"))],
-        # service.core.jobs.creation.job_features's rule: not both lists of columns.
-        "allOf": [{"not": {"required": ["features", "ignored_columns"],
-                           "properties": {"features": {"type": "array"}, "ignored_columns": {"type": "array"}}}}]})
+                                    ("init_from_model", "string"))]})
 
     dataset_id: str = Field(min_length=1)
     network: NetworkDefinition | None = None
@@ -264,13 +269,6 @@ class JobCreate(BaseModel):
         default=None, min_length=1,
         description="warm start: a model id whose weights (and preprocessing) the job starts from; "
                     "without network and network_id the model's network is used")
-    features: list[str] | None = Field(
-        default=None, min_length=1, json_schema_extra={"uniqueItems": True},
-        description="the columns to train on (any but the target: identifier and constant columns "
-                    "too); default the dataset's `features`; a warm start uses the model's")
-    ignored_columns: list[str] | None = Field(
-        default=None, json_schema_extra={"uniqueItems": True},
-        description="columns to leave out of the dataset's `features` (H2O's name); not with `features`")
 
     @model_validator(mode="after")
     def _one_network(self) -> JobCreate:
