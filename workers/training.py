@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import backprop
 from backprop.training import EVAL_CHUNK_ROWS
+from service.core.data.parsing import ParsedTable
 from service.core.data.preprocessing import Preprocessor, fit
 from service.core.db.store import load_table
 from service.core.db.tables import Dataset, Job, JobCheckpoint, JobEpoch, TrainedModel
@@ -292,12 +293,69 @@ def _source_model(session: Session, job: Job) -> TrainedModel | None:
     return model
 
 
-def _prepare(session: Session, job: Job,
-             source: TrainedModel | None = None) -> tuple[Preprocessor, dict[str, Any], tuple[Any, Any] | None]:
+@dataclass
+class _Prepared:
+    """A job's encoded splits, its preprocessing and its class weights, ready for backprop.train."""
+
+    preprocessor: Preprocessor
+    data: dict[str, Any]  # {"X": training inputs, "y": their targets}
+    validation: tuple[Any, Any] | None
+    class_weight: np.ndarray | None  # one weight per class index; None: unweighted
+    counts: dict[str, int]  # n_training_rows, n_validation_rows
+
+
+def rows_with_target(table: ParsedTable, targets: list[str]) -> np.ndarray:
+    """Return the rows (indices, ascending) whose every target cell holds a value (is not NaN)."""
+    position = {c["name"]: j for j, c in enumerate(table.columns)}
+    values = table.values[:, [position[t] for t in targets]]
+    return np.flatnonzero(~np.isnan(values).any(axis=1))
+
+
+def class_weights(class_weight: str | dict[str, float] | None, classes: list[Any] | None,
+                  labels: np.ndarray) -> np.ndarray | None:
+    """Resolve a job's `training.class_weight` to one weight per class index, for backprop.train.
+
+    Parameters
+    ----------
+    class_weight
+        As the job holds it: None, "balanced" or {label as a string: weight}.
+    classes
+        The classes in the model's order (the index of each is its output).
+    labels
+        The class index of each training row.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        None without weights. "balanced" gives a class ``n_train / (n_present * count)``,
+        scikit-learn's formula, where n_present counts the classes the training split holds
+        (all of them, but for a warm start's class the data lacks); a class with no training
+        row weighs 1, as does one a mapping leaves out.
+    """
+    if class_weight is None or not classes:
+        return None
+    weights = np.ones(len(classes), dtype=np.float64)
+    if class_weight == "balanced":
+        counts = np.bincount(np.asarray(labels, dtype=np.int64).ravel(), minlength=len(classes))
+        present = counts > 0
+        weights[present] = counts.sum() / (int(present.sum()) * counts[present])
+        return weights
+    position = {str(c): k for k, c in enumerate(classes)}
+    for label, weight in dict(class_weight).items():
+        # Job creation refused labels that are not classes: none is skipped here.
+        if label in position:
+            weights[position[label]] = float(weight)
+    return weights
+
+
+def _prepare(session: Session, job: Job, source: TrainedModel | None = None) -> _Prepared:
     """Load the dataset, split it, fit the preprocessing and encode both splits.
 
-    A warm start keeps the source model's preprocessing instead of fitting its own
-    (docs/jobs.md): its weights only mean something on inputs encoded the same way.
+    Rows without a target value are left out of both splits; a classification split is
+    stratified by class. A job trains on its own `features` (a job made before jobs chose
+    columns has none: the dataset's). A warm start keeps the source model's preprocessing
+    instead of fitting its own (docs/jobs.md): its weights only mean something on inputs
+    encoded the same way.
     """
     dataset = session.get(Dataset, job.dataset_id)
     if dataset is None:
@@ -305,22 +363,38 @@ def _prepare(session: Session, job: Job,
                            f"upload it again and submit a new job")
     table = load_table(session, dataset)
     training = job.training
-    train_rows, val_rows = backprop.train_validation_split(table.n_rows, training["validation_split"],
-                                                           training["seed"])
+    rows = rows_with_target(table, dataset.targets)
+    if not len(rows):
+        raise JobDataError(f"no row of dataset {dataset.id} has a target value; upload one whose "
+                           f"target {', '.join(dataset.targets)} is filled in")
+    strata = None
+    if dataset.task == "classification":
+        # Any grouping by target value stratifies: the raw values need no fitted preprocessing.
+        target = [c["name"] for c in table.columns].index(dataset.targets[0])
+        strata = np.unique(table.values[rows, target], return_inverse=True)[1].ravel()
+    train_at, val_at = backprop.train_validation_split(len(rows), training["validation_split"],
+                                                       training["seed"], stratify=strata)
+    train_rows, val_rows = rows[train_at], rows[val_at]
+    features = job.features if job.features is not None else dataset.features
     state = source.preprocessing if source is not None else \
-        fit(table, dataset.features, dataset.targets, dataset.task, dataset.classes, train_rows)
+        fit(table, features, dataset.targets, dataset.task, dataset.classes, train_rows)
     preprocessor = Preprocessor(state)
     loss = training["loss"]
 
-    def labels(rows: np.ndarray) -> np.ndarray:
-        y = preprocessor.targets_from_table(table, rows)
+    def labels(y: np.ndarray) -> np.ndarray:
         return y.astype(np.float32).reshape(-1, 1) if loss == "binary_cross_entropy" else y
 
-    data = {"X": preprocessor.encode_table(table, train_rows), "y": labels(train_rows)}
+    y_train = preprocessor.targets_from_table(table, train_rows)
+    weights = None
+    if preprocessor.task == "classification":
+        weights = class_weights(training.get("class_weight"), preprocessor.classes, y_train)
+    data = {"X": preprocessor.encode_table(table, train_rows), "y": labels(y_train)}
     validation = None
     if len(val_rows):
-        validation = (preprocessor.encode_table(table, val_rows), labels(val_rows))
-    return preprocessor, data, validation
+        validation = (preprocessor.encode_table(table, val_rows),
+                      labels(preprocessor.targets_from_table(table, val_rows)))
+    counts = {"n_training_rows": len(train_rows), "n_validation_rows": len(val_rows)}
+    return _Prepared(preprocessor, data, validation, weights, counts)
 
 
 def _time_left_s(job: Job, settings: JobSettings) -> tuple[float, str] | None:
@@ -339,9 +413,7 @@ class _JobInputs:
     """What a job trains from, read in one short transaction before training starts."""
 
     job: Job
-    preprocessor: Preprocessor
-    data: dict[str, Any]  # {"X": training inputs, "y": their targets}
-    validation: tuple[Any, Any] | None
+    prepared: _Prepared
     # The checkpoint an earlier attempt stored; the warm-start model's (definition, weights),
     # on a first attempt only.
     saved_checkpoint: bytes | None
@@ -351,17 +423,19 @@ class _JobInputs:
 def _train(sessions: sessionmaker[Session], job_id: str, recorder: JobRecorder) -> None:
     """Train a claimed job and store its model: read its inputs, build its network, train, save."""
     inputs = _load_inputs(sessions, job_id, recorder)
-    job, preprocessor = inputs.job, inputs.preprocessor
-    training = dict(job.training)
+    job, prepared = inputs.job, inputs.prepared
+    preprocessor = prepared.preprocessor
+    # The engine's fields; class_weight (the service's, as sent) goes as the resolved array.
+    training = {k: v for k, v in job.training.items() if k != "class_weight"}
     network = _build_network(job, preprocessor, inputs.initial_weights)
     checkpoint = _resume_from(inputs.saved_checkpoint, job, recorder)
     # The validation split in passes within the activation budget (the batches were checked at creation).
     eval_rows = min(EVAL_CHUNK_ROWS, rows_per_pass(network.activation_width, recorder.settings.max_activation_floats))
-    history = backprop.train(network, inputs.data["X"], inputs.data["y"], validation_data=inputs.validation,
+    history = backprop.train(network, prepared.data["X"], prepared.data["y"], validation_data=prepared.validation,
                              on_epoch_end=recorder.on_epoch_end, should_stop=recorder.should_stop,
                              on_checkpoint=recorder.on_checkpoint, checkpoint=checkpoint,
-                             max_eval_rows=eval_rows, **training)
-    _save_model(sessions, job, recorder, network, history, preprocessor)
+                             max_eval_rows=eval_rows, class_weight=prepared.class_weight, **training)
+    _save_model(sessions, job, recorder, network, history, preprocessor, prepared.counts)
 
 
 def _load_inputs(sessions: sessionmaker[Session], job_id: str, recorder: JobRecorder) -> _JobInputs:
@@ -374,10 +448,10 @@ def _load_inputs(sessions: sessionmaker[Session], job_id: str, recorder: JobReco
             raise TimeLimitExceeded(error)
         recorder.set_time_left(seconds, error)
         source = _source_model(session, job)
-        preprocessor, data, validation = _prepare(session, job, source)
+        prepared = _prepare(session, job, source)
         saved = session.scalar(select(JobCheckpoint.data).where(JobCheckpoint.job_id == job_id))
         initial = (source.definition, source.weights) if source is not None and saved is None else None
-    return _JobInputs(job, preprocessor, data, validation, saved, initial)
+    return _JobInputs(job, prepared, saved, initial)
 
 
 def _build_network(job: Job, preprocessor: Preprocessor, initial: tuple[Any, bytes] | None) -> backprop.Network:
@@ -410,10 +484,14 @@ def _resume_from(saved: bytes | None, job: Job, recorder: JobRecorder) -> backpr
 
 
 def _save_model(sessions: sessionmaker[Session], job: Job, recorder: JobRecorder, network: backprop.Network,
-                history: Any, preprocessor: Preprocessor) -> None:
-    """Store the trained model and end the job succeeded, in one transaction while the lease is held."""
+                history: Any, preprocessor: Preprocessor, counts: dict[str, int]) -> None:
+    """Store the trained model and end the job succeeded, in one transaction while the lease is held.
+
+    The job's and the model's metrics are the kept epoch's, with how training ended and
+    the rows of each split (`counts`).
+    """
     definition, weights = backprop.save(network)
-    metrics = _final_metrics(history)
+    metrics = {**_final_metrics(history), **counts}
     parameter_count = int(sum(np.prod(p.shape) for p in network.parameters().values()))
     owner = recorder.owner
     with sessions() as session:

@@ -35,6 +35,7 @@ def job_answer(job: Job) -> responses.Job:
         "device": job.device,
         "time_limit_s": job.time_limit_s,
         "init_from_model": job.init_from_model,
+        "features": job.features,
         "progress": {"epoch": job.epoch, "epochs": job.epochs},
         "metrics": job.metrics,
         "model_id": job.model_id,

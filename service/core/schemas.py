@@ -9,8 +9,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     Strict,
+    Tag,
     create_model,
     model_validator,
 )
@@ -56,8 +58,29 @@ def _training_field(spec: dataclasses.Field) -> tuple[Any, Any]:
     return annotation, Field(default=spec.default, description=description, **bounds)
 
 
+# The largest weight `training.class_weight` may give a class: far beyond any useful
+# imbalance, and small enough that a weighted float32 loss cannot overflow.
+MAX_CLASS_WEIGHT = 1e6
+ClassWeights = dict[str, Annotated[float, Field(gt=0, le=MAX_CLASS_WEIGHT, allow_inf_nan=False),
+                                   BeforeValidator(_json_number)]]
+# Tagged so that a bad weight is reported alone (not with "should be 'balanced'" too); the tags
+# are the names service.core.problems drops from an error's path.
+ClassWeight = Annotated[
+    Annotated[Literal["balanced"], Tag("str")] | Annotated[ClassWeights, Tag("dict")],
+    Discriminator(lambda value: "dict" if isinstance(value, dict) else "str"),
+] | None
+# A training field of the service's, not the engine's: the engine takes one weight per class
+# index (backprop.train's class_weight array); labels are the dataset's, so the worker resolves
+# this against the job's classes and training split (workers.training.class_weights).
+CLASS_WEIGHT_FIELD: tuple[Any, Any] = (ClassWeight, Field(
+    default=None,
+    description="classification only: null (every class weighs 1), \"balanced\" (n_train / (n_classes "
+                "* rows of the class) over the training split, as scikit-learn) or {label: weight} with "
+                "labels as the dataset's classes written as strings ({\"1\": 3} for integer classes); "
+                "a class left out weighs 1"))
+
 # The training schema is derived from backprop.TrainingConfig: one source of truth for
-# names, defaults and bounds.
+# names, defaults and bounds; class_weight is the service's own field.
 TrainingSchema: type[BaseModel] = create_model(  # type: ignore[call-overload]  # fields built at run time
     "Training",
     __config__=ConfigDict(extra="forbid", title="Training"),
@@ -65,6 +88,7 @@ TrainingSchema: type[BaseModel] = create_model(  # type: ignore[call-overload]  
             "absent it follows the dataset's task: cross_entropy for classification, mse for "
             "regression.",
     **{f.name: _training_field(f) for f in dataclasses.fields(TrainingConfig)},
+    class_weight=CLASS_WEIGHT_FIELD,
 )
 
 
@@ -254,7 +278,10 @@ class JobCreate(BaseModel):
                 "properties": {"network": {"type": "object"}, "network_id": {"type": "string"}}},
         "anyOf": [{"required": [key], "properties": {key: {"type": kind}}}
                   for key, kind in (("network", "object"), ("network_id", "string"),
-                                    ("init_from_model", "string"))]})
+                                    ("init_from_model", "string"))],
+        # service.core.jobs.creation.job_features's rule: not both lists of columns.
+        "allOf": [{"not": {"required": ["features", "ignored_columns"],
+                           "properties": {"features": {"type": "array"}, "ignored_columns": {"type": "array"}}}}]})
 
     dataset_id: str = Field(min_length=1)
     network: NetworkDefinition | None = None
@@ -269,6 +296,13 @@ class JobCreate(BaseModel):
         default=None, min_length=1,
         description="warm start: a model id whose weights (and preprocessing) the job starts from; "
                     "without network and network_id the model's network is used")
+    features: list[str] | None = Field(
+        default=None, min_length=1, json_schema_extra={"uniqueItems": True},
+        description="the columns to train on (any but the target: identifier and constant columns "
+                    "too); default the dataset's `features`; a warm start uses the model's")
+    ignored_columns: list[str] | None = Field(
+        default=None, json_schema_extra={"uniqueItems": True},
+        description="columns to leave out of the dataset's `features` (H2O's name); not with `features`")
 
     @model_validator(mode="after")
     def _one_network(self) -> JobCreate:

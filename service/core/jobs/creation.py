@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, defer
 
 import backprop
 from backprop.config import TrainingConfig
+from service.core.data.parsing import MAX_ERRORS
 from service.core.db.store import dataset_input_width
 from service.core.db.tables import Dataset, Job, Network, TrainedModel
 from service.core.ids import new_id, utcnow
@@ -69,7 +70,7 @@ def create_job(session: Session, tenant: str, request: JobCreate, config: Mappin
     # The dataset is held from before it is read until the job commits: a delete of it waits,
     # then finds the job (409); or it went first, and the dataset is not found (422).
     hold_dataset(session, tenant, request.dataset_id)
-    dataset, definition, training = _checked_request(session, tenant, request, config, sent_network)
+    dataset, definition, training, features = _checked_request(session, tenant, request, config, sent_network)
     # A valid job may still be one too many, or add a model to a tenant out of room.
     limits.check_job_slot(session, tenant, config)
     limits.check_storage(session, tenant, config, 0)
@@ -77,7 +78,7 @@ def create_job(session: Session, tenant: str, request: JobCreate, config: Mappin
               network_id=request.network_id, network=definition, training=training,
               device=request.device, epochs=training["epochs"], epoch=0,
               cancel_requested=False, attempt=0, deliveries=0, published_at=utcnow(),
-              time_limit_s=request.time_limit_s, init_from_model=request.init_from_model)
+              time_limit_s=request.time_limit_s, init_from_model=request.init_from_model, features=features)
     session.add(job)
     session.commit()
     # Published only after the commit: a worker must always find the row it is handed.
@@ -103,32 +104,117 @@ def training_fields(request: JobCreate, dataset: Dataset,
     """Return the full training config (the loss following the task when not given) and its problems.
 
     A warm start (`source`, the model of init_from_model) continues with the model's
-    loss and classes.
+    loss and classes. `class_weight` is kept as it was sent (the worker resolves it); the
+    other fields are the engine's.
     """
     warm = source is not None and source.task == dataset.task
     sent: BaseModel = request.training  # TrainingSchema's fields are built at run time
     training = sent.model_dump()
+    class_weight = training.pop("class_weight")
+    classes = (source.classes if warm and source is not None else dataset.classes) or []
+    weight_problems = class_weight_problems(class_weight, dataset.task, classes)
     if "loss" not in sent.model_fields_set:
         training["loss"] = source.loss if warm and source is not None else JOB_LOSS_FOR_TASK[dataset.task]
     loss = training["loss"]
-    n_classes = len((source.classes if warm and source is not None else dataset.classes) or [])
+    n_classes = len(classes)
+    training_problems: list[FieldError] = []
     if backprop.TASK_OF_LOSS[loss] != dataset.task:
         good = ", ".join(k for k, v in backprop.TASK_OF_LOSS.items() if v == dataset.task)
-        return training, [{"field": "training.loss",
-                           "message": f"{loss} does not fit a {dataset.task} dataset; use {good}"}]
-    if loss == "binary_cross_entropy" and n_classes != 2:
-        return training, [{"field": "training.loss", "message": f"binary_cross_entropy needs two classes; "
-                                                                f"the dataset has {n_classes}; use cross_entropy"}]
-    try:
-        # The engine's own check, so the worker can never reject what the API accepted.
-        return TrainingConfig.from_dict(training).to_dict(), []
-    except backprop.ConfigError as error:
-        return training, problem_entries(error.problems, "training")
+        training_problems = [{"field": "training.loss",
+                              "message": f"{loss} does not fit a {dataset.task} dataset; use {good}"}]
+    elif loss == "binary_cross_entropy" and n_classes != 2:
+        training_problems = [{"field": "training.loss", "message": f"binary_cross_entropy needs two classes; "
+                                                                   f"the dataset has {n_classes}; use cross_entropy"}]
+    else:
+        try:
+            # The engine's own check, so the worker can never reject what the API accepted.
+            training = TrainingConfig.from_dict(training).to_dict()
+        except backprop.ConfigError as error:
+            training_problems = problem_entries(error.problems, "training")
+    return {**training, "class_weight": class_weight}, training_problems + weight_problems
+
+
+def class_weight_problems(class_weight: str | dict[str, float] | None, task: str,
+                          classes: list[Any]) -> list[FieldError]:
+    """Return why `training.class_weight` does not fit the job's task and classes (empty: it does).
+
+    A label is matched by its string form (JSON keys are strings: ``{"1": 3}`` names the
+    integer class 1); the weights' bounds are the schema's.
+    """
+    field = "training.class_weight"
+    if class_weight is None:
+        return []
+    if task != "classification":
+        return [{"field": field, "message": f"class weights apply to classification; this is a {task} "
+                                            f"dataset, so leave class_weight null"}]
+    if not isinstance(class_weight, dict):
+        return []
+    labels = [str(c) for c in classes]
+    errors: list[FieldError] = [{"field": field, "message": f"{key!r} is not a class of the dataset; its "
+                                                            f"classes are {_listed(labels)}"}
+                                for key in class_weight if key not in labels]
+    return errors[:MAX_ERRORS]
+
+
+def job_features(request: JobCreate, dataset: Dataset,
+                 source: TrainedModel | None = None) -> tuple[list[str], list[FieldError]]:
+    """Return the job's feature columns (`features`, else the dataset's less `ignored_columns`) and their problems.
+
+    Every name must be a column of the dataset and not its target. `features` may name any
+    other column (identifier and constant ones too) and is taken in the dataset's column
+    order; `ignored_columns` only removes columns from the dataset's `features` (naming a
+    column that is not among them changes nothing). A warm start uses the model's features,
+    in the model's order: naming others is a problem (docs/service.md, "Choosing columns").
+    """
+    if request.features is not None and request.ignored_columns is not None:
+        return [], [{"field": "ignored_columns", "message": "give features or ignored_columns, not both"}]
+    field = "features" if request.features is not None else "ignored_columns"
+    named = request.features if request.features is not None else request.ignored_columns or []
+    columns = [c["name"] for c in dataset.columns]
+    known, targets = set(columns), set(dataset.targets)
+    errors: list[FieldError] = []
+    seen: set[str] = set()
+    for i, name in enumerate(named):
+        if name not in known:
+            errors.append({"field": f"{field}[{i}]", "message": f"the dataset has no column {name!r}; "
+                                                                f"its columns are {_listed(columns)}"})
+        elif name in targets:
+            errors.append({"field": f"{field}[{i}]", "message": f"{name!r} is the dataset's target, "
+                                                                f"which is never an input; leave it out"})
+        elif name in seen:
+            errors.append({"field": f"{field}[{i}]", "message": f"{name!r} is named twice"})
+        seen.add(name)
+    if errors:
+        return [], errors[:MAX_ERRORS]
+    if source is not None:
+        used = [f["name"] for f in source.preprocessing["features"]]
+        if (request.features is not None and seen != set(used)) or (request.ignored_columns and seen & set(used)):
+            return [], [{"field": field, "message": f"a warm start uses the features of model {source.id}: "
+                                                    f"{_listed(used)}; leave {field} out"}]
+        return used, []
+    if request.features is not None:
+        features = [c for c in columns if c in seen]
+    else:
+        features = [c for c in dataset.features if c not in seen]
+    if not features and not dataset.features:
+        return [], [{"field": "features", "message": f"dataset {dataset.id} has no feature column by default "
+                                                     f"(see its warnings); name the columns to use in features"}]
+    if not features:
+        return [], [{"field": field, "message": "no feature column is left; the dataset's features are "
+                                                f"{_listed(dataset.features)}"}]
+    return features, []
+
+
+def _listed(names: list[str], most: int = 20) -> str:
+    """Return up to `most` names, quoted, and how many more there are."""
+    shown = ", ".join(repr(n) for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _checked_request(session: Session, tenant: str, request: JobCreate, config: Mapping[str, Any],
-                     sent_network: Mapping[str, Any] | None) -> tuple[Dataset, dict[str, Any], dict[str, Any]]:
-    """Return the job's dataset, network definition and full training config, or raise the 422."""
+                     sent_network: Mapping[str, Any] | None
+                     ) -> tuple[Dataset, dict[str, Any], dict[str, Any], list[str]]:
+    """Return the job's dataset, network definition, full training config and features, or raise the 422."""
     dataset = find_owned(session, Dataset, request.dataset_id, tenant)
     if dataset is None:
         raise invalid([{"field": "dataset_id", "message": f"no dataset with id {request.dataset_id!r}"}])
@@ -140,11 +226,13 @@ def _checked_request(session: Session, tenant: str, request: JobCreate, config: 
             raise invalid([{"field": "init_from_model",
                             "message": f"no model with id {request.init_from_model!r}"}])
     definition = _definition(session, tenant, request, sent_network, source)
-    training, errors = _problems(request, dataset, source, definition, int(config["MAX_PARAMETERS"]),
-                                 int(config["MAX_ACTIVATION_FLOATS"]))
+    features, errors = job_features(request, dataset, source)
+    training, problems = _problems(request, dataset, source, definition, features, int(config["MAX_PARAMETERS"]),
+                                   int(config["MAX_ACTIVATION_FLOATS"]))
+    errors += problems
     if errors:
         raise invalid(errors)
-    return dataset, definition, training
+    return dataset, definition, training, features
 
 
 def _definition(session: Session, tenant: str, request: JobCreate, sent_network: Mapping[str, Any] | None,
@@ -163,14 +251,20 @@ def _definition(session: Session, tenant: str, request: JobCreate, sent_network:
 
 
 def _problems(request: JobCreate, dataset: Dataset, source: TrainedModel | None, definition: dict[str, Any],
-              max_parameters: int, max_activation_floats: int) -> tuple[dict[str, Any], list[FieldError]]:
-    """Return the full training config and every problem of the job: training, network, warm start."""
+              features: list[str], max_parameters: int,
+              max_activation_floats: int) -> tuple[dict[str, Any], list[FieldError]]:
+    """Return the full training config and every problem of the job: training, network, warm start.
+
+    `features` are the job's (job_features; empty when they are at fault).
+    """
     warm = [] if source is None else warm_start.check_data(source, dataset)
     training, errors = training_fields(request, dataset, source)
     if source is not None and not errors:
         warm += warm_start.check_loss(source, training["loss"])
     # A warm start encodes the data with the model's preprocessing: the model's widths apply.
-    input_dim = dataset_input_width(dataset) if source is None else warm_start.model_input_width(source)
+    # Without valid features the width is unknown; check the rest of the network anyway.
+    input_dim = warm_start.model_input_width(source) if source is not None else \
+        dataset_input_width(dataset, features) if features else None
     classes = dataset.classes if source is None else source.classes
     # Without a valid loss the output width is unknown; check the rest of the network anyway.
     output_dim = None if errors or warm else backprop.output_width(

@@ -1,13 +1,14 @@
 """Warm start (a job's `init_from_model`): check at job creation that a model fits the job.
 
 A warm-started job keeps the source model's preprocessing (means, deviations,
-category lists, classes and their order) instead of fitting its own, so its
-weights keep meaning what they meant (docs/jobs.md). The job is refused with a
-422 on `init_from_model` unless the model was trained for the same task with
-the same loss, the dataset has the model's features (of the same kinds, with no
-category the model does not know) and its targets (with no class the model does
-not know), and the job's network has exactly the model's parameter names and
-shapes. Nothing here allocates weights: shapes come from the definitions.
+category lists, classes and their order) and its feature columns instead of
+fitting its own, so its weights keep meaning what they meant (docs/jobs.md). The
+job is refused with a 422 on `init_from_model` unless the model was trained for
+the same task with the same loss, the dataset has the model's feature columns
+(of the same kinds, with no category the model does not know; its other columns
+are not used) and its targets (with no class the model does not know), and the
+job's network has exactly the model's parameter names and shapes. Nothing here
+allocates weights: shapes come from the definitions.
 """
 
 from __future__ import annotations
@@ -52,15 +53,14 @@ def check_data(model: TrainedModel, dataset: Dataset) -> list[FieldError]:
     errors: list[FieldError] = []
     fitted = {f["name"]: f for f in model.preprocessing["features"]}
     columns = {c["name"]: c for c in dataset.columns}
-    takes = ", ".join(fitted)
-    for name in dataset.features:
-        if name not in fitted:
-            errors.append(_entry(f"the dataset's feature {name!r} is not one of the model's "
-                                 f"({takes}); warm start needs the same feature columns"))
+    # The job trains on the model's features (creation.job_features): the dataset's other
+    # columns are left out, whatever their role.
     for name, feature in fitted.items():
-        if name not in dataset.features:
-            errors.append(_entry(f"the model takes the feature {name!r}, which the dataset does not "
-                                 f"have as a feature"))
+        if name not in columns or name in dataset.targets:
+            inputs = [n for n in columns if n not in dataset.targets]
+            errors.append(_entry(f"the model takes the feature {name!r}, which is not among the dataset's "
+                                 f"columns besides its target ({_listed(inputs, 20)}); a warm start "
+                                 f"needs the model's feature columns"))
             continue
         kind = columns[name]["kind"]
         if kind != feature["kind"]:
