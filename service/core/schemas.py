@@ -317,9 +317,10 @@ class JobCreate(BaseModel):
 
 # The most rows one predict request may score.
 MAX_PREDICT_ROWS = 100_000
-# A cell to score (service.core.data.preprocessing.Preprocessor._cell): a number, or a string
-# (a category, or a number as text); null, booleans, lists and objects are errors.
-PREDICT_CELL_SCHEMA = {"type": ["number", "string"]}
+# A cell to score (service.core.data.preprocessing.Preprocessor._cell): a number, a string
+# (a category, a number as text, an ISO date), or null (a missing value); booleans, lists and
+# objects are errors.
+PREDICT_CELL_SCHEMA = {"anyOf": [{"type": "number"}, {"type": "string"}, {"type": "null"}]}
 
 
 def _rows_schema(row: dict[str, Any]) -> dict[str, Any]:
