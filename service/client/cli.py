@@ -119,14 +119,22 @@ def datasets() -> None:
 @click.option("--target", help="Target column(s), comma-separated; default the last column.")
 @click.option("--name", help="Dataset name; default the file name.")
 @click.option("--task", type=click.Choice(["classification", "regression"]), help="Inferred when absent.")
+@click.option("--format", "table_format", type=click.Choice(["csv", "json", "jsonl", "parquet"]),
+              help="The file's format; default from its extension, else its content.")
+@click.option("--na-values", help="Comma-separated CSV tokens meaning a missing cell (replacing pandas' "
+                                  "defaults: NA, N/A, NaN, null, ...); the empty cell always is.")
 @click.pass_context
 def datasets_upload(ctx: click.Context, file: str, target: str | None, name: str | None,
-                    task: str | None) -> None:
-    """Upload a CSV file (header row first)."""
-    dataset = api(ctx).upload_dataset(file, target=target, name=name, task=task)
+                    task: str | None, table_format: str | None, na_values: str | None) -> None:
+    """Upload a table: CSV (header row first), JSON (records), JSON Lines or Parquet."""
+    tokens = None if na_values is None else na_values.split(",")
+    dataset = api(ctx).upload_dataset(file, target=target, name=name, task=task, format=table_format,
+                                      na_values=tokens)
     classes = f", classes {dataset['classes']}" if dataset.get("classes") else ""
     click.echo(f"{dataset['id']}  {dataset['name']}: {dataset['n_rows']} rows, {dataset['task']} of "
                f"{', '.join(dataset['targets'])} from {len(dataset['features'])} features{classes}")
+    for warning in dataset.get("warnings", []):
+        click.echo(f"  note: {warning}")
 
 
 @datasets.command("list")
@@ -184,19 +192,27 @@ def networks_validate(ctx: click.Context, file: str, input_dim: int | None, data
 @click.option("--validation-split", type=float)
 @click.option("--early-stopping-patience", type=int)
 @click.option("--weight-decay", type=float)
+@click.option("--class-weight", help="balanced, or a JSON object of label: weight.")
 @click.option("--seed", type=int)
+@click.option("--features", help="Comma-separated columns to use (default: the dataset's features).")
+@click.option("--ignored-columns", help="Comma-separated columns to leave out of the dataset's features.")
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
 @click.option("--watch", is_flag=True, help="Follow the job with a progress bar until it ends.")
 @click.option("--poll", type=click.FloatRange(0.05), default=0.5, show_default=True,
               help="Seconds between polls while watching.")
 @click.pass_context
 def train(ctx: click.Context, dataset_id: str, network: str | None, init_from_model: str | None,
-          time_limit: float | None, device: str, watch: bool, poll: float, **training: Any) -> None:
+          time_limit: float | None, device: str, watch: bool, poll: float, features: str | None,
+          ignored_columns: str | None, class_weight: str | None, **training: Any) -> None:
     """Start a training job (and watch it with --watch)."""
     settings = {k: v for k, v in training.items() if v is not None}
+    if class_weight is not None:
+        settings["class_weight"] = class_weight if class_weight == "balanced" else _json_option(
+            "--class-weight", class_weight)
     client = api(ctx)
     options: dict[str, Any] = {"training": settings, "device": device, "init_from_model": init_from_model,
-                               "time_limit_s": time_limit}
+                               "time_limit_s": time_limit, "features": _names(features),
+                               "ignored_columns": _names(ignored_columns)}
     if network is None:
         if init_from_model is None:
             raise click.UsageError("give --network, or --init-from-model to continue a model with its network")
@@ -210,6 +226,18 @@ def train(ctx: click.Context, dataset_id: str, network: str | None, init_from_mo
         watch_job(client, job["id"], poll)
     else:
         click.echo(f"follow it with: backprop jobs watch {job['id']}")
+
+
+def _names(option: str | None) -> list[str] | None:
+    """Split a comma-separated option into column names (None when not given)."""
+    return None if option is None else [name.strip() for name in option.split(",") if name.strip()]
+
+
+def _json_option(flag: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise click.BadParameter(f"not JSON: {error}", param_hint=flag) from None
 
 
 # --- jobs ------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ fields. docs/cli.md describes the client and the ``backprop`` command built on i
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -130,12 +131,20 @@ class Client:
     # datasets ------------------------------------------------------------------
 
     def upload_dataset(self, path: str | Path, target: str | None = None, name: str | None = None,
-                       task: str | None = None) -> dict[str, Any]:
-        """Upload a CSV file (header row first); return the dataset."""
+                       task: str | None = None, format: str | None = None,
+                       na_values: list[str] | None = None) -> dict[str, Any]:
+        """Upload a table (CSV, JSON, JSON Lines or Parquet; the server tells which by `format`, else
+        the file's extension, else its content); return the dataset.
+
+        `na_values` replaces the CSV tokens that mean a missing cell (pandas' defaults).
+        """
         path = Path(path)
-        fields = {k: v for k, v in {"target": target, "name": name or path.stem, "task": task}.items() if v}
+        fields = {k: v for k, v in {"target": target, "name": name or path.stem, "task": task,
+                                    "format": format}.items() if v}
+        if na_values is not None:
+            fields["na_values"] = json.dumps(na_values)
         with path.open("rb") as file:
-            return self.request("POST", "/v1/datasets", files={"file": (path.name, file, "text/csv")},
+            return self.request("POST", "/v1/datasets", files={"file": (path.name, file, _media_type(path))},
                                 data=fields)
 
     def list_datasets(self, limit: int | None = None) -> list[dict[str, Any]]:
@@ -170,13 +179,19 @@ class Client:
     def create_job(self, dataset_id: str, network: dict[str, Any] | None = None, *,
                    network_id: str | None = None, training: dict[str, Any] | None = None,
                    device: str = "cpu", init_from_model: str | None = None,
-                   time_limit_s: float | None = None) -> dict[str, Any]:
+                   time_limit_s: float | None = None, features: list[str] | None = None,
+                   ignored_columns: list[str] | None = None) -> dict[str, Any]:
         """Start training `network` (a definition) or `network_id` on a dataset; return the job.
 
         `init_from_model` starts from a model's weights (its network when neither
-        network is given); `time_limit_s` ends the job `failed` once it has run that long.
+        network is given); `time_limit_s` ends the job `failed` once it has run that long;
+        `features` (the columns to use) or `ignored_columns` change the dataset's default columns.
         """
         body: dict[str, Any] = {"dataset_id": dataset_id, "training": training or {}, "device": device}
+        if features is not None:
+            body["features"] = features
+        if ignored_columns is not None:
+            body["ignored_columns"] = ignored_columns
         if network_id is not None:
             body["network_id"] = network_id
         elif network is not None or init_from_model is None:
@@ -252,3 +267,13 @@ class Client:
     def export_model(self, model_id: str, format: str = "onnx") -> bytes:
         """Return the model as ONNX (preprocessing included) or as a backprop .npz."""
         return self.request("GET", f"/v1/models/{model_id}/export", params={"format": format}, raw=True)
+
+
+# What a file's extension says it holds (the server reads the extension too; the type is for proxies).
+MEDIA_TYPES = {".csv": "text/csv", ".json": "application/json", ".jsonl": "application/x-ndjson",
+               ".ndjson": "application/x-ndjson", ".parquet": "application/vnd.apache.parquet",
+               ".pq": "application/vnd.apache.parquet"}
+
+
+def _media_type(path: Path) -> str:
+    return MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")

@@ -593,11 +593,17 @@
     const fields = model.preprocessing.features.map((feature) => {
       let input;
       if (feature.kind === "string") {
+        // The empty choice sends null: a missing value, as the model was trained to take it.
         input = el("select", { name: feature.name, "data-kind": "string" },
+          el("option", { value: "", text: "(missing)" }),
           ...feature.categories.map((c) => el("option", { value: c, text: c })));
+        input.value = feature.categories[0] || "";
+      } else if (feature.kind === "datetime") {
+        input = el("input", { type: "text", name: feature.name, placeholder: "2020-01-31 or 2020-01-31T08:30",
+                              "data-kind": "datetime" });
       } else {
         const start = Number.isFinite(feature.mean) ? Number(feature.mean.toPrecision(4)) : 0;
-        input = el("input", { type: "number", step: "any", name: feature.name, value: start, required: true,
+        input = el("input", { type: "number", step: "any", name: feature.name, value: start,
                               "data-kind": "numeric" });
       }
       return el("label", {}, feature.name, input);
@@ -607,9 +613,9 @@
       event.preventDefault();
       const record = {};
       for (const input of $("#predict-fields").querySelectorAll("[name]")) {
-        // An empty number goes as null, so the API names the field rather than predicting for 0.
-        record[input.name] = input.dataset.kind !== "numeric" ? input.value
-          : input.value.trim() === "" ? null : Number(input.value);
+        // An empty field goes as null: a missing value, which the model's preprocessing imputes.
+        const text = input.value.trim();
+        record[input.name] = text === "" ? null : input.dataset.kind === "numeric" ? Number(text) : input.value;
       }
       const out = $("#prediction");
       $("#predict-fields").querySelectorAll("[aria-invalid]").forEach((i) => i.removeAttribute("aria-invalid"));
