@@ -1,4 +1,4 @@
-"""Dataset uploads: CSV parsers compared, then a 100 MB upload through the real API process.
+"""Dataset uploads: CSV parsers compared, a 100 MB upload through the real API process, then the other formats.
 
 1. Parsers, each in a fresh child process (so that each has its own peak memory),
    on the same file (1M rows x 12 numeric columns, about 100 MB): the service's
@@ -17,14 +17,26 @@
    service's parser alone is timed in the same run, between the uploads, so the
    two rates are read under the same load.
 
-Targets: >= 50 MB/s, peak <= 3 x array + 200 MB.
-Run: ``python benchmarks/upload.py [--rows N] [--repeat N] [--postgres] [--skip-parsers] [--no-readme]``.
+3. The other formats, on the same table: Parquet (written by pyarrow with its
+   defaults, as pandas' to_parquet writes it), JSON Lines, and the CSV with 10% of
+   its cells missing (written empty, ``NA`` and ``nan``, a third each). For each, and
+   the clean CSV as the baseline: the service's parser alone in a fresh child
+   process (rows/s, MB/s, peak memory), then end to end through the API, --repeat
+   times, the formats taking turns so that the machine's load falls on all alike.
+
+Targets: >= 50 MB/s, peak <= 3 x array + 200 MB; Parquet rows/s >= CSV rows/s, JSON Lines
+>= 25 MB/s, CSV with 10% missing cells within 10% of the clean CSV's rows/s; the same peak
+limit for every format.
+Run: ``python benchmarks/upload.py [--rows N] [--repeat N] [--postgres] [--skip-parsers] [--skip-formats]
+[--only-formats] [--no-readme]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -43,10 +55,18 @@ from benchmarks._report import append_row, machine  # noqa: E402
 from benchmarks._servers import api_server, auth_headers, create_api_key, service_env, worker_pids  # noqa: E402
 
 COLUMNS = 12
+MISSING_SHARE = 0.10
+# The formats compared (label -> the service's format); the clean CSV is the baseline.
+CLEAN_CSV = "CSV"
+FORMAT_LABELS = {CLEAN_CSV: "csv", "CSV with 10% missing cells": "csv", "JSON Lines": "jsonl", "Parquet": "parquet"}
+# What the issue asks of each format, against the clean CSV's rows/s (None: nothing asked).
+ROWS_TARGETS = {"CSV with 10% missing cells": 0.9, "Parquet": 1.0}
+JSONL_TARGET_MB_S = 25
 SECTION = "Uploads (benchmarks/upload.py)"
 EXACT = "csv module (exact rules)"
 SERVICE = "service (pyarrow blocks + checks)"
 POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+CONTENT_TYPES = {".csv": "text/csv", ".jsonl": "application/x-ndjson", ".parquet": "application/vnd.apache.parquet"}
 
 
 def make_csv(path: Path, rows: int) -> None:
@@ -57,6 +77,37 @@ def make_csv(path: Path, rows: int) -> None:
         for start in range(0, rows, 100_000):
             np.savetxt(handle, rng.normal(size=(min(100_000, rows - start), COLUMNS)) * 10,
                        fmt="%.5f", delimiter=",")
+
+
+def make_formats(csv_path: Path, rows: int) -> dict[str, Path]:
+    """Write the table of `csv_path` in the other formats (once; kept next to it); return label -> file."""
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    stem = csv_path.with_suffix("")
+    paths = {CLEAN_CSV: csv_path, "CSV with 10% missing cells": Path(f"{stem}-missing.csv"),
+             "JSON Lines": stem.with_suffix(".jsonl"), "Parquet": stem.with_suffix(".parquet")}
+    if not paths["Parquet"].exists():
+        pq.write_table(pa_csv.read_csv(csv_path), paths["Parquet"])  # the same values, pyarrow's defaults
+    rng = np.random.default_rng(0)
+    names = [f"x{i}" for i in range(COLUMNS - 1)] + ["y"]
+    record = "{" + ", ".join(f'"{name}": %.5f' for name in names) + "}"
+    if not paths["JSON Lines"].exists():
+        with paths["JSON Lines"].open("w") as handle:
+            for start in range(0, rows, 100_000):
+                np.savetxt(handle, rng.normal(size=(min(100_000, rows - start), COLUMNS)) * 10, fmt=record)
+    if not paths["CSV with 10% missing cells"].exists():
+        rng = np.random.default_rng(0)
+        with paths["CSV with 10% missing cells"].open("wb") as handle:
+            handle.write((",".join(names) + "\n").encode())
+            for chunk, start in enumerate(range(0, rows, 100_000)):
+                values = rng.normal(size=(min(100_000, rows - start), COLUMNS)) * 10
+                values[rng.random(values.shape) < MISSING_SHARE] = np.nan
+                text = io.BytesIO()
+                np.savetxt(text, values, fmt="%.5f", delimiter=",")  # NaN is written nan, an NA token
+                token = (b"", b"NA", b"nan")[chunk % 3]  # a third of the chunks each
+                handle.write(re.sub(rb"(?<![^,\n])nan(?![^,\n])", token, text.getvalue()))
+    return paths
 
 
 def parsers() -> dict[str, tuple[str, Callable[[Path], np.ndarray]]]:
@@ -105,11 +156,23 @@ def parsers() -> dict[str, tuple[str, Callable[[Path], np.ndarray]]]:
             "numpy loadtxt": ("numpy", numpy_reader), EXACT: ("csv", csv_module)}
 
 
+def format_parsers() -> dict[str, tuple[str, Callable[[Path], np.ndarray]]]:
+    """The service's parser of each format (formats.parse_upload, as the API calls it)."""
+
+    def reader(fmt: str) -> Callable[[Path], np.ndarray]:
+        def parse(path: Path) -> np.ndarray:
+            from service.core.data import formats
+            return formats.parse_upload(path, fmt).values
+        return parse
+
+    return {f"service: {label}": ("service.core.data.formats", reader(fmt)) for label, fmt in FORMAT_LABELS.items()}
+
+
 def run_parser(name: str, path: Path, repeat: int) -> None:
     """Child process: time one parser (best of `repeat`) and print {seconds, peak_mib} as JSON."""
     import importlib
 
-    module, parse = parsers()[name]
+    module, parse = {**parsers(), **format_parsers()}[name]
     try:
         importlib.import_module(module)
         import service.core.data.parsing  # noqa: F401 - imported by every candidate's process alike
@@ -127,15 +190,20 @@ def run_parser(name: str, path: Path, repeat: int) -> None:
     print(json.dumps({"seconds": min(times), "peak_mib": _vm("self", "VmHWM") - before}))
 
 
+def child_parser(name: str, path: Path, repeat: int) -> dict[str, float]:
+    """Run one parser in a fresh process; return {seconds, peak_mib} (or {missing: module})."""
+    done = subprocess.run([sys.executable, __file__, "--parser", name, "--file", str(path), "--repeat", str(repeat)],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def compare_parsers(path: Path, repeat: int) -> dict[str, tuple[float, float]]:
     """Run every parser in its own process; return name -> (MB/s, peak MiB above its start)."""
     size_mb = path.stat().st_size / 1e6
     results = {}
     for name in parsers():
         runs = 1 if name == EXACT else repeat  # the exact path takes ~7 s a run
-        done = subprocess.run([sys.executable, __file__, "--parser", name, "--file", str(path), "--repeat", str(runs)],
-                              capture_output=True, text=True, check=True)
-        result = json.loads(done.stdout.strip().splitlines()[-1])
+        result = child_parser(name, path, runs)
         if "missing" in result:
             print(f"{name:34s} not installed ({result['missing']})")
             continue
@@ -174,7 +242,8 @@ def upload(path: Path, postgres: bool) -> tuple[float, float, float]:
         before = _vm(pid, "VmHWM")
         with path.open("rb") as handle:
             started = time.perf_counter()
-            response = requests.post(f"{base}/v1/datasets", files={"file": ("big.csv", handle, "text/csv")},
+            response = requests.post(f"{base}/v1/datasets", files={"file": (f"big{path.suffix}", handle,
+                                                                            CONTENT_TYPES[path.suffix])},
                                      data={"name": "big"}, headers=headers, timeout=600)
             elapsed = time.perf_counter() - started
         response.raise_for_status()
@@ -210,6 +279,8 @@ def main() -> None:
     parser.add_argument("--skip-parsers", action="store_true", help="only the end-to-end upload")
     parser.add_argument("--postgres", action="store_true",
                         help="store in a fresh PostgreSQL database at 127.0.0.1:5432 (dropped afterwards)")
+    parser.add_argument("--skip-formats", action="store_true", help="no Parquet, JSON Lines, CSV with missing cells")
+    parser.add_argument("--only-formats", action="store_true", help="only the other formats (and the clean CSV)")
     parser.add_argument("--no-readme", action="store_true")
     parser.add_argument("--parser", help=argparse.SUPPRESS)  # child process: run one parser
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
@@ -226,8 +297,16 @@ def main() -> None:
     size_mb = path.stat().st_size / 1e6
     array_mb = args.rows * COLUMNS * 4 / 2**20
     print(f"{path.name}: {size_mb:.1f} MB, float32 array {array_mb:.0f} MiB")
-    where = machine()
 
+    if not args.only_formats:
+        csv_section(args, path, size_mb, array_mb)
+    if not args.skip_formats:
+        formats_section(args, make_formats(path, args.rows), array_mb)
+
+
+def csv_section(args: argparse.Namespace, path: Path, size_mb: float, array_mb: float) -> None:
+    """Parts 1 and 2: the CSV parsers compared, then the CSV uploaded through the API."""
+    where = machine()
     if not args.skip_parsers:
         results = compare_parsers(path, args.repeat)
         slow = results.get(EXACT)
@@ -260,6 +339,62 @@ def main() -> None:
                    "upload end to end", f"{rate:.0f}", parse_rate / rate, "", where)
         append_row(SECTION, f"API worker peak memory ({store}), MiB", f"{peak:.0f}", "3 x array + 200 MiB",
                    f"{limit:.0f}", peak / limit, "<= 1x", where)
+
+
+def formats_section(args: argparse.Namespace, paths: dict[str, Path], array_mb: float) -> None:
+    """Part 3: each format's parser alone (a fresh process each), then uploads, the formats taking turns."""
+    store = "PostgreSQL" if args.postgres else "SQLite"
+    limit = 3 * array_mb + 200
+    alone: dict[str, tuple[float, float, float]] = {}  # label -> (rows/s, MB/s, peak MiB)
+    for label, path in paths.items():
+        result = child_parser(f"service: {label}", path, args.repeat)
+        size_mb = path.stat().st_size / 1e6
+        alone[label] = (args.rows / result["seconds"], size_mb / result["seconds"], result["peak_mib"])
+        print(f"parse {label:27s} ({size_mb:5.0f} MB): {alone[label][0]:10,.0f} rows/s {alone[label][1]:6.1f} MB/s "
+              f"peak +{result['peak_mib']:.0f} MiB")
+    rates: dict[str, list[float]] = {label: [] for label in paths}
+    peaks: dict[str, list[float]] = {label: [] for label in paths}
+    for _ in range(args.repeat):
+        for label, path in paths.items():
+            rate, peak, _before = upload(path, args.postgres)
+            rates[label].append(rate)
+            peaks[label].append(peak)
+    ends: dict[str, tuple[float, float, float]] = {}  # label -> (rows/s, MB/s, peak MiB): median, highest
+    for label, path in paths.items():
+        mb_s = statistics.median(rates[label])
+        ends[label] = (mb_s * 1e6 / path.stat().st_size * args.rows, mb_s, max(peaks[label]))
+        print(f"upload {label:27s} ({store}): {ends[label][0]:10,.0f} rows/s {mb_s:6.1f} MB/s, API worker peak "
+              f"{ends[label][2]:.0f} MiB (limit {limit:.0f}: {ends[label][2] / limit:.2f}x)")
+    for what, figures in (("parser alone", alone), ("upload end to end", ends)):
+        baseline = figures[CLEAN_CSV][0]
+        for label, least in ROWS_TARGETS.items():
+            ratio = figures[label][0] / baseline
+            print(f"{what}: {label} {figures[label][0]:,.0f} rows/s vs CSV {baseline:,.0f} rows/s: {ratio:.2f}x "
+                  f"(target >= {least:g}x)")
+        print(f"{what}: JSON Lines {figures['JSON Lines'][1]:.1f} MB/s (target >= {JSONL_TARGET_MB_S}: "
+              f"{figures['JSON Lines'][1] / JSONL_TARGET_MB_S:.2f}x)")
+    if args.no_readme:
+        return
+    where = machine()
+    for label in paths:
+        rows_s, mb_s, peak = alone[label]
+        if label != CLEAN_CSV:
+            append_row(SECTION, f"parse {label}: service, rows/s (peak +{peak:.0f} MiB)", f"{rows_s:.0f}",
+                       "service, CSV", f"{alone[CLEAN_CSV][0]:.0f}", rows_s / alone[CLEAN_CSV][0],
+                       f">= {ROWS_TARGETS[label]:g}x" if label in ROWS_TARGETS else "", where)
+    append_row(SECTION, "parse JSON Lines: service, MB/s", f"{alone['JSON Lines'][1]:.0f}", "target",
+               str(JSONL_TARGET_MB_S), alone["JSON Lines"][1] / JSONL_TARGET_MB_S, ">= 1x", where)
+    where = machine(f"median of {args.repeat} uploads each, formats taking turns")
+    for label in paths:
+        rows_s, mb_s, peak = ends[label]
+        if label != CLEAN_CSV:
+            append_row(SECTION, f"POST /v1/datasets {label} ({store}), rows/s", f"{rows_s:.0f}", "CSV",
+                       f"{ends[CLEAN_CSV][0]:.0f}", rows_s / ends[CLEAN_CSV][0],
+                       f">= {ROWS_TARGETS[label]:g}x" if label in ROWS_TARGETS else "", where)
+        append_row(SECTION, f"API worker peak memory, {label} ({store}), MiB", f"{peak:.0f}", "3 x array + 200 MiB",
+                   f"{limit:.0f}", peak / limit, "<= 1x", where)
+    append_row(SECTION, f"POST /v1/datasets JSON Lines ({store}), MB/s", f"{ends['JSON Lines'][1]:.0f}", "target",
+               str(JSONL_TARGET_MB_S), ends["JSON Lines"][1] / JSONL_TARGET_MB_S, ">= 1x", where)
 
 
 if __name__ == "__main__":
