@@ -233,7 +233,8 @@ def test_json_records_past_max_columns_are_422(tmp_path):
 
 # ---------------------------------------------------------------- JSON Lines
 
-NUMERIC_JSONL = b'{"a": 1, "b": 2.5, "y": 0}\n\n{"b": -1e3, "a": null, "y": 1}\r\n  \n{"a": 3, "y": 0}\n{"a": 4, "b": 5, "y": 1}'
+NUMERIC_JSONL = (b'{"a": 1, "b": 2.5, "y": 0}\n\n{"b": -1e3, "a": null, "y": 1}\r\n  \n'
+                 b'{"a": 3, "y": 0}\n{"a": 4, "b": 5, "y": 1}')
 
 
 def row_path_only(monkeypatch):
@@ -302,8 +303,8 @@ def test_parquet_with_nulls_strings_timestamps_and_more(tmp_path):
         "f": pa.array([0.5, 1.5, None, float(2**24 + 1)], pa.float32()),
         "s": pa.array(["u", None, "v", "u"]).dictionary_encode(),
         "t": pa.array([dt.datetime(2024, 1, 1, 12, 30, 15, 500_000, tzinfo=dt.timezone(dt.timedelta(hours=1))),
-                       None, dt.datetime(2024, 2, 1, tzinfo=dt.timezone.utc),
-                       dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc)], pa.timestamp("ns", tz="Europe/Paris")),
+                       None, dt.datetime(2024, 2, 1, tzinfo=dt.UTC),
+                       dt.datetime(2024, 3, 1, tzinfo=dt.UTC)], pa.timestamp("ns", tz="Europe/Paris")),
         "d": pa.array([dt.date(2024, 1, 1), dt.date(2024, 1, 2), None, dt.date(2024, 1, 4)]),
         "b": [True, False, None, True],
         "y": [0, 1, 0, 1],
