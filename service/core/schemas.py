@@ -181,13 +181,14 @@ class NetworkToCheck(NetworkDefinition):
     model_config = ConfigDict(title="NetworkToCheck", json_schema_extra=None)
 
 
-# The parser's rules for a column name (service.core.data.parsing._check_header, after
-# stripping: not empty, no NUL) and for a cell (a number, or a string that is not blank;
-# an empty cell is a missing value, which is an error in every column).
+# The parser's rule for a column name (service.core.data.parsing._check_header, after
+# stripping: not empty, no NUL).
 COLUMN_NAME_SCHEMA: dict[str, Any] = {"type": "string", "pattern": "^[^\\u0000]*\\S[^\\u0000]*$"}
+# A table cell of a JSON dataset body: a null, or a blank string, is a missing value.
 TABLE_CELL_SCHEMA: dict[str, Any] = {
-    "type": ["number", "string"], "pattern": "\\S",
-    "description": "a number or a string; a column is numeric when most of its cells are numbers"}
+    "type": ["number", "string", "null"],
+    "description": "a number, a string, or null (missing); a column is numeric when most of its present cells "
+                   "are numbers"}
 
 
 class DatasetJson(BaseModel):
@@ -206,14 +207,12 @@ class DatasetJson(BaseModel):
         json_schema_extra={"minItems": 2, "uniqueItems": True, "items": COLUMN_NAME_SCHEMA})
     data: list[list[Cell]] | None = Field(
         default=None, description="rows of cells, one per column (null: missing); with `columns`",
-        json_schema_extra={"minItems": 1, "items": {"type": "array", "minItems": 2, "items": {
-            "type": ["number", "string", "null"], "description": "a number, a string, or null (missing)"}}})
+        json_schema_extra={"minItems": 1, "items": {"type": "array", "minItems": 2, "items": TABLE_CELL_SCHEMA}})
     records: list[dict[str, Cell]] | None = Field(
         default=None, min_length=1,
         description="rows as objects {column: cell}, instead of `columns` + `data`; the columns are the "
                     "union of the keys in the order first seen, and a key a record lacks is a missing cell",
-        json_schema_extra={"items": {"type": "object", "additionalProperties": {
-            "type": ["number", "string", "null"], "description": "a number, a string, or null (missing)"}}})
+        json_schema_extra={"items": {"type": "object", "additionalProperties": TABLE_CELL_SCHEMA}})
     target: str | list[str] | None = Field(
         default=None, description="target column(s); default the last column",
         json_schema_extra={"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"},
