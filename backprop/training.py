@@ -58,12 +58,13 @@ def train_validation_split(
     seed
         Seed of the shuffle; the same arguments give the same split.
     stratify
-        Optional class index of each row, integers of length ``n``. Each class
-        then holds out ``round(count * validation_split)`` of its rows, but
-        keeps at least one training row (a class of one row stays whole in
-        training), so the total may differ from the unstratified split's
-        ``round(n * validation_split)``. Without it the split is the one this
-        function has always made, row for row.
+        Optional class index of each row, integers of length ``n``. The split
+        then holds out ``round(n * validation_split)`` rows, as without it, shared
+        among the classes in proportion: each class ``floor(count * validation_split)``,
+        and the rows left over to the classes with the largest remainders (ties to
+        the lower class index), each keeping at least one training
+        row (a class of one row stays whole in training). Without it the split is
+        the one this function has always made, row for row.
 
     Raises
     ------
@@ -79,12 +80,34 @@ def train_validation_split(
         return np.sort(order[n_val:]), np.sort(order[:n_val])
     # Each class takes its validation rows from the front of the one shuffle, in shuffled order.
     shuffled = labels[order]
+    classes, counts = np.unique(labels, return_counts=True)
+    quotas = _class_quotas(counts, min(int(round(n * validation_split)), n - 1), validation_split)
     held = np.zeros(n, dtype=bool)
-    for label in np.unique(labels):
-        members = np.flatnonzero(shuffled == label)
-        n_val = min(int(round(len(members) * validation_split)), len(members) - 1)
-        held[members[:n_val]] = True
+    for label, quota in zip(classes, quotas):
+        held[np.flatnonzero(shuffled == label)[:quota]] = True
     return np.sort(order[~held]), np.sort(order[held])
+
+
+def _class_quotas(counts: np.ndarray, total: int, fraction: float) -> list[int]:
+    """Share `total` held-out rows among classes of `counts` rows in proportion (largest remainders).
+
+    No class gives up its last row, so the total is smaller only when every class is
+    down to one training row.
+    """
+    exact = counts * fraction
+    quotas = [min(int(np.floor(share)), int(count) - 1) for share, count in zip(exact, counts)]
+    by_remainder = sorted(range(len(counts)), key=lambda k: (-(exact[k] - np.floor(exact[k])), k))
+    left = total - sum(quotas)
+    while left > 0:
+        given = False
+        for k in by_remainder:
+            if left > 0 and quotas[k] < counts[k] - 1:
+                quotas[k] += 1
+                left -= 1
+                given = True
+        if not given:
+            break
+    return quotas
 
 
 def _stratify_labels(stratify: Any, n: int) -> np.ndarray:

@@ -273,11 +273,14 @@ def test_each_class_holds_out_its_share_and_keeps_a_training_row(rng):
     sizes = {0: 50, 1: 30, 2: 7, 3: 2, 4: 1}
     labels = rng.permutation(np.repeat(list(sizes), list(sizes.values())))
     train, val = backprop.train_validation_split(len(labels), 0.2, seed=5, stratify=labels)
-    assert np.bincount(labels[val], minlength=5).tolist() == [10, 6, 1, 0, 0]
-    assert np.bincount(labels[train], minlength=5).tolist() == [40, 24, 6, 2, 1]
-    # A large fraction still leaves every class a training row.
+    # round(90 * 0.2) = 18 rows: floors 10, 6, 1, 0, 0 and the one left over to the largest
+    # remainder (0.4, classes 2 and 3: the lower index); no class gives up its last training row.
+    assert np.bincount(labels[val], minlength=5).tolist() == [10, 6, 2, 0, 0]
+    assert np.bincount(labels[train], minlength=5).tolist() == [40, 24, 5, 2, 1]
+    # A large fraction still leaves every class a training row; the 81 rows are all held out,
+    # those the small classes cannot give going to the others (largest remainders, then index).
     train, val = backprop.train_validation_split(len(labels), 0.9, seed=5, stratify=labels)
-    assert np.bincount(labels[val], minlength=5).tolist() == [45, 27, 6, 1, 0]
+    assert np.bincount(labels[val], minlength=5).tolist() == [46, 28, 6, 1, 0]
     assert set(labels[train]) == set(sizes)
 
 
@@ -296,7 +299,7 @@ def test_the_stratified_split_is_sorted_disjoint_whole_and_seeded(rng):
 def test_stratify_takes_integral_floats_and_no_split_stays_empty():
     labels = np.array([0, 0, 0, 1, 1, 1, 1, 1], dtype=np.float32)
     train, val = backprop.train_validation_split(8, 0.5, seed=0, stratify=labels)
-    assert np.bincount(labels[val].astype(int)).tolist() == [2, 2]  # round(1.5) and round(2.5) are 2
+    assert np.bincount(labels[val].astype(int)).tolist() == [2, 2]  # 4 rows: floors 1 and 2, the remainders tie: the lower class
     train, val = backprop.train_validation_split(8, 0.0, stratify=labels)
     np.testing.assert_array_equal(train, np.arange(8))
     assert len(val) == 0
