@@ -262,3 +262,31 @@ def test_datetime_models_predict_from_iso_text_and_refuse_onnx(client, app, uplo
     body = problem(client.get(f"/v1/models/{model_id}/export?format=onnx"), 422)
     assert body["errors"][0]["field"] == "format" and "'seen'" in body["errors"][0]["message"]
     assert client.get(f"/v1/models/{model_id}/export?format=npz").status_code == 200
+
+
+@on_sqlite
+def test_a_folded_columns_rare_and_unseen_values_encode_as_other_in_predict_and_onnx(client, app, upload_csv):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    app.config["MAX_CATEGORIES"] = 2
+    rng = np.random.default_rng(1)
+    colours = ["brown", "grey"] * 30 + ["pink", "teal", "blue", ""] * 3
+    lines = ["weight,colour,animal"] + [f"{rng.normal(10, 3):.2f},{c},{'dog' if i % 2 else 'cat'}"
+                                        for i, c in enumerate(colours)]
+    dataset = upload_csv("\n".join(lines) + "\n").get_json()
+    (colour,) = [c for c in dataset["columns"] if c["name"] == "colour"]
+    assert colour["categories"] == ["brown", "grey", "other"] and colour["folded"] == 3
+    model_id = train(client, app, dataset["id"], mlp(activation="tanh"), epochs=3, seed=0)
+    fitted = client.get(f"/v1/models/{model_id}").get_json()["preprocessing"]["features"][1]
+    assert fitted["fold"] is True and fitted["missing_category"] is True
+
+    rows = [[9.0, "other"], [9.0, "teal"], [9.0, "never seen"], [9.0, None], [9.0, "brown"]]
+    answer = client.post(f"/v1/models/{model_id}/predict", json={"inputs": rows}).get_json()
+    other, rare, unseen, missing, brown = answer["probabilities"]
+    assert rare == other and unseen == other and missing != other and brown != other
+
+    session = onnxruntime.InferenceSession(client.get(f"/v1/models/{model_id}/export?format=onnx").data,
+                                           providers=["CPUExecutionProvider"])
+    feeds = {"weight": np.array([[r[0]] for r in rows], dtype=np.float32),
+             "colour": np.array([["" if r[1] is None else r[1]] for r in rows], dtype=object)}
+    _label, probabilities = session.run(["label", "probabilities"], feeds)
+    np.testing.assert_allclose(probabilities, answer["probabilities"], atol=1e-5, rtol=0)

@@ -130,9 +130,12 @@ def fit(table: ParsedTable, features: list[str], targets: list[str], task: str,
             codes = train[:, j]
             present = ~np.isnan(codes)
             seen = np.unique(codes[present].astype(np.int64))
-            fitted_features.append({"name": name, "kind": "string",
-                                    "categories": [column["categories"][k] for k in seen],
-                                    "missing_category": bool(not present.all())})
+            categories = [column["categories"][k] for k in seen]
+            # The upload folded this column's rarest values into OTHER_CATEGORY: a value it does
+            # not know at prediction is such a rare one, and encodes as that category.
+            fold = bool(column.get("folded")) and parsing.OTHER_CATEGORY in categories
+            fitted_features.append({"name": name, "kind": "string", "categories": categories,
+                                    "missing_category": bool(not present.all()), "fold": fold})
     if task == "classification":
         target: dict[str, Any] = {"task": task, "names": targets, "classes": classes}
     else:
@@ -215,6 +218,9 @@ class Preprocessor:
         self._plain = self.all_numeric and not self._indicators
         self._category_index = {k: {c: i for i, c in enumerate(f["categories"])}
                                 for k, f in enumerate(self.features) if f["kind"] == "string"}
+        # Where a value the fit did not see goes: nowhere (-1, all zeros), or `other` when folded.
+        self._unknown = {k: (self._category_index[k][parsing.OTHER_CATEGORY] if f.get("fold") else -1)
+                         for k, f in enumerate(self.features) if f["kind"] == "string"}
         self._blocks: list[tuple[int, int, int, bool]] = []  # (feature, offset, categories, missing slot)
         offset = self._scaled_width + len(self._indicators)
         for k, f in enumerate(self.features):
@@ -287,7 +293,8 @@ class Preprocessor:
                 matrix[:, k] = source
             elif feature["kind"] == "string":
                 index = self._category_index[k]
-                lookup = np.array([index.get(c, -1) for c in table.columns[j]["categories"]], dtype=np.float32)
+                lookup = np.array([index.get(c, self._unknown[k]) for c in table.columns[j]["categories"]],
+                                  dtype=np.float32)
                 present = ~np.isnan(source)
                 matrix[:, k] = np.nan
                 matrix[present, k] = lookup[source[present].astype(np.int64)]
@@ -343,7 +350,7 @@ class Preprocessor:
             return parsed[0]
         if isinstance(value, float) and value.is_integer():
             value = repr(value)
-        return float(self._category_index[k].get(str(value).strip(), -1))
+        return float(self._category_index[k].get(str(value).strip(), self._unknown[k]))
 
     def _encode_raw(self, raw: np.ndarray) -> np.ndarray:
         """Encode a float64 raw matrix built cell by cell (datetime seconds in their own columns)."""

@@ -19,6 +19,7 @@ import numpy as np
 import backprop
 from backprop.checkpoint import pack, unpack
 from backprop.losses import FUSED_ACTIVATION
+from service.core.data.parsing import OTHER_CATEGORY
 from service.core.problems import FieldError
 
 FORMATS = ("onnx", "npz")
@@ -160,9 +161,19 @@ class _GraphBuilder:
                     # The missing slot follows the categories; "" is how a missing string is given
                     # (an upload's empty cell is missing, so no category is "").
                     categories.append("")
-                # zeros=1: a category not seen in training encodes as all zeros, as in /predict.
-                hot = self.node("OneHotEncoder", [name], "onehot", domain="ai.onnx.ml",
-                                cats_strings=categories, zeros=1)
+                if feature.get("fold"):
+                    # An unknown value is one the upload folded into `other` (Preprocessor._unknown),
+                    # and a missing one without its slot is all zeros: an index beyond the categories.
+                    known = categories + ([] if feature.get("missing_category") else [""])
+                    codes = self.node("CategoryMapper", [name], "category", domain="ai.onnx.ml",
+                                      cats_strings=known, cats_int64s=list(range(len(known))),
+                                      default_int64=categories.index(OTHER_CATEGORY))
+                    hot = self.node("OneHotEncoder", [codes], "onehot", domain="ai.onnx.ml",
+                                    cats_int64s=list(range(len(categories))), zeros=1)
+                else:
+                    # zeros=1: a category not seen in training encodes as all zeros, as in /predict.
+                    hot = self.node("OneHotEncoder", [name], "onehot", domain="ai.onnx.ml",
+                                    cats_strings=categories, zeros=1)
                 blocks.append(self.node("Flatten", [hot], "onehot_2d", axis=1))
         parts = []
         if numeric:
