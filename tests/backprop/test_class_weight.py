@@ -299,7 +299,8 @@ def test_the_stratified_split_is_sorted_disjoint_whole_and_seeded(rng):
 def test_stratify_takes_integral_floats_and_no_split_stays_empty():
     labels = np.array([0, 0, 0, 1, 1, 1, 1, 1], dtype=np.float32)
     train, val = backprop.train_validation_split(8, 0.5, seed=0, stratify=labels)
-    assert np.bincount(labels[val].astype(int)).tolist() == [2, 2]  # 4 rows: floors 1 and 2, the remainders tie: the lower class
+    # 4 rows: floors 1 and 2; the remainders tie, and the lower class takes the one left.
+    assert np.bincount(labels[val].astype(int)).tolist() == [2, 2]
     train, val = backprop.train_validation_split(8, 0.0, stratify=labels)
     np.testing.assert_array_equal(train, np.arange(8))
     assert len(val) == 0
