@@ -22,7 +22,7 @@ def _load_training_code(**_kwargs: object) -> None:
 
 @celery.task(name=TRAIN_TASK, ignore_result=True)
 def train_job(job_id: str) -> str:
-    """Train the job with this id (the message carries the id only)."""
+    """Run the job with this id, of whatever kind (the message carries the id only; the name is history)."""
     if shutdown_requested():
         # A stopping worker may still be handed a message: pass it on untouched.
         publish_job(job_id, train_job.request.delivery_info.get("routing_key") or "cpu")
@@ -33,7 +33,8 @@ def train_job(job_id: str) -> str:
     record_delivery(sessions, job_id)
     try:
         # Imported here so that numpy (and CuPy on GPU hosts) load in the training process only.
-        from workers.training import run_job
+        from workers.kinds import runner_of
+        run_job = runner_of(sessions, job_id)
     except Exception as error:
         log.exception("job %s: the training code failed to load", job_id)
         fail_queued(sessions, job_id, f"the worker could not load its training code "

@@ -397,7 +397,7 @@ def _prepare(session: Session, job: Job, source: TrainedModel | None = None) -> 
     return _Prepared(preprocessor, data, validation, weights, counts)
 
 
-def _time_left_s(job: Job, settings: JobSettings) -> tuple[float, str] | None:
+def job_time_left_s(job: Job, settings: JobSettings) -> tuple[float, str] | None:
     """Return (seconds left, error) of the job's time limit, counted from its first start; None: no limit.
 
     The limit is the smaller of the job's time_limit_s and JOB_TIME_LIMIT_S.
@@ -443,7 +443,7 @@ def _load_inputs(sessions: sessionmaker[Session], job_id: str, recorder: JobReco
     with sessions() as session:
         job = session.get(Job, job_id)
         assert job is not None
-        seconds, error = _time_left_s(job, recorder.settings) or (None, "")
+        seconds, error = job_time_left_s(job, recorder.settings) or (None, "")
         if seconds is not None and seconds <= 0:
             raise TimeLimitExceeded(error)
         recorder.set_time_left(seconds, error)
@@ -517,7 +517,7 @@ def _save_model(sessions: sessionmaker[Session], job: Job, recorder: JobRecorder
         session.commit()
 
 
-def _hand_back(sessions: sessionmaker[Session], job_id: str, recorder: JobRecorder, publish: Publish) -> str:
+def hand_back_job(sessions: sessionmaker[Session], job_id: str, recorder: JobRecorder, publish: Publish) -> str:
     """Store the latest checkpoint, return the job to the queue and publish it for another worker."""
     try:
         recorder.store_checkpoint()
@@ -567,11 +567,11 @@ def _run_job(job_id: str, sessions: sessionmaker[Session] | None, owner: str | N
         recorder.finish(JobStatus.CANCELLED)
         return JobStatus.CANCELLED
     except ShuttingDown:
-        return _hand_back(sessions, job_id, recorder, publish or publish_job)
+        return hand_back_job(sessions, job_id, recorder, publish or publish_job)
     except SystemExit:
         # Billiard's SIGTERM handler in a pool process (a signal to the whole process
         # group): hand the job back on the way out rather than wait for the lease to go stale.
-        _hand_back(sessions, job_id, recorder, publish or publish_job)
+        hand_back_job(sessions, job_id, recorder, publish or publish_job)
         raise
     except (TimeLimitExceeded, backprop.TrainingDiverged, JobDataError, backprop.ConfigError) as error:
         # Their messages tell the user what to change.

@@ -12,7 +12,9 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 from service.api.auth import current_tenant
 from service.api.json_provider import JSONTooDeep
+from service.core.db.tables import Job
 from service.core.problems import ApiError, from_validation_error, invalid, not_found
+from service.core.statuses import JobKind
 from service.core.tenancy import ownership
 from service.core.tenancy.limits import MB
 
@@ -138,3 +140,16 @@ def get_or_404(session: Session, table: type[Row], row_id: str, kind: str, **opt
     if row is None:
         raise not_found(kind, row_id)
     return row
+
+
+def get_job_or_404(session: Session, job_id: str, kind: JobKind = JobKind.TRAIN, **options: Any) -> Job:
+    """Return the tenant's job of `kind` with this id, or raise the 404 problem naming that kind.
+
+    Evaluations and batch predictions are job rows too (statuses.JobKind); under another
+    kind's path they are as absent as a missing id.
+    """
+    name = {JobKind.TRAIN: "job", JobKind.EVALUATE: "evaluation", JobKind.BATCH_PREDICT: "batch prediction"}[kind]
+    job = get_or_404(session, Job, job_id, name, **options)
+    if job.kind != kind:
+        raise not_found(name, job_id)
+    return job

@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from service.api import responses
 from service.api.auth import authenticate, current_tenant
-from service.api.common import get_or_404
+from service.api.common import get_job_or_404
 from service.api.db import get_session
 from service.core.db.tables import Job, JobEpoch
 from service.core.problems import ApiError, invalid
@@ -195,7 +195,7 @@ def job_events(job_id: str) -> Response:
     """Stream a job's epochs as Server-Sent Events, then its final status."""
     after = _resume_after()
     with get_session() as session:
-        get_or_404(session, Job, job_id, "job")
+        get_job_or_404(session, job_id)
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     header = request.headers.get("Authorization")
     environ = request.environ

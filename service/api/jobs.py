@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 
 from service.api import responses
 from service.api.auth import current_tenant
-from service.api.common import MAX_PAGE, get_or_404, int_arg, json_body, page_args, validate_body
+from service.api.common import MAX_PAGE, get_job_or_404, int_arg, json_body, page_args, validate_body
 from service.api.db import get_session
 from service.core.db.store import paginate
 from service.core.db.tables import Job, JobEpoch
@@ -18,7 +18,7 @@ from service.core.jobs import creation
 from service.core.jobs.publishing import JobQueue
 from service.core.problems import ApiError, invalid
 from service.core.schemas import JobCreate
-from service.core.statuses import JobStatus
+from service.core.statuses import JobKind, JobStatus
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
@@ -75,7 +75,7 @@ def list_jobs() -> dict[str, Any]:
     """List jobs, newest first, optionally with one `status`."""
     limit, cursor = page_args()
     status = request.args.get("status")
-    statement = select(Job).where(Job.tenant_id == current_tenant())
+    statement = select(Job).where(Job.tenant_id == current_tenant(), Job.kind == JobKind.TRAIN)
     if status:
         if status not in tuple(JobStatus):
             raise invalid([{"field": "status", "message": f"must be one of {', '.join(JobStatus)}"}])
@@ -89,7 +89,7 @@ def list_jobs() -> dict[str, Any]:
 def get_job(job_id: str) -> dict[str, Any]:
     """Read a job from the database (never from a Celery result backend)."""
     with get_session() as session:
-        job = get_or_404(session, Job, job_id, "job")
+        job = get_job_or_404(session, job_id)
         return job_json(job)
 
 
@@ -110,7 +110,7 @@ def get_job_metrics(job_id: str) -> dict[str, Any]:
             raise invalid([{"field": "cursor", "message": "must be the next_cursor of the previous page"}])
         after = int(cursor)
     with get_session() as session:
-        job = get_or_404(session, Job, job_id, "job")
+        job = get_job_or_404(session, job_id)
         rows = session.execute(select(JobEpoch.epoch, JobEpoch.record)
                                .where(JobEpoch.job_id == job_id, JobEpoch.epoch > after)
                                .order_by(JobEpoch.epoch).limit(limit + 1)).all()
@@ -128,7 +128,7 @@ def cancel_job(job_id: str) -> tuple[dict[str, Any], int]:
     once its lease goes stale (docs/jobs.md).
     """
     with get_session() as session:
-        job = get_or_404(session, Job, job_id, "job")  # another tenant's job is not there to cancel
+        job = get_job_or_404(session, job_id)  # another tenant's job is not there to cancel
         changed = session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(
             status=JobStatus.CANCELLED, cancel_requested=True, finished_at=utcnow())).rowcount
         if not changed:

@@ -24,6 +24,7 @@ from service.core.data.preprocessing import InputError
 from service.core.db.store import paginate
 from service.core.db.tables import TrainedModel
 from service.core.ids import isoformat
+from service.core.jobs.scoring import check_model_unused
 from service.core.models.cache import ModelCache, Predictor
 from service.core.problems import ApiError, invalid, not_found
 from service.core.schemas import MAX_PREDICT_ROWS, PredictRequest
@@ -99,6 +100,7 @@ def remove_model(model_id: str) -> Response:
     """Delete a model."""
     with get_session() as session:
         model = get_or_404(session, TrainedModel, model_id, "model", options=[defer(TrainedModel.weights)])
+        check_model_unused(session, model_id)
         session.delete(model)
         session.commit()
     model_cache().evict(model_id)

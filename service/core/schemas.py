@@ -349,8 +349,42 @@ class PredictRequest(BaseModel):
         return self
 
 
+# Shuffles per feature column of a permutation importance: the default, and the most a request
+# may ask (each costs a pass over the rows per feature column).
+PERMUTATION_REPEATS_DEFAULT = 5
+MAX_PERMUTATION_REPEATS = 100
+BATCH_PREDICTION_FORMATS = ("csv", "parquet")
+
+
+class EvaluationCreate(BaseModel):
+    """Score a stored dataset with a model on the workers: the report, and permutation importance."""
+
+    model_config = ConfigDict(extra="forbid", title="EvaluationCreate")
+
+    dataset_id: str = Field(min_length=1, description="a dataset of the tenant holding the model's feature "
+                                                      "and target columns (matched by name)")
+    permutation_repeats: int = Field(default=PERMUTATION_REPEATS_DEFAULT, ge=0, le=MAX_PERMUTATION_REPEATS,
+                                     strict=True,
+                                     description="shuffles of each feature column for permutation importance; "
+                                                 "0 leaves it out")
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, strict=True, description="seed of the shuffles")
+
+
+class BatchPredictionCreate(BaseModel):
+    """Write a stored dataset's rows with the model's predictions, on the workers."""
+
+    model_config = ConfigDict(extra="forbid", title="BatchPredictionCreate")
+
+    dataset_id: str = Field(min_length=1, description="a dataset of the tenant holding the model's feature "
+                                                      "columns (matched by name)")
+    format: Literal["csv", "parquet"] = Field(default="csv", description="the file written")
+
+
+assert get_args(BatchPredictionCreate.model_fields["format"].annotation) == BATCH_PREDICTION_FORMATS
+
 REQUEST_MODELS: list[type[BaseModel]] = [DatasetJson, DatasetUpload, NetworkDefinition, NetworkToCheck,
-                                         JobCreate, TrainingSchema, PredictRequest]
+                                         JobCreate, TrainingSchema, PredictRequest, EvaluationCreate,
+                                         BatchPredictionCreate]
 
 JOB_LOSS_FOR_TASK = {"classification": "cross_entropy", "regression": "mse"}
 assert set(JOB_LOSS_FOR_TASK.values()) <= set(backprop.LOSSES)

@@ -116,6 +116,10 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(String(64), index=True, server_default=DEFAULT_TENANT)
     status: Mapped[str] = mapped_column(String(20), index=True)
+    # statuses.JobKind: a training job, or an evaluation or batch prediction of `input_model_id`
+    # on `dataset_id`, whose options are in `training` and result in `metrics` (migration 0007).
+    kind: Mapped[str] = mapped_column(String(20), index=True, default="train", server_default="train")
+    input_model_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
     dataset_id: Mapped[str] = mapped_column(String(40), index=True)
     network_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     # The definition as it was when the job was created, so later edits cannot change it.
@@ -169,6 +173,16 @@ class JobCheckpoint(Base):
     epoch: Mapped[int] = mapped_column(Integer)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class JobOutputChunk(Base):
+    """One piece of a job's output file (a batch prediction's CSV or Parquet), in `seq` order."""
+
+    __tablename__ = "job_output_chunks"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class TrainedModel(Base):

@@ -82,7 +82,7 @@ def create_job(session: Session, tenant: str, request: JobCreate, config: Mappin
     session.add(job)
     session.commit()
     # Published only after the commit: a worker must always find the row it is handed.
-    _publish(session, job, queue)
+    publish_committed(session, job, queue)
     return job
 
 
@@ -280,7 +280,7 @@ def _problems(request: JobCreate, dataset: Dataset, source: TrainedModel | None,
     return training, errors + warm
 
 
-def _publish(session: Session, job: Job, queue: JobQueue) -> None:
+def publish_committed(session: Session, job: Job, queue: JobQueue) -> None:
     """Publish a committed job; when the queue refuses, fail the job and raise the 503 problem.
 
     A job that could not be queued must not stay queued: no worker would ever take it.
