@@ -1,0 +1,1 @@
+"""Evaluation of trained models: metrics checked against scikit-learn, and the report (docs/evaluation.md)."""
