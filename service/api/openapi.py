@@ -122,6 +122,9 @@ def _id_links(kind: str, pointer: str) -> dict[str, dict[str, Any]]:
             "GetJobEvents": _link("events.job_events", param),
             "CancelJob": _link("jobs.cancel_job", param),
         },
+        "evaluation_id": {
+            "GetEvaluation": _link("evaluations.get_evaluation", param),
+        },
         "model_id": {
             "GetModel": _link("models.get_model", param),
             "Predict": _link("models.predict", param),
@@ -193,11 +196,18 @@ OPERATIONS: dict[str, Operation] = {
                                     description="Each item is a summary (`n_features`); GET a model by id "
                                                 "for its features and preprocessing."),
     "models.get_model": Operation(_json(responses.Model)),
-    "models.remove_model": Operation(None, 204),
+    "models.remove_model": Operation(None, 204, problems=(409,)),
     "models.predict": Operation(
         {**_json(responses.Prediction), "text/csv": {"schema": {"type": "string"}}},
         body={"application/json": {"schema": _ref("PredictRequest")}, "text/csv": {"schema": {"type": "string"}}},
         problems=(503,), description="CSV answers when Accept prefers text/csv."),
+    "evaluations.create_evaluation": Operation(
+        _json(responses.Evaluation), 202, body={"application/json": {"schema": _ref("EvaluationCreate")}},
+        problems=(429, 503), description="Location names the evaluation.",
+        links=_id_links("evaluation_id", "/id")),
+    "evaluations.list_evaluations": Operation(_json(responses.EvaluationPage), query=LIST_QUERY,
+                                              links=_id_links("evaluation_id", "/items/0/id")),
+    "evaluations.get_evaluation": Operation(_json(responses.Evaluation)),
     "export.export_model": Operation(
         {media: {"schema": {"type": "string", "format": "binary"}} for media in set(export.MEDIA_TYPES.values())},
         query=[_query("format", {"type": "string", "enum": list(export.FORMATS), "default": "onnx"})]),

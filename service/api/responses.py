@@ -284,6 +284,39 @@ class Prediction(Answer):
     model_id: str
 
 
+class EvaluationState(Answer):
+    """What an evaluation's answer and its list item both say of it."""
+
+    id: str
+    model_id: str
+    dataset_id: str
+    status: JobStatus
+    permutation_repeats: int
+    seed: int
+    error: str | None
+    attempt: int = Field(description="the worker's attempt: a worker that died mid-way leaves it to the next")
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+
+
+class Evaluation(EvaluationState):
+    """An evaluation of a model on a stored dataset, run on the workers: its status, then its report."""
+
+    model_config = ConfigDict(title="Evaluation")
+
+    report: FreeObject | None = Field(description="the evaluation report (docs/service.md, \"Evaluations\"); "
+                                                  "null until the evaluation succeeded")
+
+
+class EvaluationSummary(EvaluationState):
+    """An evaluation in a list: the report's headline metrics instead of the report (GET it by id for that)."""
+
+    model_config = ConfigDict(title="EvaluationSummary")
+
+    metrics: FreeObject | None = Field(description="the report's `metrics`; null until the evaluation succeeded")
+
+
 ItemT = TypeVar("ItemT", bound=Answer)
 
 
@@ -310,6 +343,10 @@ class ModelPage(Page[ModelSummary]):
     model_config = ConfigDict(title="ModelPage")
 
 
+class EvaluationPage(Page[EvaluationSummary]):
+    model_config = ConfigDict(title="EvaluationPage")
+
+
 class Health(Answer):
     """Liveness."""
 
@@ -329,4 +366,4 @@ class Readiness(Answer):
 
 RESPONSE_MODELS: list[type[BaseModel]] = [Problem, Dataset, Network, Validation, Job, JobMetrics,
                                           JobSummary, Model, Prediction, DatasetPage, NetworkPage,
-                                          JobPage, ModelPage, Health, Readiness]
+                                          JobPage, ModelPage, Health, Readiness, Evaluation, EvaluationPage]

@@ -510,5 +510,86 @@ def models_export(ctx: click.Context, model_id: str, format_: str, output_path: 
     click.echo(f"wrote {output_path} ({len(data):,} bytes, {format_})")
 
 
+@models.command("evaluate")
+@click.argument("model_id")
+@click.option("--dataset", "dataset_id", required=True,
+              help="A stored dataset with the model's feature and target columns (matched by name).")
+@click.option("--permutation-repeats", type=click.IntRange(0), default=None,
+              help="Shuffles of each feature column for permutation importance; 0 leaves it out "
+                   "(default: the service's).")
+@click.option("--seed", type=click.IntRange(0), default=None, help="Seed of the shuffles.")
+@click.option("--poll", type=click.FloatRange(0.05), default=0.5, show_default=True,
+              help="Seconds between polls.")
+@click.pass_context
+def models_evaluate(ctx: click.Context, model_id: str, dataset_id: str, permutation_repeats: int | None,
+                    seed: int | None, poll: float) -> None:
+    """Evaluate a model on a stored dataset (on the workers); wait for it and print the report."""
+    client = api(ctx)
+    evaluation = client.create_evaluation(model_id, dataset_id, permutation_repeats=permutation_repeats, seed=seed)
+    evaluation_id = evaluation["id"]
+    click.echo(f"evaluation {evaluation_id} {evaluation['status']}")
+    shown = [evaluation["status"]]
+
+    def on_update(state: dict[str, Any]) -> None:
+        if state["status"] != shown[-1]:
+            shown.append(state["status"])
+            click.echo(f"evaluation {evaluation_id} {state['status']}")
+
+    try:
+        evaluation = client.wait_evaluation(evaluation_id, poll_s=poll, on_update=on_update)
+    except KeyboardInterrupt:
+        click.echo(f"stopped waiting; the evaluation goes on (backprop models evaluation {evaluation_id})",
+                   err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if evaluation["status"] == "failed":
+        fail(f"evaluation {evaluation_id} failed: {evaluation.get('error') or 'no reason given'}", EXIT_FAILED)
+    if evaluation["status"] != "succeeded":
+        fail(f"evaluation {evaluation_id} was {evaluation['status']}", EXIT_CANCELLED)
+    print_report(evaluation["report"])
+
+
+@models.command("evaluation")
+@click.argument("evaluation_id")
+@click.pass_context
+def models_evaluation(ctx: click.Context, evaluation_id: str) -> None:
+    """Print an evaluation: its status, then its report once it succeeded."""
+    evaluation = api(ctx).get_evaluation(evaluation_id)
+    click.echo(f"evaluation {evaluation_id} of model {evaluation['model_id']} on dataset "
+               f"{evaluation['dataset_id']}: {evaluation['status']}")
+    if evaluation["status"] == "failed":
+        fail(f"evaluation {evaluation_id} failed: {evaluation.get('error') or 'no reason given'}", EXIT_FAILED)
+    if evaluation.get("report"):
+        print_report(evaluation["report"])
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """Print an evaluation report (docs/service.md, "Evaluations") as tables."""
+    skipped = [f"{report.get('n_rows_without_target') or 0:,} without a target"]
+    if report.get("n_rows_unknown_label"):
+        skipped.append(f"{report['n_rows_unknown_label']:,} with a label the model does not know")
+    click.echo(f"{report['task']}: {report['n_rows']:,} rows scored ({', '.join(skipped)} left out)")
+    click.echo()
+    if report["task"] == "classification":
+        table([[name, number(value)] for name, value in report["metrics"].items()], ["METRIC", "VALUE"])
+        confusion = report["confusion_matrix"]
+        labels = [str(label) for label in confusion["labels"]]
+        click.echo("\nconfusion matrix (rows: true label, columns: predicted)")
+        table([[label, *row] for label, row in zip(labels, confusion["matrix"])], ["TRUE", *labels])
+        click.echo()
+        table([[c["label"], number(c["precision"]), number(c["recall"]), number(c["f1"]), c["support"]]
+               for c in report["per_class"]], ["LABEL", "PRECISION", "RECALL", "F1", "SUPPORT"])
+    else:
+        quantiles = ("0.05", "0.5", "0.95")  # of the residuals (actual - predicted), in the target's units
+        table([[t["target"], number(t["rmse"]), number(t["mae"]), number(t["r2"]),
+                *(number(t["residual_quantiles"].get(q)) for q in quantiles)] for t in report["per_target"]],
+              ["TARGET", "RMSE", "MAE", "R2", *(f"RESIDUAL {float(q):.0%}" for q in quantiles)])
+    importance = report.get("permutation_importance")
+    if importance:
+        metric = report.get("importance_metric") or "the main metric"
+        click.echo(f"\npermutation importance (drop in {metric} when the column is shuffled)")
+        ranked = sorted(importance, key=lambda f: -math.inf if f["mean"] is None else f["mean"], reverse=True)
+        table([[f["feature"], number(f["mean"]), number(f["std"])] for f in ranked], ["FEATURE", "MEAN", "STD"])
+
+
 if __name__ == "__main__":
     main()

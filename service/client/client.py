@@ -268,6 +268,47 @@ class Client:
         """Return the model as ONNX (preprocessing included) or as a backprop .npz."""
         return self.request("GET", f"/v1/models/{model_id}/export", params={"format": format}, raw=True)
 
+    # evaluations ---------------------------------------------------------------
+
+    def create_evaluation(self, model_id: str, dataset_id: str, permutation_repeats: int | None = None,
+                          seed: int | None = None) -> dict[str, Any]:
+        """Start an evaluation of a model on a stored dataset (run on the workers); return it.
+
+        `permutation_repeats` shuffles each feature column that many times for permutation
+        importance (0: none; the server's default when None); `seed` seeds the shuffles.
+        """
+        body: dict[str, Any] = {"dataset_id": dataset_id}
+        if permutation_repeats is not None:
+            body["permutation_repeats"] = permutation_repeats
+        if seed is not None:
+            body["seed"] = seed
+        return self.request("POST", f"/v1/models/{model_id}/evaluations", json=body)
+
+    def get_evaluation(self, evaluation_id: str) -> dict[str, Any]:
+        """Return an evaluation: its status and, once it succeeded, its `report`."""
+        return self.request("GET", f"/v1/evaluations/{evaluation_id}")
+
+    def list_evaluations(self, model_id: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """Return a model's evaluations, newest first, each with the report's `metrics` only."""
+        return self._pages(f"/v1/models/{model_id}/evaluations", {}, limit)
+
+    def wait_evaluation(self, evaluation_id: str, poll_s: float = 0.5, timeout: float | None = None,
+                        on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Poll an evaluation until it ends (succeeded, failed or cancelled); return it, report included.
+
+        ``on_update`` sees every polled state. Raises TimeoutError after `timeout` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            evaluation = self.get_evaluation(evaluation_id)
+            if on_update is not None:
+                on_update(evaluation)
+            if evaluation["status"] in TERMINAL:
+                return evaluation
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"evaluation {evaluation_id} is still {evaluation['status']} after {timeout} s")
+            time.sleep(poll_s)
+
 
 # What a file's extension says it holds (the server reads the extension too; the type is for proxies).
 MEDIA_TYPES = {".csv": "text/csv", ".json": "application/json", ".jsonl": "application/x-ndjson",
