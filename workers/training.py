@@ -24,6 +24,7 @@ from service.core.db.tables import Dataset, Job, JobCheckpoint, JobEpoch, Traine
 from service.core.ids import new_id, utcnow
 from service.core.logs import job_context
 from service.core.networks import rows_per_pass
+from service.core.schemas import PERMUTATION_REPEATS_DEFAULT, SERVICE_TRAINING_FIELDS
 from service.core.statuses import JobStatus
 from workers.app import publish_job
 from workers.lease import (
@@ -301,7 +302,13 @@ class _Prepared:
     data: dict[str, Any]  # {"X": training inputs, "y": their targets}
     validation: tuple[Any, Any] | None
     class_weight: np.ndarray | None  # one weight per class index; None: unweighted
-    counts: dict[str, int]  # n_training_rows, n_validation_rows
+    counts: dict[str, int]  # n_training_rows, n_validation_rows, n_test_rows
+    test: ParsedTable | None = None  # the test split's rows, as a table of their own; None: no test split
+
+
+# The test split's shuffle is seeded with the job's seed plus this: beyond the seeds a job may
+# have (0 to 2**32 - 1), so no job's validation shuffle is another's (or its own) test shuffle.
+TEST_SEED_OFFSET = 2**32
 
 
 def rows_with_target(table: ParsedTable, targets: list[str]) -> np.ndarray:
@@ -351,11 +358,15 @@ def class_weights(class_weight: str | dict[str, float] | None, classes: list[Any
 def _prepare(session: Session, job: Job, source: TrainedModel | None = None) -> _Prepared:
     """Load the dataset, split it, fit the preprocessing and encode both splits.
 
-    Rows without a target value are left out of both splits; a classification split is
-    stratified by class. A job trains on its own `features` (a job made before jobs chose
-    columns has none: the dataset's). A warm start keeps the source model's preprocessing
-    instead of fitting its own (docs/jobs.md): its weights only mean something on inputs
-    encoded the same way.
+    Rows without a target value are left out of every split; a classification split is
+    stratified by class. With `training.test_split`, round(n * test_split) of the n rows
+    with a target are held out first (stratified too, on a seed stream of their own), then
+    round(n * validation_split) of the rest for validation: both fractions are of n. The
+    preprocessing is not fitted on the test rows, nor are they encoded here: they come back
+    as a table of their own, scored once training is done (_test_report). A job trains on
+    its own `features` (a job made before jobs chose columns has none: the dataset's). A
+    warm start keeps the source model's preprocessing instead of fitting its own
+    (docs/jobs.md): its weights only mean something on inputs encoded the same way.
     """
     dataset = session.get(Dataset, job.dataset_id)
     if dataset is None:
@@ -372,8 +383,22 @@ def _prepare(session: Session, job: Job, source: TrainedModel | None = None) -> 
         # Any grouping by target value stratifies: the raw values need no fitted preprocessing.
         target = [c["name"] for c in table.columns].index(dataset.targets[0])
         strata = np.unique(table.values[rows, target], return_inverse=True)[1].ravel()
-    train_at, val_at = backprop.train_validation_split(len(rows), training["validation_split"],
-                                                       training["seed"], stratify=strata)
+    validation_split = training["validation_split"]
+    test = None
+    n_test = 0
+    if training.get("test_split"):  # a job made before the test split has none
+        n_validation = int(round(len(rows) * validation_split))
+        rest_at, test_at = backprop.train_validation_split(len(rows), training["test_split"],
+                                                           training["seed"] + TEST_SEED_OFFSET, stratify=strata)
+        test_rows, rows = rows[test_at], rows[rest_at]
+        strata = None if strata is None else strata[rest_at]
+        n_test = len(test_rows)
+        test = ParsedTable(table.columns, table.values[test_rows],
+                           None if table.datetimes is None else table.datetimes[test_rows])
+        # The fraction of the rest that is round(n * validation_split) rows (one row left to train on).
+        validation_split = min(n_validation, len(rows) - 1) / len(rows)
+    train_at, val_at = backprop.train_validation_split(len(rows), validation_split, training["seed"],
+                                                       stratify=strata)
     train_rows, val_rows = rows[train_at], rows[val_at]
     features = job.features if job.features is not None else dataset.features
     state = source.preprocessing if source is not None else \
@@ -393,8 +418,8 @@ def _prepare(session: Session, job: Job, source: TrainedModel | None = None) -> 
     if len(val_rows):
         validation = (preprocessor.encode_table(table, val_rows),
                       labels(preprocessor.targets_from_table(table, val_rows)))
-    counts = {"n_training_rows": len(train_rows), "n_validation_rows": len(val_rows)}
-    return _Prepared(preprocessor, data, validation, weights, counts)
+    counts = {"n_training_rows": len(train_rows), "n_validation_rows": len(val_rows), "n_test_rows": n_test}
+    return _Prepared(preprocessor, data, validation, weights, counts, test)
 
 
 def job_time_left_s(job: Job, settings: JobSettings) -> tuple[float, str] | None:
@@ -426,7 +451,7 @@ def _train(sessions: sessionmaker[Session], job_id: str, recorder: JobRecorder) 
     job, prepared = inputs.job, inputs.prepared
     preprocessor = prepared.preprocessor
     # The engine's fields; class_weight (the service's, as sent) goes as the resolved array.
-    training = {k: v for k, v in job.training.items() if k != "class_weight"}
+    training = {k: v for k, v in job.training.items() if k not in SERVICE_TRAINING_FIELDS}
     network = _build_network(job, preprocessor, inputs.initial_weights)
     checkpoint = _resume_from(inputs.saved_checkpoint, job, recorder)
     # The validation split in passes within the activation budget (the batches were checked at creation).
@@ -435,7 +460,7 @@ def _train(sessions: sessionmaker[Session], job_id: str, recorder: JobRecorder) 
                              on_epoch_end=recorder.on_epoch_end, should_stop=recorder.should_stop,
                              on_checkpoint=recorder.on_checkpoint, checkpoint=checkpoint,
                              max_eval_rows=eval_rows, class_weight=prepared.class_weight, **training)
-    _save_model(sessions, job, recorder, network, history, preprocessor, prepared.counts)
+    _save_model(sessions, job, recorder, network, history, preprocessor, prepared.counts, prepared.test)
 
 
 def _load_inputs(sessions: sessionmaker[Session], job_id: str, recorder: JobRecorder) -> _JobInputs:
@@ -484,14 +509,18 @@ def _resume_from(saved: bytes | None, job: Job, recorder: JobRecorder) -> backpr
 
 
 def _save_model(sessions: sessionmaker[Session], job: Job, recorder: JobRecorder, network: backprop.Network,
-                history: Any, preprocessor: Preprocessor, counts: dict[str, int]) -> None:
+                history: Any, preprocessor: Preprocessor, counts: dict[str, int],
+                test: ParsedTable | None = None) -> None:
     """Store the trained model and end the job succeeded, in one transaction while the lease is held.
 
-    The job's and the model's metrics are the kept epoch's, with how training ended and
-    the rows of each split (`counts`).
+    The job's and the model's metrics are the kept epoch's, with how training ended, the
+    rows of each split (`counts`) and, with a test split, `test`: the evaluation report
+    on the `test` rows (_test_report), made first, while the heartbeat goes on.
     """
     definition, weights = backprop.save(network)
     metrics = {**_final_metrics(history), **counts}
+    if test is not None and test.n_rows:
+        metrics["test"] = _test_report(job, recorder, network, preprocessor, test)
     parameter_count = int(sum(np.prod(p.shape) for p in network.parameters().values()))
     owner = recorder.owner
     with sessions() as session:
@@ -515,6 +544,36 @@ def _save_model(sessions: sessionmaker[Session], job: Job, recorder: JobRecorder
             raise LeaseLost(job.id)
         session.execute(delete(JobCheckpoint).where(JobCheckpoint.job_id == job.id))
         session.commit()
+
+
+def _test_report(job: Job, recorder: JobRecorder, network: backprop.Network, preprocessor: Preprocessor,
+                 test: ParsedTable) -> dict[str, Any]:
+    """Return the evaluation report of the trained network on the test split's rows.
+
+    The report is an evaluation's (service.core.evaluation.report.evaluate_table), with
+    `training.test_permutation_repeats` shuffles per feature column, seeded with the job's
+    seed. Between passes the recorder renews the heartbeat and raises if the lease, the
+    parent process, the worker or the time limit ends; a cancel asked meanwhile cancels
+    the job, as during training.
+    """
+    from service.core.evaluation.report import EvaluationError, evaluate_table  # for test splits only
+
+    def check() -> None:
+        if recorder.should_stop():
+            raise backprop.TrainingCancelled(int(recorder.pending[-1]["epoch"]) if recorder.pending
+                                             else recorder.recorded_epoch)
+
+    training = job.training
+    # Passes within the activation budget, as the validation split's during training.
+    per_pass = min(EVAL_CHUNK_ROWS, rows_per_pass(network.activation_width, recorder.settings.max_activation_floats))
+    repeats = training.get("test_permutation_repeats", PERMUTATION_REPEATS_DEFAULT)
+    try:
+        report = evaluate_table(network, preprocessor, training["loss"], test, permutation_repeats=repeats,
+                                seed=training["seed"], max_rows_per_pass=per_pass, on_progress=check)
+    except EvaluationError as error:  # not expected: the test rows are the training table's, with targets
+        raise JobDataError("the test split could not be scored: " +
+                           "; ".join(e["message"] for e in error.errors)) from None
+    return json_safe(report)
 
 
 def hand_back_job(sessions: sessionmaker[Session], job_id: str, recorder: JobRecorder, publish: Publish) -> str:

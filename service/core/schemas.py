@@ -79,8 +79,28 @@ CLASS_WEIGHT_FIELD: tuple[Any, Any] = (ClassWeight, Field(
                 "labels as the dataset's classes written as strings ({\"1\": 3} for integer classes); "
                 "a class left out weighs 1"))
 
+# The test split (docs/service.md, "Test split"): rows the worker holds out before the
+# validation split and scores once training is done; the engine never sees them. Its
+# upper bound with validation_split (their sum under 1) is job creation's check.
+TEST_SPLIT_FIELD: tuple[Any, Any] = (Float, Field(
+    default=0.0, ge=0, lt=1, allow_inf_nan=False,
+    description="fraction of the rows with a target held out before the validation split (stratified by "
+                "class for classification), never trained on nor used to stop or choose; the model's "
+                "metrics.test is the evaluation report on them. 0: none. test_split + validation_split < 1"))
+# Shuffles per feature column of a permutation importance: the default of a report, and the most a
+# request may ask (each costs a pass over the rows per feature column).
+PERMUTATION_REPEATS_DEFAULT = 5
+MAX_PERMUTATION_REPEATS = 100
+TEST_PERMUTATION_REPEATS_FIELD: tuple[Any, Any] = (Int, Field(
+    default=PERMUTATION_REPEATS_DEFAULT, ge=0, le=MAX_PERMUTATION_REPEATS,
+    description="shuffles of each feature column for the permutation importance of metrics.test; 0: no "
+                "permutation importance (a pass over the test rows per feature column and shuffle)"))
+# The training fields that are the service's, not backprop.TrainingConfig's: the worker keeps
+# them from backprop.train (class_weight goes there resolved to one weight per class index).
+SERVICE_TRAINING_FIELDS = ("class_weight", "test_split", "test_permutation_repeats")
+
 # The training schema is derived from backprop.TrainingConfig: one source of truth for
-# names, defaults and bounds; class_weight is the service's own field.
+# names, defaults and bounds; SERVICE_TRAINING_FIELDS are the service's own.
 TrainingSchema: type[BaseModel] = create_model(  # type: ignore[call-overload]  # fields built at run time
     "Training",
     __config__=ConfigDict(extra="forbid", title="Training"),
@@ -89,7 +109,10 @@ TrainingSchema: type[BaseModel] = create_model(  # type: ignore[call-overload]  
             "regression.",
     **{f.name: _training_field(f) for f in dataclasses.fields(TrainingConfig)},
     class_weight=CLASS_WEIGHT_FIELD,
+    test_split=TEST_SPLIT_FIELD,
+    test_permutation_repeats=TEST_PERMUTATION_REPEATS_FIELD,
 )
+assert set(SERVICE_TRAINING_FIELDS) <= set(TrainingSchema.model_fields), "a service training field is not in the schema"
 
 
 # The JSON Schema of each parameter a node may have (backprop.spec.NODE_KEYS names them,
@@ -349,10 +372,6 @@ class PredictRequest(BaseModel):
         return self
 
 
-# Shuffles per feature column of a permutation importance: the default, and the most a request
-# may ask (each costs a pass over the rows per feature column).
-PERMUTATION_REPEATS_DEFAULT = 5
-MAX_PERMUTATION_REPEATS = 100
 BATCH_PREDICTION_FORMATS = ("csv", "parquet")
 
 

@@ -27,7 +27,7 @@ from service.core.jobs import warm_start
 from service.core.jobs.publishing import JobQueue
 from service.core.networks import batch_problems, check_definition, problem_entries
 from service.core.problems import ApiError, FieldError, invalid
-from service.core.schemas import JOB_LOSS_FOR_TASK, JobCreate
+from service.core.schemas import JOB_LOSS_FOR_TASK, SERVICE_TRAINING_FIELDS, JobCreate
 from service.core.statuses import JobStatus
 from service.core.tenancy import limits
 from service.core.tenancy.ownership import find_owned
@@ -104,15 +104,17 @@ def training_fields(request: JobCreate, dataset: Dataset,
     """Return the full training config (the loss following the task when not given) and its problems.
 
     A warm start (`source`, the model of init_from_model) continues with the model's
-    loss and classes. `class_weight` is kept as it was sent (the worker resolves it); the
-    other fields are the engine's.
+    loss and classes. The service's fields (schemas.SERVICE_TRAINING_FIELDS: `class_weight`,
+    kept as it was sent for the worker to resolve, and the test split's) are checked here;
+    the other fields are the engine's.
     """
     warm = source is not None and source.task == dataset.task
     sent: BaseModel = request.training  # TrainingSchema's fields are built at run time
     training = sent.model_dump()
-    class_weight = training.pop("class_weight")
+    service = {name: training.pop(name) for name in SERVICE_TRAINING_FIELDS}
     classes = (source.classes if warm and source is not None else dataset.classes) or []
-    weight_problems = class_weight_problems(class_weight, dataset.task, classes)
+    weight_problems = class_weight_problems(service["class_weight"], dataset.task, classes)
+    weight_problems += held_out_problems(service["test_split"], training["validation_split"])
     if "loss" not in sent.model_fields_set:
         training["loss"] = source.loss if warm and source is not None else JOB_LOSS_FOR_TASK[dataset.task]
     loss = training["loss"]
@@ -131,7 +133,20 @@ def training_fields(request: JobCreate, dataset: Dataset,
             training = TrainingConfig.from_dict(training).to_dict()
         except backprop.ConfigError as error:
             training_problems = problem_entries(error.problems, "training")
-    return {**training, "class_weight": class_weight}, training_problems + weight_problems
+    return {**training, **service}, training_problems + weight_problems
+
+
+def held_out_problems(test_split: float, validation_split: float) -> list[FieldError]:
+    """Return why `training.test_split` cannot go with `validation_split` (empty: it can).
+
+    Both are fractions of the rows with a target, so together they must leave training
+    rows; each one's own bounds are the schema's.
+    """
+    if test_split + validation_split < 1:
+        return []
+    return [{"field": "training.test_split",
+             "message": f"test_split ({test_split:g}) and validation_split ({validation_split:g}) together hold "
+                        f"out every row; their sum must be under 1"}]
 
 
 def class_weight_problems(class_weight: str | dict[str, float] | None, task: str,
