@@ -22,7 +22,12 @@ def test_digits_reach_95_percent_on_held_out_rows(stack, digits: dict[str, Any])
         "device": "cpu",
     })
 
-    result = stack.predict(job["model_id"], {"inputs": digits["X_test"].tolist()})
+    # Pixels that are blank in every training image are constant columns, left out of the
+    # features; records may still carry them (dataset columns the model does not use).
+    constant = [c["name"] for c in dataset["columns"] if c["role"] == "constant"]
+    assert constant and not set(constant) & set(dataset["features"])
+    records = [{f"px{i}": float(v) for i, v in enumerate(row)} for row in digits["X_test"]]
+    result = stack.predict(job["model_id"], {"records": records})
 
     predicted = np.array([float(label) for label in result["predictions"]])
     accuracy = float(np.mean(predicted == digits["y_test"]))

@@ -593,11 +593,10 @@
     const fields = model.preprocessing.features.map((feature) => {
       let input;
       if (feature.kind === "string") {
-        // The empty choice sends null: a missing value, as the model was trained to take it.
+        // A model trained with missing values here offers them: the empty choice sends null.
+        const missing = feature.missing_category ? [el("option", { value: "", text: "(missing)" })] : [];
         input = el("select", { name: feature.name, "data-kind": "string" },
-          el("option", { value: "", text: "(missing)" }),
-          ...feature.categories.map((c) => el("option", { value: c, text: c })));
-        input.value = feature.categories[0] || "";
+          ...feature.categories.map((c) => el("option", { value: c, text: c })), ...missing);
       } else if (feature.kind === "datetime") {
         input = el("input", { type: "text", name: feature.name, placeholder: "2020-01-31 or 2020-01-31T08:30",
                               "data-kind": "datetime" });
