@@ -13,6 +13,7 @@ from service.api.common import MAX_PAGE, get_job_or_404, int_arg, json_body, pag
 from service.api.db import get_session
 from service.core.db.store import paginate
 from service.core.db.tables import Job, JobEpoch
+from service.core.evaluation.report import without_test_report
 from service.core.ids import isoformat, utcnow
 from service.core.jobs import creation
 from service.core.jobs.publishing import JobQueue
@@ -82,7 +83,8 @@ def list_jobs() -> dict[str, Any]:
         statement = statement.where(Job.status == status)
     with get_session() as session:
         rows, next_cursor = paginate(session, statement, Job.id, limit, cursor)
-        return responses.JobPage(items=[job_answer(j) for j in rows], next_cursor=next_cursor).answer()
+        items = [job_answer(job).model_copy(update={"metrics": without_test_report(job.metrics)}) for job in rows]
+        return responses.JobPage(items=items, next_cursor=next_cursor).answer()
 
 
 @bp.get("/<job_id>")

@@ -23,6 +23,7 @@ from service.api.request_ids import REQUEST_ID_HEADER, request_id_from
 from service.core.data.preprocessing import InputError
 from service.core.db.store import paginate
 from service.core.db.tables import TrainedModel
+from service.core.evaluation.report import without_test_report
 from service.core.ids import isoformat
 from service.core.jobs.scoring import check_model_unused
 from service.core.models.cache import ModelCache, Predictor
@@ -62,7 +63,7 @@ def model_answer(model: TrainedModel) -> responses.Model:
 
 def model_summary(model: TrainedModel) -> responses.ModelSummary:
     """Build a model's list item: the number of its features instead of their names and preprocessing."""
-    return responses.ModelSummary.model_validate({**_described(model),
+    return responses.ModelSummary.model_validate({**_described(model), "metrics": without_test_report(model.metrics),
                                                   "n_features": len(model.preprocessing["features"])})
 
 

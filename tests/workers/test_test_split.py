@@ -246,6 +246,11 @@ def test_metrics_test_is_the_classification_report_on_the_test_rows(client: Any,
     predicted = np.array(answer.get_json()["predictions"])
     accuracy = float(np.mean(predicted == np.array([rows[k][2] for k in held])))
     assert report["metrics"]["accuracy"] == pytest.approx(accuracy)
+    # Lists carry the report's figures only; GET by id has the whole report.
+    summary = {"task": "classification", "n_rows": 100, "metrics": report["metrics"]}
+    (listed_model,) = [m for m in client.get("/v1/models").get_json()["items"] if m["id"] == job["model_id"]]
+    (listed_job,) = [j for j in client.get("/v1/jobs").get_json()["items"] if j["id"] == job_id]
+    assert listed_model["metrics"]["test"] == summary and listed_job["metrics"]["test"] == summary
 
 
 def test_metrics_test_is_the_regression_report(client: Any, app: Any) -> None:

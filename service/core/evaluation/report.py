@@ -253,3 +253,15 @@ def _permutation_importance(preprocessor: Preprocessor, table: ParsedTable, posi
 
     return metrics.permutation_importance(score, raw, list(range(len(features))),
                                           [f["name"] for f in features], repeats, seed)
+
+
+def without_test_report(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Return a job's or model's metrics with `test` cut to its counts and metrics (for lists).
+
+    A whole report (curves, samples) is tens of KB: a list of models or jobs carries
+    only its figures; GET the model or the job by id for the whole report.
+    """
+    if not metrics or not isinstance(metrics.get("test"), dict):
+        return metrics
+    test = metrics["test"]
+    return {**metrics, "test": {key: test[key] for key in ("task", "n_rows", "metrics") if key in test}}
