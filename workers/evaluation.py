@@ -17,22 +17,20 @@ from sqlalchemy.orm import Session, sessionmaker
 from backprop.training import EVAL_CHUNK_ROWS
 from service.core.evaluation.report import EvaluationError, evaluate_table
 from service.core.networks import rows_per_pass
-from service.core.schemas import PERMUTATION_REPEATS_DEFAULT
 from workers.lease import JobSettings, Publish
 from workers.scoring import ScoringDataError, ScoringJob, run_scoring_job
 
 
 def _evaluate(scoring: ScoringJob) -> None:
     """Compute the report in passes within the activation budget, then end the job succeeded with it."""
-    options: dict[str, Any] = scoring.options
+    options: dict[str, Any] = scoring.options  # as service/api/evaluations.py stored them
     # As the training worker's validation passes: the budget of values one forward pass may hold.
     per_pass = min(EVAL_CHUNK_ROWS, rows_per_pass(scoring.network.activation_width,
                                                   scoring.recorder.settings.max_activation_floats))
     try:
         report = evaluate_table(scoring.network, scoring.preprocessor, scoring.model.loss, scoring.table,
-                                permutation_repeats=int(options.get("permutation_repeats",
-                                                                    PERMUTATION_REPEATS_DEFAULT)),
-                                seed=int(options.get("seed", 0)), max_rows_per_pass=per_pass,
+                                permutation_repeats=int(options["permutation_repeats"]),
+                                seed=int(options["seed"]), max_rows_per_pass=per_pass,
                                 on_progress=scoring.check)
     except EvaluationError as error:
         # The dataset cannot be scored (no row with a target the model knows, a column that

@@ -23,7 +23,7 @@ from service.core.db.store import paginate
 from service.core.db.tables import Job, TrainedModel
 from service.core.ids import isoformat
 from service.core.jobs.scoring import create_scoring_job
-from service.core.schemas import PERMUTATION_REPEATS_DEFAULT, EvaluationCreate
+from service.core.schemas import EvaluationCreate
 from service.core.statuses import JobKind, JobStatus
 
 bp = Blueprint("evaluations", __name__)
@@ -31,14 +31,14 @@ bp = Blueprint("evaluations", __name__)
 
 def _state(job: Job) -> dict[str, Any]:
     """Return what an evaluation's answer and its list item both say of it."""
-    options = job.training or {}
+    options = job.training  # the request's options, as create_evaluation stored them
     return {
         "id": job.id,
         "model_id": job.input_model_id,
         "dataset_id": job.dataset_id,
         "status": job.status,
-        "permutation_repeats": options.get("permutation_repeats", PERMUTATION_REPEATS_DEFAULT),
-        "seed": options.get("seed", 0),
+        "permutation_repeats": options["permutation_repeats"],
+        "seed": options["seed"],
         "error": job.error,
         "attempt": job.attempt,
         "created_at": isoformat(job.created_at),

@@ -220,3 +220,54 @@ def test_an_evaluation_takes_a_job_slot(client, app, blobs_model, held_out):
     evaluate(client, blobs_model, held_out["id"])
     body = problem(client.post(f"/v1/models/{blobs_model}/evaluations", json={"dataset_id": held_out["id"]}), 429)
     assert body["errors"][0]["field"] == "TENANT_MAX_CONCURRENT_JOBS"
+
+
+def test_the_worker_scores_in_passes_within_the_activation_budget_checking_its_lease_between(
+        client, app, blobs_model, held_out, monkeypatch):
+    import backprop
+    from service.core.db.tables import TrainedModel
+    from tests.helpers import job_settings
+    from workers import scoring
+    from workers.evaluation import run_evaluation as worker_run_evaluation
+
+    with app.extensions["backprop.sessions"]() as session:
+        model = session.get(TrainedModel, blobs_model)
+        width = backprop.load(model.definition, model.weights).activation_width
+    checks = []
+    original = scoring.ScoringJob.check
+    monkeypatch.setattr(scoring.ScoringJob, "check", lambda self: (checks.append(1), original(self))[1])
+    sessions = app.extensions["backprop.sessions"]
+
+    whole = evaluate(client, blobs_model, held_out["id"], permutation_repeats=0)
+    assert worker_run_evaluation(whole["id"], sessions=sessions, owner="w") == "succeeded"
+    assert len(checks) == 1  # 40 rows: one pass
+    checks.clear()
+    chunked = evaluate(client, blobs_model, held_out["id"], permutation_repeats=0)
+    assert worker_run_evaluation(chunked["id"], sessions=sessions, owner="w",
+                                 settings=job_settings(max_activation_floats=width * 7)) == "succeeded"
+    assert len(checks) == 6  # 7 rows a pass
+    # The pass size changes nothing in the report.
+    reports = [client.get(f"/v1/evaluations/{e['id']}").get_json()["report"] for e in (whole, chunked)]
+    assert reports[0] == reports[1]
+
+
+def test_a_worker_that_lost_its_lease_mid_evaluation_writes_no_report(client, app, blobs_model, held_out,
+                                                                     monkeypatch):
+    from tests.helpers import job_settings, set_row
+    from workers import scoring
+    from workers.evaluation import run_evaluation as worker_run_evaluation
+
+    created = evaluate(client, blobs_model, held_out["id"], permutation_repeats=2)
+    original = scoring.ScoringJob.check
+
+    def taken_over(self: Any) -> None:  # another worker reclaimed the job meanwhile
+        set_row(app, created["id"], owner="another-worker")
+        original(self)
+
+    monkeypatch.setattr(scoring.ScoringJob, "check", taken_over)
+    # A heartbeat due at every check, so the lost lease is seen at the first.
+    status = worker_run_evaluation(created["id"], sessions=app.extensions["backprop.sessions"], owner="w",
+                                   settings=job_settings(lease_timeout_s=0.001))
+    assert status == "lost"
+    evaluation = client.get(f"/v1/evaluations/{created['id']}").get_json()
+    assert evaluation["status"] == "running" and evaluation["report"] is None
