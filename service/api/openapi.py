@@ -221,6 +221,7 @@ OPERATIONS: dict[str, Operation] = {
     "ui.jobs": Operation(HTML),
     "ui.job": Operation(HTML),
     "ui.model": Operation(HTML),
+    "ui.compare": Operation(HTML),
     "static": Operation({"*/*": {"schema": {"type": "string", "format": "binary"}}}, problems=(404,)),
     "ui.static": Operation({"*/*": {"schema": {"type": "string", "format": "binary"}}}, problems=(404,)),
 }

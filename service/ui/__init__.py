@@ -17,6 +17,11 @@ from service.core.statuses import TERMINAL_STATUSES, JobStatus
 # For the page's JavaScript: every status by name, and those a job never leaves (JobStatus's order).
 STATUSES = {status.name: status.value for status in JobStatus}
 TERMINAL = [status.value for status in JobStatus if status in TERMINAL_STATUSES]
+# How many jobs the compare view puts side by side: two to compare at all; ten curves stay tellable
+# apart (the page's palette has ten colours).
+COMPARE_MIN_JOBS = 2
+COMPARE_MAX_JOBS = 10
+COMPARE_LIMITS = {"min": COMPARE_MIN_JOBS, "max": COMPARE_MAX_JOBS}
 
 bp = Blueprint("ui", __name__, template_folder="templates", static_folder="static",
                static_url_path="/ui/static")
@@ -26,7 +31,8 @@ def _page(template: str, **context: Any) -> Response:
     """Render a page shell; it says whether the API wants a key and carries the flag table and
     the terminal statuses."""
     response = Response(render_template(template, auth=current_app.config["AUTH"], flag_explanations=FLAG_EXPLANATIONS,
-                                        job_statuses=STATUSES, terminal_statuses=TERMINAL, **context))
+                                        job_statuses=STATUSES, terminal_statuses=TERMINAL,
+                                        compare_limits=COMPARE_LIMITS, **context))
     # The shell is the same for everyone, but a stale one may load stale JavaScript.
     response.headers["Cache-Control"] = "no-cache"
     return response
@@ -68,5 +74,12 @@ def job(job_id: str) -> Response:
 
 @bp.get("/ui/models/<model_id>")
 def model(model_id: str) -> Response:
-    """One model: its network as a graph and a form that calls /predict."""
+    """One model: its latest evaluation report, evaluate and batch-predict actions, its network as a
+    graph and a form that calls /predict."""
     return _page("model.html", model_id=model_id)
+
+
+@bp.get("/ui/compare")
+def compare() -> Response:
+    """Jobs side by side (?jobs=ID,ID,...): their loss curves overlaid and a table of their fields."""
+    return _page("compare.html")

@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 JOB_TIMEOUT_S = float(os.environ.get("BACKPROP_E2E_JOB_TIMEOUT", "240"))
+CHROMIUM = os.environ.get("BACKPROP_CHROMIUM", "/usr/bin/chromium")
 # What the compose file's ${VAR:-default}s become here: a 2-core machine.
 COMPOSE_VARIABLES = {"API_WORKERS": "2", "WORKER_CONCURRENCY": "1"}
 # Variables of the caller's environment that must not leak into the stack.
@@ -455,3 +456,29 @@ def waves(data_dir: Path) -> dict[str, Any]:
     rows = ([*np.round(x, 5), round(float(target), 3)] for x, target in zip(X[:n_train], y[:n_train]))
     return {"csv": write_csv(data_dir / "waves.csv", ["x0", "x1", "x2", "y"], rows),
             "X_test": X[n_train:], "y_test": y[n_train:]}
+
+
+# --- the browser of the dashboard tests ---------------------------------------------------------
+
+
+def chromium_path() -> str | None:
+    """The chromium to drive: $BACKPROP_CHROMIUM or /usr/bin/chromium, else the one on PATH."""
+    return CHROMIUM if os.access(CHROMIUM, os.X_OK) else shutil.which("chromium")
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Debian's chromium, headless, driven by Playwright (no `playwright install` download).
+
+    One for the session: Playwright's sync API runs one instance per thread, so the dashboard
+    test modules share it.
+    """
+    if not (os.access(CHROMIUM, os.X_OK) or shutil.which("chromium")):
+        skip_or_fail(f"chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        # No sandbox: CI and containers run the tests as root, where chromium's sandbox refuses to start.
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        yield browser
+        browser.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,14 +18,13 @@ import numpy as np
 import pytest
 
 from service.client import TERMINAL
-from tests.conftest import csv_text, pets_rows, skip_or_fail
-from tests.e2e.conftest import ROOT
+from tests.conftest import csv_text, pets_rows
+from tests.e2e.conftest import ROOT, chromium_path
 
 pytestmark = pytest.mark.slow
 
 SQLITE = pytest.mark.parametrize("stack", ["sqlite"], indirect=True)
 
-CHROMIUM = os.environ.get("BACKPROP_CHROMIUM", "/usr/bin/chromium")
 KEY_STORAGE = "backprop.apiKey"  # the localStorage key dashboard.js keeps the API key under
 WAIT_MS = 60_000
 # A graph with a skip connection: topological layers h1 | h2 | sum | out, and an edge input -> out.
@@ -53,23 +51,7 @@ def api_key(stack: Any) -> str | None:
 # --- the browser --------------------------------------------------------------------------------
 
 
-def chromium_path() -> str | None:
-    """The chromium to drive: $BACKPROP_CHROMIUM or /usr/bin/chromium, else the one on PATH."""
-    return CHROMIUM if os.access(CHROMIUM, os.X_OK) else shutil.which("chromium")
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    """Debian's chromium, headless, driven by Playwright (no `playwright install` download)."""
-    if not (os.access(CHROMIUM, os.X_OK) or shutil.which("chromium")):
-        skip_or_fail(f"chromium is not installed at {CHROMIUM} (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        # No sandbox: CI and containers run the tests as root, where chromium's sandbox refuses to start.
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
-        yield browser
-        browser.close()
+# `browser` (one chromium for the session, in tests/e2e/conftest.py: test_dashboard_reports.py drives it too).
 
 
 def new_page(browser: Any, stack: Any, key: str | None) -> Any:

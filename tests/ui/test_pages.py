@@ -46,7 +46,7 @@ def test_pages_say_whether_the_api_wants_a_key_and_need_none_themselves(app):
     app.config["AUTH"] = "off"
     assert 'data-auth="off"' in bare.get("/ui").text
     app.config["AUTH"] = "on"
-    for path in ("/ui", "/ui/jobs/job_x", "/ui/models/mdl_x", "/ui/static/dashboard.js",
+    for path in ("/ui", "/ui/jobs/job_x", "/ui/models/mdl_x", "/ui/compare?jobs=job_a,job_b", "/ui/static/dashboard.js",
                  "/ui/static/vendor/uplot/uPlot.iife.min.js"):
         response = bare.get(path)
         assert response.status_code == 200, path
@@ -75,8 +75,22 @@ def test_the_terminal_statuses_come_from_the_servers_list(client):
     assert not [value for value in JobStatus if f'"{value}"' in script], script
 
 
+def test_the_compare_views_limits_come_from_the_server(client):
+    from service.ui import COMPARE_MAX_JOBS, COMPARE_MIN_JOBS
+
+    for path in ("/ui", "/ui/compare?jobs=job_a"):
+        page = client.get(path).text
+        embedded = re.search(r'<script type="application/json" id="compare-limits">(.*?)</script>', page, re.S)
+        assert json.loads(embedded.group(1)) == {"min": COMPARE_MIN_JOBS, "max": COMPARE_MAX_JOBS}
+    page = client.get("/ui/compare?jobs=job_a").text
+    assert 'data-page="compare"' in page
+    assert f"{COMPARE_MIN_JOBS} to {COMPARE_MAX_JOBS} of them" in " ".join(page.split())
+    # The page renders no job id of the query: its script reads them from the URL.
+    assert "job_a" not in page
+
+
 def test_the_pages_load_only_vendored_scripts_and_styles(client):
-    for path in ("/ui", "/ui/jobs/job_x", "/ui/models/mdl_x"):
+    for path in ("/ui", "/ui/jobs/job_x", "/ui/models/mdl_x", "/ui/compare"):
         page = client.get(path).text
         sources = re.findall(r'<(?:script|link)[^>]+(?:src|href)="([^"]+)"', page)
         assert sources and all(s.startswith("/ui/static/") or s.startswith("data:") for s in sources), sources

@@ -13,8 +13,10 @@
   // The statuses a job never leaves, as the server renders them (service/core/statuses.py).
   const STATUS = JSON.parse(document.getElementById("job-statuses").textContent);
   const TERMINAL = JSON.parse(document.getElementById("terminal-statuses").textContent);
+  // How many jobs the compare view takes (service/ui/__init__.py).
+  const COMPARE_LIMITS = JSON.parse(document.getElementById("compare-limits").textContent);
   // Exposed for the browser tests and for poking around in the console.
-  const dashboard = (window.dashboard = { charts: {}, records: [] });
+  const dashboard = (window.dashboard = { charts: {}, plots: {}, records: [] });
 
   // --- helpers -----------------------------------------------------------------------------
 
@@ -141,11 +143,34 @@
       el("td", { colspan: columns, text: empty }))]));
   }
 
+  // The jobs ticked for the compare view, in the order they were ticked (the first is the reference).
+  const picked = new Set();
+
+  function updateCompareButton() {
+    const button = $("#compare");
+    const count = picked.size;
+    button.disabled = count < COMPARE_LIMITS.min || count > COMPARE_LIMITS.max;
+    button.textContent = count ? `Compare ${count}` : "Compare";
+    button.title = button.disabled ? `tick ${COMPARE_LIMITS.min} to ${COMPARE_LIMITS.max} jobs` : "";
+  }
+
+  function pickBox(job) {
+    const box = el("input", { type: "checkbox", class: "pick", "aria-label": `compare ${job.id}`,
+                              checked: picked.has(job.id) });
+    box.addEventListener("change", () => {
+      if (box.checked) picked.add(job.id);
+      else picked.delete(job.id);
+      updateCompareButton();
+    });
+    return box;
+  }
+
   async function loadJobs() {
     const jobs = (await api("/v1/jobs?limit=50")).items;
     fillTable("#jobs", jobs.map((job) => {
       const metrics = job.metrics || {};
       return el("tr", { "data-job-id": job.id, "data-status": job.status },
+        el("td", {}, pickBox(job)),
         el("td", {}, el("a", { href: `/ui/jobs/${encodeURIComponent(job.id)}` }, el("code", { text: job.id }))),
         el("td", {}, statusBadge(job.status)),
         el("td", {}, progressBar(job), " ", el("span", { class: "muted",
@@ -155,7 +180,7 @@
         el("td", { text: when(job.created_at) }),
         el("td", {}, job.model_id ? el("a", { href: `/ui/models/${encodeURIComponent(job.model_id)}` },
           el("code", { text: job.model_id })) : "–"));
-    }), 7, "No job yet: POST /v1/jobs or `backprop train`.");
+    }), 8, "No job yet: POST /v1/jobs or `backprop train`.");
     return jobs.some((job) => !TERMINAL.includes(job.status));
   }
 
@@ -184,6 +209,10 @@
   }
 
   async function jobsPage() {
+    $("#compare").addEventListener("click", () => {
+      location.href = `/ui/compare?jobs=${[...picked].map(encodeURIComponent).join(",")}`;
+    });
+    updateCompareButton();
     await guarded(() => Promise.all([loadJobs(), loadModels(), loadDatasets()]));
     refreshJobs(); // in the background: the page is ready now
   }
@@ -292,6 +321,31 @@
 
   // --- one job -----------------------------------------------------------------------------
 
+  // A metric's value as text: a list (one per target) joined; a nested report (metrics.test) by its metrics.
+  function metricText(value) {
+    if (Array.isArray(value)) return value.map((v) => num(v, 5)).join(", ") || "none";
+    if (value && typeof value === "object") {
+      const inner = value.metrics || value;
+      return Object.entries(inner).filter(([, v]) => typeof v === "number" || Array.isArray(v))
+        .map(([k, v]) => `${k} ${Array.isArray(v) ? v.map((x) => num(x)).join("/") : num(v)}`).join(" · ");
+    }
+    return num(value, 5);
+  }
+
+  // A job's epoch records after epoch `after`: every page of them, oldest first.
+  async function jobHistory(jobId, after = 0) {
+    const all = { epochs: [] };
+    let cursor = after ? String(after) : null;
+    do {
+      const query = `?limit=1000${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`;
+      const page = await api(`/v1/jobs/${encodeURIComponent(jobId)}/metrics${query}`);
+      all.status = page.status;
+      all.epochs.push(...page.epochs);
+      cursor = page.next_cursor;
+    } while (cursor);
+    return all;
+  }
+
   function renderFlags(records) {
     const seen = new Map(); // flag -> epochs
     for (const record of records) {
@@ -349,7 +403,7 @@
       if (TERMINAL.includes(job.status) && job.metrics) {
         $("#final").hidden = false;
         $("#final-metrics tbody").replaceChildren(...Object.entries(job.metrics).map(([key, value]) =>
-          el("tr", { "data-metric": key }, el("td", { text: key }), el("td", { text: Array.isArray(value) ? value.join(", ") || "none" : num(value, 5) }))));
+          el("tr", { "data-metric": key }, el("td", { text: key }), el("td", { text: metricText(value) }))));
         $("#model-link").replaceChildren(...(job.model_id ? ["Model: ", el("a", {
           href: `/ui/models/${encodeURIComponent(job.model_id)}` }, el("code", { text: job.model_id }))] : []));
       }
@@ -367,20 +421,7 @@
     }
 
     const lastEpoch = () => Math.max(0, ...records.keys());
-
-    // The job's epoch records after epoch `after`: every page of them, oldest first.
-    async function history(after = 0) {
-      const all = { epochs: [] };
-      let cursor = after ? String(after) : null;
-      do {
-        const query = `?limit=1000${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`;
-        const page = await api(`/v1/jobs/${encodeURIComponent(jobId)}/metrics${query}`);
-        all.status = page.status;
-        all.epochs.push(...page.epochs);
-        cursor = page.next_cursor;
-      } while (cursor);
-      return all;
-    }
+    const history = (after = 0) => jobHistory(jobId, after);
 
     // Read the SSE stream with fetch (EventSource cannot send the Authorization header).
     // Resolve true once the final status event came, false when the server ended the stream early.
@@ -682,6 +723,574 @@
       const network = model.network.spec || model.network;
       drawGraph(network, model.features, model.network.input_dim);
       predictForm(model);
+      await Promise.all([showLatestReport(model), modelActions(model)]);
+    });
+  }
+
+  // --- the evaluation report: SVG charts -----------------------------------------------------
+
+  const SVG_NS = "http://www.w3.org/2000/svg";
+
+  function svgEl(tag, attrs = {}, ...children) {
+    const node = document.createElementNS(SVG_NS, tag);
+    for (const [name, value] of Object.entries(attrs)) {
+      if (value !== undefined && value !== null) node.setAttribute(name, value);
+    }
+    for (const child of children.flat()) {
+      if (child !== null && child !== undefined) node.append(child instanceof Node ? child : String(child));
+    }
+    return node;
+  }
+
+  const finite = (v) => typeof v === "number" && Number.isFinite(v);
+
+  // Round tick values covering [lo, hi], about `count` of them.
+  function ticks(lo, hi, count = 5) {
+    if (!(hi > lo)) return [lo];
+    const rough = (hi - lo) / count;
+    const magnitude = 10 ** Math.floor(Math.log10(rough));
+    const step = [1, 2, 2.5, 5, 10].map((m) => m * magnitude).find((s) => s >= rough);
+    const out = [];
+    for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(Number(v.toPrecision(12)));
+    return out;
+  }
+
+  // The [min, max] of the finite values, widened by `pad` of the span (a point gets a span of its own).
+  function extent(values, pad = 0.04) {
+    const seen = values.filter(finite);
+    if (!seen.length) return [0, 1];
+    let lo = Math.min(...seen), hi = Math.max(...seen);
+    if (lo === hi) {
+      const half = Math.abs(lo) / 2 || 0.5;
+      return [lo - half, hi + half];
+    }
+    const margin = (hi - lo) * pad;
+    return [lo - margin, hi + margin];
+  }
+
+  // An SVG with a plot area, grid, ticks and axis labels; x(v) and y(v) map values to pixels.
+  function frame({ width = 440, height = 300, xDomain, yDomain, xLabel = "", yLabel = "", left = 56 }) {
+    const M = { left, right: 14, top: 10, bottom: 42 };
+    const W = width - M.left - M.right, H = height - M.top - M.bottom;
+    const [x0, x1] = xDomain, [y0, y1] = yDomain;
+    const x = (v) => M.left + ((v - x0) / (x1 - x0 || 1)) * W;
+    const y = (v) => M.top + H - ((v - y0) / (y1 - y0 || 1)) * H;
+    const root = svgEl("svg", { viewBox: `0 0 ${width} ${height}`, width, height, class: "plot", role: "img" });
+    const axes = svgEl("g", { class: "axes" });
+    for (const t of ticks(x0, x1)) {
+      axes.append(svgEl("line", { class: "grid", x1: x(t), x2: x(t), y1: M.top, y2: M.top + H }),
+                  svgEl("text", { x: x(t), y: M.top + H + 15, "text-anchor": "middle" }, num(t, 3)));
+    }
+    for (const t of ticks(y0, y1)) {
+      axes.append(svgEl("line", { class: "grid", x1: M.left, x2: M.left + W, y1: y(t), y2: y(t) }),
+                  svgEl("text", { x: M.left - 6, y: y(t) + 4, "text-anchor": "end" }, num(t, 3)));
+    }
+    axes.append(svgEl("rect", { class: "frame", x: M.left, y: M.top, width: W, height: H }),
+                svgEl("text", { class: "axis-label", x: M.left + W / 2, y: height - 6, "text-anchor": "middle" },
+                      xLabel),
+                svgEl("text", { class: "axis-label", x: 12, y: M.top + H / 2, "text-anchor": "middle",
+                                transform: `rotate(-90 12 ${M.top + H / 2})` }, yLabel));
+    root.append(axes);
+    return { root, x, y, M, W, H, xDomain, yDomain };
+  }
+
+  function legend(items) {
+    return el("div", { class: "legend" }, items.map(({ label, colour }) => {
+      const swatch = el("span", { class: "swatch" });
+      swatch.style.background = colour;
+      return el("span", { class: "legend-item" }, swatch, label);
+    }));
+  }
+
+  // Curves or point clouds: series [{label, x, y, kind: "line" | "points" | "linepoints"}].
+  // With `diagonal`, the line y = x (a perfect ROC's chance line, perfect calibration, perfect predictions).
+  function seriesPlot(container, name, { series, xLabel, yLabel, xDomain, yDomain, diagonal = false }) {
+    const f = frame({ xDomain: xDomain || extent(series.flatMap((s) => s.x)),
+                      yDomain: yDomain || extent(series.flatMap((s) => s.y)), xLabel, yLabel });
+    if (diagonal) {
+      const lo = Math.max(f.xDomain[0], f.yDomain[0]), hi = Math.min(f.xDomain[1], f.yDomain[1]);
+      f.root.append(svgEl("line", { class: "diagonal", x1: f.x(lo), y1: f.y(lo), x2: f.x(hi), y2: f.y(hi) }));
+    }
+    const shown = series.map((s, k) => {
+      const colour = s.colour || COLOURS[k % COLOURS.length];
+      const kind = s.kind || "line";
+      const at = s.x.map((v, i) => [v, s.y[i]]).filter(([a, b]) => finite(a) && finite(b));
+      const group = svgEl("g", { class: `series ${kind}`, "data-label": s.label, "data-points": at.length });
+      if (kind !== "points" && at.length) {
+        group.append(svgEl("path", { d: at.map(([a, b], i) => `${i ? "L" : "M"} ${f.x(a).toFixed(1)} ${f.y(b).toFixed(1)}`)
+          .join(" "), stroke: colour, fill: "none" }));
+      }
+      if (kind !== "line") {
+        for (const [i, [a, b]] of at.entries()) {
+          const dot = svgEl("circle", { cx: f.x(a).toFixed(1), cy: f.y(b).toFixed(1), r: s.radius ? s.radius(i) : 2.6,
+                                        fill: colour });
+          if (s.tip) dot.append(svgEl("title", {}, s.tip(i)));
+          group.append(dot);
+        }
+      }
+      f.root.append(group);
+      return { label: s.label, colour, points: at.length };
+    });
+    container.replaceChildren(f.root, legend(shown));
+    dashboard.plots[name] = { series: shown.map(({ label, points }) => ({ label, points })) };
+  }
+
+  // Bars over bin edges: the residual histogram.
+  function histogram(container, name, { edges, counts, xLabel }) {
+    const top = Math.max(1, ...counts);
+    const f = frame({ xDomain: [edges[0], edges[edges.length - 1]], yDomain: [0, top * 1.05], xLabel,
+                      yLabel: "rows" });
+    const bars = svgEl("g", { class: "bars" });
+    counts.forEach((count, i) => {
+      const x = f.x(edges[i]), w = Math.max(0.5, f.x(edges[i + 1]) - x - 1);
+      const bar = svgEl("rect", { class: "hist-bar", x: x.toFixed(1), y: f.y(count).toFixed(1), width: w.toFixed(1),
+                                  height: (f.y(0) - f.y(count)).toFixed(1), "data-count": count });
+      bar.append(svgEl("title", {}, `${num(edges[i])} to ${num(edges[i + 1])}: ${count} rows`));
+      bars.append(bar);
+    });
+    f.root.append(bars);
+    if (edges[0] < 0 && edges[edges.length - 1] > 0) {
+      f.root.append(svgEl("line", { class: "zero", x1: f.x(0), x2: f.x(0), y1: f.M.top, y2: f.M.top + f.H }));
+    }
+    container.replaceChildren(f.root);
+    dashboard.plots[name] = { bins: counts.length, rows: counts.reduce((a, b) => a + b, 0) };
+  }
+
+  // Permutation importance: one horizontal bar per feature (the mean drop), a whisker of ± one std.
+  function importanceBars(container, items, metric) {
+    const rows = [...items].sort((a, b) => (b.mean ?? -Infinity) - (a.mean ?? -Infinity));
+    const ROW = 24, LABEL = 150, width = 720;
+    const height = 52 + rows.length * ROW;
+    const lows = rows.map((r) => (r.mean ?? 0) - (r.std ?? 0)), highs = rows.map((r) => (r.mean ?? 0) + (r.std ?? 0));
+    const lo = Math.min(0, ...lows), hi = Math.max(...highs, lo + 1e-9);
+    const pad = (hi - lo) * 0.05;
+    const xDomain = [lo < 0 ? lo - pad : 0, hi + pad];
+    const M = { left: LABEL + 10, right: 60, top: 6 };
+    const W = width - M.left - M.right;
+    const x = (v) => M.left + ((v - xDomain[0]) / (xDomain[1] - xDomain[0])) * W;
+    const root = svgEl("svg", { viewBox: `0 0 ${width} ${height}`, width, height, class: "plot importance",
+                                role: "img" });
+    const bottom = M.top + rows.length * ROW;
+    for (const t of ticks(...xDomain)) {
+      root.append(svgEl("line", { class: "grid", x1: x(t), x2: x(t), y1: M.top, y2: bottom }),
+                  svgEl("text", { x: x(t), y: bottom + 15, "text-anchor": "middle" }, num(t, 3)));
+    }
+    root.append(svgEl("text", { class: "axis-label", x: M.left + W / 2, y: height - 6, "text-anchor": "middle" },
+                      `drop in ${metric} when the column is shuffled`));
+    rows.forEach((row, i) => {
+      const mid = M.top + i * ROW + ROW / 2;
+      const mean = row.mean ?? 0, std = row.std ?? 0;
+      const label = row.feature.length > 22 ? `${row.feature.slice(0, 21)}…` : row.feature;
+      const group = svgEl("g", { class: "bar-row", "data-feature": row.feature, "data-mean": row.mean });
+      group.append(svgEl("title", {}, `${row.feature}: ${num(row.mean)} ± ${num(row.std)}`),
+        svgEl("text", { x: LABEL, y: mid + 4, "text-anchor": "end", class: "feature" }, label),
+        svgEl("rect", { class: `imp-bar${mean < 0 ? " negative" : ""}`, x: Math.min(x(0), x(mean)).toFixed(1),
+                        y: mid - 7, width: Math.abs(x(mean) - x(0)).toFixed(1), height: 14 }),
+        svgEl("line", { class: "whisker", x1: x(mean - std), x2: x(mean + std), y1: mid, y2: mid }),
+        svgEl("line", { class: "whisker", x1: x(mean - std), x2: x(mean - std), y1: mid - 5, y2: mid + 5 }),
+        svgEl("line", { class: "whisker", x1: x(mean + std), x2: x(mean + std), y1: mid - 5, y2: mid + 5 }),
+        svgEl("text", { x: x(Math.max(mean + std, 0)) + 6, y: mid + 4, class: "value" }, num(row.mean, 3)));
+      root.append(group);
+    });
+    root.append(svgEl("line", { class: "zero", x1: x(0), x2: x(0), y1: M.top, y2: bottom }));
+    container.replaceChildren(root);
+    dashboard.plots.importance = { bars: rows.map((r) => r.feature) };
+  }
+
+  // The confusion matrix as a table whose cells are shaded by their share of the row (the true class).
+  function confusionHeatmap(container, { labels, matrix }) {
+    const head = el("tr", {}, el("th", { class: "corner", text: "true \\ predicted" }),
+                    labels.map((label) => el("th", { scope: "col", class: "predicted", text: label })));
+    const rows = matrix.map((row, i) => {
+      const total = row.reduce((a, b) => a + b, 0);
+      return el("tr", {}, el("th", { scope: "row", class: "true", text: labels[i] }), row.map((count, j) => {
+        const share = total ? count / total : 0;
+        const cell = el("td", { class: `cell${i === j ? " hit" : ""}${share > 0.55 ? " dark" : ""}`, text: count,
+                                "data-count": count, "data-true": labels[i], "data-predicted": labels[j],
+                                title: `${count} of ${total} rows of ${labels[i]} predicted ${labels[j]}`
+                                       + ` (${(100 * share).toFixed(1)}%)` });
+        if (count) cell.style.backgroundColor = `rgba(37, 99, 235, ${(0.08 + 0.92 * share).toFixed(3)})`;
+        return cell;
+      }));
+    });
+    container.replaceChildren(el("table", { class: "heatmap" }, el("thead", {}, head), el("tbody", {}, rows)));
+  }
+
+  function chartCard(title, help, id, wide = false) {
+    const box = el("div", { id, class: "plot-box" });
+    $("#report-charts").append(el("section", { class: `card chart-card${wide ? " wide" : ""}` },
+      el("h3", { text: title }), help ? el("p", { class: "muted", text: help }) : null, box));
+    return box;
+  }
+
+  function table(headers, rows, attrs = {}) {
+    return el("table", { class: "list", ...attrs }, el("thead", {}, el("tr", {}, headers.map((h) => el("th", { text: h })))),
+      el("tbody", {}, rows.map((cells) => el("tr", {}, cells.map((c) => el("td", {}, c))))));
+  }
+
+  function renderReport(report, source) {
+    $("#report-source").replaceChildren(...source);
+    $("#report").hidden = false;
+    body.dataset.report = report.task;
+    const targets = report.targets || [];
+    $("#report-metrics tbody").replaceChildren(...Object.entries(report.metrics || {}).map(([key, value]) =>
+      el("tr", { "data-metric": key }, el("td", { text: key }), el("td", {
+        text: Array.isArray(value) ? value.map((v, k) => `${targets[k] ?? k}: ${num(v)}`).join(", ") : num(value) }))));
+    $("#report-charts").replaceChildren();
+    dashboard.plots = {};
+    if (report.task === "classification") {
+      confusionHeatmap(chartCard("Confusion matrix", "Rows: the true class; columns: the predicted one. The shade is "
+        + "the cell's share of its row, so the diagonal reads as each class's recall.", "confusion"),
+      report.confusion_matrix);
+      const curves = (report.roc && report.roc.curves) || [];
+      seriesPlot(chartCard("ROC curve", curves.length > 1 ? "Each class against the rest; the dashed line is "
+        + "chance." : `The positive class, ${curves[0] ? curves[0].label : ""}; the dashed line is chance.`, "roc"),
+      "roc", { series: curves.map((c) => ({ label: `${c.label} (AUC ${num(c.auc, 3)})`, x: c.fpr, y: c.tpr })),
+        xLabel: "false positive rate", yLabel: "true positive rate", xDomain: [0, 1], yDomain: [0, 1.0001],
+        diagonal: true });
+      const calibration = report.calibration || { bins: [] };
+      const bins = calibration.bins.filter((b) => b.count > 0);
+      const most = Math.max(1, ...bins.map((b) => b.count));
+      seriesPlot(chartCard(`Reliability (ECE ${num(calibration.ece, 3)})`, "Per bin of the top class's probability: "
+        + "the mean probability against the share predicted right (a dot's size: its rows). On the diagonal the "
+        + "probabilities can be taken at their word; ECE is the rows-weighted mean gap.", "calibration"),
+      "calibration", { series: [{ label: "bins", kind: "linepoints", x: bins.map((b) => b.confidence),
+        y: bins.map((b) => b.accuracy), radius: (i) => 2.5 + 5 * Math.sqrt(bins[i].count / most),
+        tip: (i) => `${num(bins[i].lower, 2)}–${num(bins[i].upper, 2)}: ${bins[i].count} rows, confidence `
+          + `${num(bins[i].confidence, 3)}, accuracy ${num(bins[i].accuracy, 3)}` }],
+        xLabel: "confidence (top-class probability)", yLabel: "accuracy", xDomain: [0, 1], yDomain: [0, 1.0001],
+        diagonal: true });
+      const pr = (report.pr && report.pr.curves) || [];
+      if (pr.length) {
+        seriesPlot(chartCard("Precision–recall", "Each curve with its average precision.", "pr"), "pr", {
+          series: pr.map((c) => ({ label: `${c.label} (AP ${num(c.average_precision, 3)})`, x: c.recall,
+                                   y: c.precision })),
+          xLabel: "recall", yLabel: "precision", xDomain: [0, 1], yDomain: [0, 1.0001] });
+      }
+      chartCard("Per class", "", "per-class", true).append(table(["class", "precision", "recall", "F1", "support"],
+        (report.per_class || []).map((c) => [c.label, num(c.precision), num(c.recall), num(c.f1), num(c.support)])));
+    } else {
+      for (const [k, series] of (report.predicted_vs_actual || []).entries()) {
+        const both = extent([...series.actual, ...series.predicted]);
+        seriesPlot(chartCard(`Predicted against actual: ${series.target}`, `${series.actual.length} rows (at most `
+          + "500, a seeded sample); on the dashed line the prediction is right.", `pva-${k}`), `pva_${k}`, {
+          series: [{ label: series.target, kind: "points", x: series.actual, y: series.predicted,
+                     colour: COLOURS[k % COLOURS.length] }],
+          xLabel: `actual ${series.target}`, yLabel: `predicted ${series.target}`, xDomain: both, yDomain: both,
+          diagonal: true });
+      }
+      for (const [k, h] of (report.residual_histogram || []).entries()) {
+        histogram(chartCard(`Residuals: ${h.target}`, "The prediction's error in the target's units, in bins.",
+          `residuals-${k}`), `residuals_${k}`, { edges: h.edges, counts: h.counts, xLabel: `residual (${h.target})` });
+      }
+      const quantiles = ["0.05", "0.5", "0.95"];
+      chartCard("Per target", "", "per-target", true).append(table(["target", "RMSE", "MAE", "R²",
+        ...quantiles.map((q) => `residual q${q}`)], (report.per_target || []).map((t) => [t.target, num(t.rmse),
+        num(t.mae), num(t.r2), ...quantiles.map((q) => num((t.residual_quantiles || {})[q]))])));
+    }
+    const importance = chartCard("Permutation importance", report.permutation_importance
+      ? `The mean drop in ${report.importance_metric} over the shuffles of each feature column, with a whisker of `
+        + "one standard deviation either side: a column whose shuffling costs nothing is one the model does not use."
+      : "Not computed for this report (permutation_repeats 0).", "importance", true);
+    if (report.permutation_importance) importanceBars(importance, report.permutation_importance, report.importance_metric);
+  }
+
+  // --- the model page's report and actions ---------------------------------------------------
+
+  function rowsText(report) {
+    const skipped = report.n_rows_without_target ? `, ${report.n_rows_without_target} without a target skipped` : "";
+    return `${report.n_rows} rows scored${skipped}`;
+  }
+
+  function evaluationSource(evaluation) {
+    return ["Evaluation ", el("code", { text: evaluation.id }), " of dataset ", el("code", { text: evaluation.dataset_id }),
+            `, finished ${when(evaluation.finished_at)}: ${rowsText(evaluation.report)}.`];
+  }
+
+  function setReportStatus(status) {
+    const badge = $("#report-status");
+    badge.hidden = !status;
+    badge.textContent = status || "";
+    badge.className = `status ${status || ""}`;
+  }
+
+  function showProblem(box, error) {
+    const problems = (error.document && error.document.errors) || [];
+    box.hidden = false;
+    box.replaceChildren(el("p", { class: "error", text: error.message || String(error) }),
+      ...problems.map((p) => el("p", { class: "error", text: `${p.field}: ${p.message}` })));
+  }
+
+  // Read `path` every second until the job it names ends; `seen` gets each answer.
+  async function untilEnded(path, seen) {
+    for (;;) {
+      const answer = await api(path);
+      seen(answer);
+      if (TERMINAL.includes(answer.status)) return answer;
+      await sleep(1000);
+    }
+  }
+
+  async function evaluation(id) {
+    return api(`/v1/evaluations/${encodeURIComponent(id)}`);
+  }
+
+  // The newest succeeded evaluation's report, else the test split's; then follow a newer one still running.
+  async function showLatestReport(model) {
+    const listed = (await api(`/v1/models/${encodeURIComponent(model.id)}/evaluations?limit=20`)).items;
+    const done = listed.find((e) => e.status === STATUS.SUCCEEDED);
+    const test = model.metrics && model.metrics.test;
+    if (done) {
+      const full = done.report ? done : await evaluation(done.id);
+      renderReport(full.report, evaluationSource(full));
+    } else if (test) {
+      renderReport(test, [`The test split, held out of training (training.test_split) and scored when the model `
+                          + `was made: ${rowsText(test)}.`]);
+    } else {
+      $("#report-source").textContent = "No report yet: the model was trained without a test split and has not "
+        + "been evaluated. Pick a dataset below and press Evaluate.";
+    }
+    const newest = listed[0];
+    if (newest && !TERMINAL.includes(newest.status)) followEvaluation(newest.id).catch((error) => notice(error.message));
+  }
+
+  async function followEvaluation(id) {
+    const status = $("#action-status");
+    status.hidden = false;
+    const line = (e) => status.replaceChildren(el("p", {}, "Evaluation ", el("code", { text: e.id }), " ",
+                                                  statusBadge(e.status)));
+    const ended = await untilEnded(`/v1/evaluations/${encodeURIComponent(id)}`, (e) => {
+      line(e);
+      setReportStatus(e.status);
+    });
+    setReportStatus(null);
+    if (ended.status === STATUS.SUCCEEDED) {
+      renderReport(ended.report, evaluationSource(ended));
+      status.append(el("p", { class: "muted", text: "Its report is shown above." }));
+    } else {
+      status.append(el("p", { class: "error", text: ended.error || `the evaluation ended ${ended.status}` }));
+    }
+    return ended;
+  }
+
+  // Every item of a paged list.
+  async function allItems(path) {
+    const items = [];
+    let cursor = null;
+    do {
+      const page = await api(`${path}?limit=1000${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
+      items.push(...page.items);
+      cursor = page.next_cursor;
+    } while (cursor);
+    return items;
+  }
+
+  function sizeText(bytes) {
+    if (!finite(bytes)) return "";
+    return bytes < 1024 ? `${bytes} B` : bytes < 1048576 ? `${(bytes / 1024).toFixed(1)} KiB`
+                                                         : `${(bytes / 1048576).toFixed(1)} MiB`;
+  }
+
+  // A link to the batch prediction's file. Without a key the browser follows it; with one the page
+  // fetches the file with the key (a link cannot send a header) and hands it over as a blob.
+  function downloadLink(batch) {
+    const href = batch.download;
+    const name = `${batch.id}.${batch.format}`;
+    const link = el("a", { id: "download", href, download: name, text: `Download ${name}` });
+    link.addEventListener("click", async (event) => {
+      if (!localStorage.getItem(KEY_STORAGE)) return;
+      event.preventDefault();
+      try {
+        const response = await api(href, { raw: true });
+        const url = URL.createObjectURL(await response.blob());
+        const save = el("a", { href: url, download: name });
+        document.body.append(save);
+        save.click();
+        save.remove();
+        setTimeout(() => URL.revokeObjectURL(url), 60_000);
+      } catch (error) {
+        notice(error.message);
+      }
+    });
+    return link;
+  }
+
+  async function modelActions(model) {
+    const picker = $("#dataset-picker");
+    const datasets = await allItems("/v1/datasets");
+    picker.replaceChildren(...datasets.map((d) => el("option", { value: d.id,
+      text: `${d.name} · ${d.n_rows} rows · ${d.id}${d.id === model.dataset_id ? " (trained on)" : ""}` })));
+    if (!datasets.length) picker.append(el("option", { value: "", text: "No dataset: upload one first" }));
+    $("#evaluate").disabled = $("#batch-predict").disabled = !datasets.length;
+
+    $("#evaluate").addEventListener("click", async () => {
+      const button = $("#evaluate");
+      button.disabled = true;
+      try {
+        const created = await api(`/v1/models/${encodeURIComponent(model.id)}/evaluations`, {
+          method: "POST", json: { dataset_id: picker.value } });
+        await followEvaluation(created.id);
+      } catch (error) {
+        showProblem($("#action-status"), error);
+      } finally {
+        button.disabled = false;
+      }
+    });
+
+    $("#batch-predict").addEventListener("click", async () => {
+      const button = $("#batch-predict");
+      const out = $("#batch-result");
+      button.disabled = true;
+      out.hidden = false;
+      try {
+        const created = await api(`/v1/models/${encodeURIComponent(model.id)}/batch-predictions`, {
+          method: "POST", json: { dataset_id: picker.value, format: $("#batch-format").value } });
+        const line = (b) => out.replaceChildren(el("p", {}, "Batch prediction ", el("code", { text: b.id }), " ",
+                                                   statusBadge(b.status)));
+        const ended = await untilEnded(`/v1/batch-predictions/${encodeURIComponent(created.id)}`, line);
+        if (ended.status === STATUS.SUCCEEDED) {
+          out.append(el("p", {}, downloadLink(ended), el("span", { class: "muted",
+            text: ` ${ended.n_rows} rows, ${sizeText(ended.size_bytes)}` })));
+        } else {
+          out.append(el("p", { class: "error", text: ended.error || `the batch prediction ended ${ended.status}` }));
+        }
+      } catch (error) {
+        showProblem(out, error);
+      } finally {
+        button.disabled = false;
+      }
+    });
+  }
+
+  // --- compare jobs --------------------------------------------------------------------------
+
+  // Loss or val_loss of each job, one uPlot series per job over the epochs any of them ran.
+  function compareChart(name, container, jobs, histories, key) {
+    const epochs = [...new Set(histories.flatMap((h) => h.epochs.map((r) => r.epoch)))].sort((a, b) => a - b);
+    const data = [epochs, ...histories.map((h) => {
+      const byEpoch = new Map(h.epochs.map((r) => [r.epoch, r[key]]));
+      return epochs.map((epoch) => (finite(byEpoch.get(epoch)) ? byEpoch.get(epoch) : null));
+    })];
+    const target = $(container);
+    target.replaceChildren();
+    const plot = new uPlot({
+      width: Math.max(300, target.clientWidth || 500), height: 260,
+      scales: { x: { time: false } },
+      axes: [{ label: "epoch" }, { label: key, size: 60 }],
+      series: [{ label: "epoch" }, ...jobs.map((job, k) => ({
+        label: job.id, stroke: COLOURS[k % COLOURS.length], width: 2, points: { size: 4 }, spanGaps: true,
+        value: (u, v) => num(v) }))],
+      legend: { live: true },
+    }, data, target);
+    dashboard.charts[name] = plot;
+    target.dataset.points = String(epochs.length);
+    target.dataset.series = jobs.map((job) => job.id).join(",");
+  }
+
+  // The table's rows: [section, field, value per job]; a section only when some job has a value in it.
+  function compareRows(jobs, models) {
+    const rows = [];
+    const section = (title, objects) => {
+      const keys = [];
+      for (const object of objects) {
+        for (const key of Object.keys(object || {})) if (!keys.includes(key)) keys.push(key);
+      }
+      for (const key of keys) rows.push([title, key, objects.map((o) => (o ? o[key] : undefined))]);
+    };
+    section("job", jobs.map((job) => ({ status: job.status, dataset: job.dataset_id,
+      network: job.network_id || describeNetwork(job.network), features: (job.features || []).join(", ") || undefined,
+      epochs_run: job.progress && job.progress.epoch })));
+    section("training", jobs.map((job) => job.training));
+    // Scalars and per-target lists: the test report has a section of its own.
+    section("final", jobs.map((job) => Object.fromEntries(Object.entries(job.metrics || {})
+      .filter(([, v]) => finite(v) || Array.isArray(v)))));
+    const tests = jobs.map((job, k) => {
+      const test = (models[k] && models[k].metrics && models[k].metrics.test) || (job.metrics && job.metrics.test);
+      return test ? test.metrics : undefined;
+    });
+    if (tests.some(Boolean)) section("test", tests);
+    return rows;
+  }
+
+  function cellText(value) {
+    if (value === undefined) return "";
+    if (Array.isArray(value)) return value.map((v) => num(v)).join(", ") || "none";
+    if (value && typeof value === "object") return JSON.stringify(value);
+    return num(value);
+  }
+
+  function compareTable(jobs, models) {
+    const same = (a, b) => JSON.stringify(a ?? null) === JSON.stringify(b ?? null);
+    $("#compare-table thead").replaceChildren(el("tr", {}, el("th", { text: "field" }), jobs.map((job, k) => {
+      const swatch = el("span", { class: "swatch" });
+      swatch.style.background = COLOURS[k % COLOURS.length];
+      return el("th", { "data-job-id": job.id }, swatch, el("a", { href: `/ui/jobs/${encodeURIComponent(job.id)}` },
+        el("code", { text: job.id })), k === 0 ? el("span", { class: "muted", text: " (reference)" }) : null);
+    })));
+    let current = null;
+    const rows = [];
+    for (const [title, field, values] of compareRows(jobs, models)) {
+      if (title !== current) {
+        current = title;
+        rows.push(el("tr", { class: "section" }, el("th", { colspan: jobs.length + 1, text: title })));
+      }
+      rows.push(el("tr", { "data-field": `${title}.${field}` }, el("th", { text: field }), values.map((value, k) => {
+        const differs = k > 0 && !same(value, values[0]);
+        const cell = el("td", { class: differs ? "differs" : undefined, text: cellText(value) });
+        // A number's difference from the reference, signed.
+        if (differs && finite(value) && finite(values[0]) && title !== "job") {
+          const delta = value - values[0];
+          cell.append(el("span", { class: "delta", text: ` (${delta > 0 ? "+" : ""}${num(delta, 3)})` }));
+        }
+        return cell;
+      })));
+    }
+    $("#compare-table tbody").replaceChildren(...rows);
+  }
+
+  function comparePage() {
+    const ids = [...new Set((new URLSearchParams(location.search).get("jobs") || "").split(",")
+      .map((id) => id.trim()).filter(Boolean))];
+    const refuse = (message) => {
+      const box = $("#compare-error");
+      box.textContent = message;
+      box.hidden = false;
+      body.dataset.compareError = "true";
+    };
+    if (ids.length < COMPARE_LIMITS.min || ids.length > COMPARE_LIMITS.max) {
+      refuse(`Compare takes ${COMPARE_LIMITS.min} to ${COMPARE_LIMITS.max} jobs; this link names ${ids.length}. `
+             + "Tick the jobs in the jobs list and press Compare.");
+      return Promise.resolve();
+    }
+    return guarded(async () => {
+      let jobs;
+      try {
+        jobs = await Promise.all(ids.map((id) => api(`/v1/jobs/${encodeURIComponent(id)}`).catch((error) => {
+          if (error instanceof Problem && error.status === 404) error.message = `No job ${id} (${error.message}).`;
+          throw error;
+        })));
+      } catch (error) {
+        if (error instanceof Problem && error.status === 404) return refuse(error.message);
+        throw error;
+      }
+      const [histories, models] = await Promise.all([
+        Promise.all(ids.map((id) => jobHistory(id))),
+        Promise.all(jobs.map((job) => (job.model_id ? api(`/v1/models/${encodeURIComponent(job.model_id)}`)
+          .catch(() => null) : null))),
+      ]);
+      $("#compare-jobs").replaceChildren(...jobs.map((job, k) => {
+        const swatch = el("span", { class: "swatch" });
+        swatch.style.background = COLOURS[k % COLOURS.length];
+        return el("li", { "data-job-id": job.id }, swatch, el("a", { href: `/ui/jobs/${encodeURIComponent(job.id)}` },
+          el("code", { text: job.id })), " ", statusBadge(job.status), ` on `, el("code", { text: job.dataset_id }),
+          job.model_id ? [" → ", el("a", { href: `/ui/models/${encodeURIComponent(job.model_id)}` },
+                                     el("code", { text: job.model_id }))] : null);
+      }));
+      $("#compare-charts").hidden = false;
+      $("#compare-table-card").hidden = false;
+      compareChart("compare_loss", "#compare-loss-chart", jobs, histories, "loss");
+      compareChart("compare_val_loss", "#compare-val-loss-chart", jobs, histories, "val_loss");
+      compareTable(jobs, models);
     });
   }
 
@@ -692,6 +1301,7 @@
     jobs: () => jobsPage(),
     job: () => jobView(body.dataset.jobId),
     model: () => modelPage(body.dataset.modelId),
+    compare: () => comparePage(),
   };
   const run = pages[body.dataset.page];
   if (run) {
