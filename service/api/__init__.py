@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from flask import Flask
 
-from service.api import datasets, evaluations, events, export, health, jobs, models, networks, openapi
+from service.api import (
+    batch_predictions,
+    datasets,
+    evaluations,
+    events,
+    export,
+    health,
+    jobs,
+    models,
+    networks,
+    openapi,
+)
 
 
 def init_app(app: Flask) -> None:
     """Register every blueprint."""
-    for module in (datasets, networks, jobs, events, models, evaluations, export, health, openapi):
+    for module in (datasets, networks, jobs, events, models, evaluations, batch_predictions, export, health, openapi):
         app.register_blueprint(module.bp)

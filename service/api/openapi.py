@@ -28,7 +28,7 @@ from service.api.json_provider import MAX_JSON_DEPTH
 from service.api.networks import MAX_WIDTH
 from service.core.models import export
 from service.core.problems import PROBLEM_JSON
-from service.core.schemas import REQUEST_MODELS
+from service.core.schemas import BATCH_PREDICTION_MEDIA_TYPES, REQUEST_MODELS
 from service.core.statuses import JobStatus
 
 bp = Blueprint("docs", __name__)
@@ -125,6 +125,10 @@ def _id_links(kind: str, pointer: str) -> dict[str, dict[str, Any]]:
         "evaluation_id": {
             "GetEvaluation": _link("evaluations.get_evaluation", param),
         },
+        "batch_prediction_id": {
+            "GetBatchPrediction": _link("batch_predictions.get_batch_prediction", param),
+            "DownloadBatchPrediction": _link("batch_predictions.download_batch_prediction", param),
+        },
         "model_id": {
             "GetModel": _link("models.get_model", param),
             "Predict": _link("models.predict", param),
@@ -208,6 +212,15 @@ OPERATIONS: dict[str, Operation] = {
     "evaluations.list_evaluations": Operation(_json(responses.EvaluationPage), query=LIST_QUERY,
                                               links=_id_links("evaluation_id", "/items/0/id")),
     "evaluations.get_evaluation": Operation(_json(responses.Evaluation)),
+    "batch_predictions.create_batch_prediction": Operation(
+        _json(responses.BatchPrediction), 202, body={"application/json": {"schema": _ref("BatchPredictionCreate")}},
+        problems=(429, 503), description="Location names the batch prediction.",
+        links=_id_links("batch_prediction_id", "/id")),
+    "batch_predictions.get_batch_prediction": Operation(_json(responses.BatchPrediction)),
+    "batch_predictions.download_batch_prediction": Operation(
+        {media: {"schema": {"type": "string", "format": "binary"}} for media in BATCH_PREDICTION_MEDIA_TYPES.values()},
+        problems=(409,), description="The file as the worker wrote it (CSV or Parquet); a 409 until the batch "
+                                     "prediction succeeded."),
     "export.export_model": Operation(
         {media: {"schema": {"type": "string", "format": "binary"}} for media in set(export.MEDIA_TYPES.values())},
         query=[_query("format", {"type": "string", "enum": list(export.FORMATS), "default": "onnx"})]),

@@ -10,11 +10,11 @@ tests/service/test_openapi.py holds its answers to `Prediction`.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from service.core.schemas import Device, Task
+from service.core.schemas import BATCH_PREDICTION_FORMATS, Device, Task
 from service.core.statuses import JobStatus
 
 # Timestamps stay the strings service.core.ids.isoformat writes ("...Z"); a datetime field
@@ -317,6 +317,30 @@ class EvaluationSummary(EvaluationState):
     metrics: FreeObject | None = Field(description="the report's `metrics`; null until the evaluation succeeded")
 
 
+class BatchPrediction(Answer):
+    """A batch prediction of a model on a stored dataset, run on the workers: its status, then its file."""
+
+    model_config = ConfigDict(title="BatchPrediction")
+
+    id: str
+    model_id: str
+    dataset_id: str
+    format: Literal["csv", "parquet"]
+    status: JobStatus
+    error: str | None
+    attempt: int = Field(description="the worker's attempt: a worker that died mid-way leaves it to the next")
+    n_rows: int | None = Field(description="the rows written (every row of the dataset); null until it succeeded")
+    size_bytes: int | None = Field(description="the file's size; null until it succeeded")
+    media_type: str | None = Field(description="the download's Content-Type; null until it succeeded")
+    sha256: str | None = Field(description="the file's SHA-256 (hex); null until it succeeded")
+    download: str | None = Field(description="the path that streams the file; null until it succeeded")
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+
+
+assert get_args(BatchPrediction.model_fields["format"].annotation) == BATCH_PREDICTION_FORMATS
+
 ItemT = TypeVar("ItemT", bound=Answer)
 
 
@@ -366,4 +390,5 @@ class Readiness(Answer):
 
 RESPONSE_MODELS: list[type[BaseModel]] = [Problem, Dataset, Network, Validation, Job, JobMetrics,
                                           JobSummary, Model, Prediction, DatasetPage, NetworkPage,
-                                          JobPage, ModelPage, Health, Readiness, Evaluation, EvaluationPage]
+                                          JobPage, ModelPage, Health, Readiness, Evaluation, EvaluationPage,
+                                          BatchPrediction]

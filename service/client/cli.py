@@ -510,6 +510,45 @@ def models_export(ctx: click.Context, model_id: str, format_: str, output_path: 
     click.echo(f"wrote {output_path} ({len(data):,} bytes, {format_})")
 
 
+@models.command("predict-batch")
+@click.argument("model_id")
+@click.option("--dataset", "dataset_id", required=True,
+              help="A stored dataset with the model's feature columns (matched by name).")
+@click.option("--format", "format_", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True,
+              help="The file written.")
+@click.option("-o", "--output", "output_path", required=True, type=click.Path(dir_okay=False),
+              help="File to write: the dataset's rows, then the prediction and each class's probability.")
+@click.option("--poll", type=click.FloatRange(0.05), default=0.5, show_default=True,
+              help="Seconds between polls.")
+@click.pass_context
+def models_predict_batch(ctx: click.Context, model_id: str, dataset_id: str, format_: str, output_path: str,
+                         poll: float) -> None:
+    """Predict every row of a stored dataset (on the workers); wait for it and download the file."""
+    client = api(ctx)
+    state = client.create_batch_prediction(model_id, dataset_id, format_)
+    batch_id = state["id"]
+    click.echo(f"batch prediction {batch_id} {state['status']}")
+    shown = [state["status"]]
+
+    def on_update(update: dict[str, Any]) -> None:
+        if update["status"] != shown[-1]:
+            shown.append(update["status"])
+            click.echo(f"batch prediction {batch_id} {update['status']}")
+
+    try:
+        state = client.wait_batch_prediction(batch_id, poll_s=poll, on_update=on_update)
+    except KeyboardInterrupt:
+        click.echo(f"stopped waiting; the batch prediction goes on (GET /v1/batch-predictions/{batch_id})",
+                   err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if state["status"] == "failed":
+        fail(f"batch prediction {batch_id} failed: {state.get('error') or 'no reason given'}", EXIT_FAILED)
+    if state["status"] != "succeeded":
+        fail(f"batch prediction {batch_id} was {state['status']}", EXIT_CANCELLED)
+    size = client.download_batch_prediction(batch_id, output_path)
+    click.echo(f"wrote {output_path} ({state['n_rows']:,} rows, {size:,} bytes, {format_})")
+
+
 @models.command("evaluate")
 @click.argument("model_id")
 @click.option("--dataset", "dataset_id", required=True,

@@ -268,6 +268,59 @@ class Client:
         """Return the model as ONNX (preprocessing included) or as a backprop .npz."""
         return self.request("GET", f"/v1/models/{model_id}/export", params={"format": format}, raw=True)
 
+    # batch predictions ---------------------------------------------------------
+
+    def create_batch_prediction(self, model_id: str, dataset_id: str, format: str = "csv") -> dict[str, Any]:
+        """Start a batch prediction of a stored dataset (run on the workers): its rows with the predictions."""
+        return self.request("POST", f"/v1/models/{model_id}/batch-predictions",
+                            json={"dataset_id": dataset_id, "format": format})
+
+    def get_batch_prediction(self, batch_prediction_id: str) -> dict[str, Any]:
+        """Return a batch prediction: its status and, once it succeeded, its file's size and `download` path."""
+        return self.request("GET", f"/v1/batch-predictions/{batch_prediction_id}")
+
+    def wait_batch_prediction(self, batch_prediction_id: str, poll_s: float = 0.5, timeout: float | None = None,
+                              on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Poll a batch prediction until it ends (succeeded, failed or cancelled); return it.
+
+        ``on_update`` sees every polled state. Raises TimeoutError after `timeout` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            state = self.get_batch_prediction(batch_prediction_id)
+            if on_update is not None:
+                on_update(state)
+            if state["status"] in TERMINAL:
+                return state
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"batch prediction {batch_prediction_id} is still {state['status']} "
+                                   f"after {timeout} s")
+            time.sleep(poll_s)
+
+    def download_batch_prediction(self, batch_prediction_id: str, path: str | Path) -> int:
+        """Stream a succeeded batch prediction's file to `path` (never whole in memory); return its bytes.
+
+        The file is written to `path`.part first and renamed once complete, so `path`
+        never holds a partial download.
+        """
+        target = Path(path)
+        partial = target.with_name(target.name + ".part")
+        with self.http.get(f"{self.url}/v1/batch-predictions/{batch_prediction_id}/download",
+                           stream=True, timeout=self.timeout) as response:
+            if response.status_code >= 400:
+                raise ApiError.from_response(response)
+            size = 0
+            with partial.open("wb") as handle:
+                for piece in response.iter_content(chunk_size=1 << 20):
+                    handle.write(piece)
+                    size += len(piece)
+        expected = response.headers.get("Content-Length")
+        if expected is not None and int(expected) != size:
+            partial.unlink(missing_ok=True)
+            raise ApiError(502, "Incomplete download", f"got {size:,} of {int(expected):,} bytes; download again")
+        partial.replace(target)
+        return size
+
     # evaluations ---------------------------------------------------------------
 
     def create_evaluation(self, model_id: str, dataset_id: str, permutation_repeats: int | None = None,

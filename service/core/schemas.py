@@ -373,6 +373,9 @@ class PredictRequest(BaseModel):
 
 
 BATCH_PREDICTION_FORMATS = ("csv", "parquet")
+# The media type of each format's file, as its download answers it.
+BATCH_PREDICTION_MEDIA_TYPES = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
+assert tuple(BATCH_PREDICTION_MEDIA_TYPES) == BATCH_PREDICTION_FORMATS
 
 
 class EvaluationCreate(BaseModel):

@@ -1,0 +1,109 @@
+"""`backprop models predict-batch` against the Flask test app (no processes).
+
+The real Client and command send the requests (routed into Flask's test client by
+test_cli_train's adapter); the worker runs when the command first waits to poll.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+import requests
+from click.testing import CliRunner
+
+from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text
+from tests.service.test_cli_train import FlaskAdapter
+
+
+class StreamingFlaskAdapter(FlaskAdapter):
+    """test_cli_train's adapter, with answers a streaming read (iter_content) can read too."""
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        response = super().send(request, **kwargs)
+        response._content_consumed = True  # the body is read: iter_content slices it, close() has no socket
+        response.raw = io.BytesIO()
+        return response
+
+
+@pytest.fixture
+def backprop_cli(client, monkeypatch):
+    """Run `backprop ARGS...` against the test app; return (exit code, output)."""
+    from service.client import Client, cli
+
+    def make(url: str, api_key: str | None = None) -> Client:
+        session = requests.Session()
+        session.mount("http://", StreamingFlaskAdapter(client))
+        return Client(url, api_key=api_key, session=session)
+
+    monkeypatch.setattr(cli, "Client", make)
+
+    def run(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(cli.main, ["--url", "http://testserver", *args])
+        return result.exit_code, result.output
+
+    return run
+
+
+@pytest.fixture
+def worker_on_poll(app, monkeypatch) -> list[str]:
+    """Run every queued batch prediction when the client sleeps between polls; return the ids it ran."""
+    from service.client import client as client_module
+    from workers.batch_prediction import run_batch_prediction
+
+    queue = app.extensions["backprop.queue"]
+    ran: list[str] = []
+
+    def sleep(seconds: float) -> None:
+        for job_id, _ in queue.published:
+            if job_id.startswith("bp_") and job_id not in ran:
+                ran.append(job_id)
+                run_batch_prediction(job_id, sessions=app.extensions["backprop.sessions"], owner="cli-test")
+
+    monkeypatch.setattr(client_module.time, "sleep", sleep)
+    return ran
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_predict_batch_writes_the_file(client, blobs_model, upload_csv, tmp_path, backprop_cli,
+                                       worker_on_poll, fmt):
+    dataset = upload_csv(csv_text(BLOBS_COLUMNS, blobs_rows(25, seed=3))).get_json()
+    out = tmp_path / f"scored.{fmt}"
+    code, output = backprop_cli("models", "predict-batch", blobs_model, "--dataset", dataset["id"],
+                                "--format", fmt, "-o", str(out), "--poll", "0.05")
+    assert code == 0, output
+    assert len(worker_on_poll) == 1 and f"batch prediction {worker_on_poll[0]} queued" in output
+    assert f"batch prediction {worker_on_poll[0]} succeeded" in output
+    state = client.get(f"/v1/batch-predictions/{worker_on_poll[0]}").get_json()
+    assert out.read_bytes() == client.get(state["download"]).get_data()
+    assert f"wrote {out} (25 rows, {state['size_bytes']:,} bytes, {fmt})" in output
+    assert not (tmp_path / f"scored.{fmt}.part").exists()
+    if fmt == "csv":
+        rows = list(csv.reader(io.StringIO(out.read_text())))
+        assert rows[0] == BLOBS_COLUMNS + ["prediction", "probability_0", "probability_1"] and len(rows) == 26
+    else:
+        assert pq.read_table(out).num_rows == 25
+
+
+def test_a_failed_batch_prediction_prints_its_error(blobs_model, blobs, tmp_path, backprop_cli,
+                                                    worker_on_poll, monkeypatch):
+    import workers.batch_prediction as module
+
+    def broken(*args: Any, **kwargs: Any) -> int:
+        raise MemoryError
+
+    monkeypatch.setattr(module, "write_predictions", broken)
+    out = tmp_path / "scored.csv"
+    code, output = backprop_cli("models", "predict-batch", blobs_model, "--dataset", blobs["id"], "-o", str(out))
+    assert code == 3, output  # the CLI's exit code for a job that failed
+    assert f"error: batch prediction {worker_on_poll[0]} failed: the worker ran out of memory" in output
+    assert not out.exists()
+
+
+def test_an_unknown_dataset_is_the_api_error(blobs_model, tmp_path, backprop_cli):
+    code, output = backprop_cli("models", "predict-batch", blobs_model, "--dataset", "ds_missing",
+                                "-o", str(tmp_path / "x.csv"))
+    assert code == 1 and "422" in output and "dataset_id" in output and "ds_missing" in output
