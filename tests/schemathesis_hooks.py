@@ -6,7 +6,7 @@ and the tests that load that file (tests/service/test_fuzz.py, test_schemathesis
 the same hooks. Only positive cases (meant to be valid) are changed; negative ones must stay
 invalid. What is changed, per operation, is what the schema cannot know:
 
-- ids of the tenant's resources (path, `dataset_id` query, a job's body), when the run was
+- ids of the tenant's resources (path, `dataset_id` query, a job's or an evaluation's body), when the run was
   given seeded ones in BACKPROP_FUZZ_IDS (see `seed_resources`): a generated id is a 404 or
   a 422 by construction. DELETE operations take a throwaway resource of their own per phase,
   so that the others keep theirs. The stateful phase keeps the ids its links carry;
@@ -41,7 +41,8 @@ from service.core.data.parsing import MAX_CLASSIFICATION_INTEGER_LABELS, parse_n
 
 FUZZ_IDS_ENV = "BACKPROP_FUZZ_IDS"
 # Path parameter -> the key of its resource in the seeded ids.
-ID_PARAMETERS = {"dataset_id": "dataset", "network_id": "network", "job_id": "job", "model_id": "model"}
+ID_PARAMETERS = {"dataset_id": "dataset", "network_id": "network", "job_id": "job", "model_id": "model",
+                 "evaluation_id": "evaluation"}
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # the store's and the models' floats
 Seeded = dict[str, Any]
 
@@ -84,11 +85,15 @@ def seed_resources(client: Any, train: Callable[[str], str], deletable_phases: t
     main_dataset, main_network = dataset(), network()
     job_id, model_id = model(main_dataset["id"], main_network["id"])
     trained = client("GET", f"/v1/models/{model_id}")
+    # Queued (nothing runs it in a test's app; a live service's workers do): GET by id reads it either way.
+    evaluation = client("POST", f"/v1/models/{model_id}/evaluations",
+                        json={"dataset_id": main_dataset["id"], "permutation_repeats": 0})
     deletable = {}
     for phase in deletable_phases:
         deletable[phase] = {"dataset": dataset()["id"], "network": network()["id"],
                             "model": model(main_dataset["id"], main_network["id"])[1]}
     return {"dataset": main_dataset["id"], "network": main_network["id"], "job": job_id, "model": model_id,
+            "evaluation": evaluation["id"],
             "dataset_task": main_dataset["task"], "dataset_classes": main_dataset.get("classes"),
             "dataset_targets": main_dataset["targets"], "model_loss": trained["loss"],
             "model_features": [{"name": f["name"], "kind": f["kind"]} for f in trained["preprocessing"]["features"]],
@@ -418,6 +423,8 @@ def map_case(context: Any, case: Any) -> Any:
         _fit_job(case, seeds, phase)
     elif label == "POST /v1/models/{model_id}/predict" and seeds is not None:
         _fit_predict(case, seeds)
+    elif label == "POST /v1/models/{model_id}/evaluations" and seeds is not None and isinstance(case.body, dict):
+        case.body["dataset_id"] = seeds["dataset"]  # the model's own dataset: its columns fit
     return case
 
 
