@@ -42,7 +42,7 @@ from service.core.data.parsing import MAX_CLASSIFICATION_INTEGER_LABELS, parse_n
 FUZZ_IDS_ENV = "BACKPROP_FUZZ_IDS"
 # Path parameter -> the key of its resource in the seeded ids.
 ID_PARAMETERS = {"dataset_id": "dataset", "network_id": "network", "job_id": "job", "model_id": "model",
-                 "evaluation_id": "evaluation"}
+                 "evaluation_id": "evaluation", "batch_prediction_id": "batch_prediction"}
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # the store's and the models' floats
 Seeded = dict[str, Any]
 
@@ -54,8 +54,8 @@ def seeded() -> Seeded | None:
     return json.loads(text) if text else None
 
 
-def seed_resources(client: Any, train: Callable[[str], str], deletable_phases: tuple[str, ...] = (
-        "examples", "coverage", "fuzzing")) -> Seeded:
+def seed_resources(client: Any, train: Callable[[str], str], finish: Callable[[str], None],
+                   deletable_phases: tuple[str, ...] = ("examples", "coverage", "fuzzing")) -> Seeded:
     """Create through the API the resources a run needs and return them as BACKPROP_FUZZ_IDS holds them.
 
     Parameters
@@ -65,6 +65,8 @@ def seed_resources(client: Any, train: Callable[[str], str], deletable_phases: t
         answer (`json=` for a JSON body, `files=` for a multipart upload).
     train
         Trains the job of the given id to the end and returns its model's id.
+    finish
+        Runs the batch prediction of the given id to its success (its download then answers).
     deletable_phases
         The phases that get a throwaway dataset, network and model each, for the DELETE operations.
     """
@@ -88,12 +90,14 @@ def seed_resources(client: Any, train: Callable[[str], str], deletable_phases: t
     # Queued (nothing runs it in a test's app; a live service's workers do): GET by id reads it either way.
     evaluation = client("POST", f"/v1/models/{model_id}/evaluations",
                         json={"dataset_id": main_dataset["id"], "permutation_repeats": 0})
+    batch = client("POST", f"/v1/models/{model_id}/batch-predictions", json={"dataset_id": main_dataset["id"]})
+    finish(batch["id"])
     deletable = {}
     for phase in deletable_phases:
         deletable[phase] = {"dataset": dataset()["id"], "network": network()["id"],
                             "model": model(main_dataset["id"], main_network["id"])[1]}
     return {"dataset": main_dataset["id"], "network": main_network["id"], "job": job_id, "model": model_id,
-            "evaluation": evaluation["id"],
+            "evaluation": evaluation["id"], "batch_prediction": batch["id"],
             "dataset_task": main_dataset["task"], "dataset_classes": main_dataset.get("classes"),
             "dataset_targets": main_dataset["targets"], "model_loss": trained["loss"],
             "model_features": [{"name": f["name"], "kind": f["kind"]} for f in trained["preprocessing"]["features"]],
@@ -423,7 +427,8 @@ def map_case(context: Any, case: Any) -> Any:
         _fit_job(case, seeds, phase)
     elif label == "POST /v1/models/{model_id}/predict" and seeds is not None:
         _fit_predict(case, seeds)
-    elif label == "POST /v1/models/{model_id}/evaluations" and seeds is not None and isinstance(case.body, dict):
+    elif (label in ("POST /v1/models/{model_id}/evaluations", "POST /v1/models/{model_id}/batch-predictions")
+          and seeds is not None and isinstance(case.body, dict)):
         case.body["dataset_id"] = seeds["dataset"]  # the model's own dataset: its columns fit
     return case
 
@@ -450,7 +455,12 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"job {job_id} ended {job['status']}: {job.get('error')}")
         return str(job["model_id"])
 
-    print(json.dumps(seed_resources(call, train)))
+    def finish(batch_prediction_id: str) -> None:
+        batch = client.wait_batch_prediction(batch_prediction_id, timeout=600)
+        if batch["status"] != "succeeded":
+            raise SystemExit(f"batch prediction {batch_prediction_id} ended {batch['status']}: {batch.get('error')}")
+
+    print(json.dumps(seed_resources(call, train, finish)))
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ def live_url(app: Any) -> Iterator[str]:
 @pytest.fixture
 def fuzz_ids(app: Any, client: Any) -> dict[str, Any]:
     """Seed a dataset, network, job and model (and throwaways for the deletes) as tenant alice."""
+    from workers.batch_prediction import run_batch_prediction
     from workers.training import run_job
 
     # Every generated job stays queued (nothing consumes the recording queue): no 429s.
@@ -78,7 +79,11 @@ def fuzz_ids(app: Any, client: Any) -> dict[str, Any]:
         assert run_job(job_id, sessions=app.extensions["backprop.sessions"], owner="fuzz") == "succeeded"
         return call("GET", f"/v1/jobs/{job_id}")["model_id"]
 
-    return seed_resources(call, train)
+    def finish(batch_prediction_id: str) -> None:
+        assert run_batch_prediction(batch_prediction_id, sessions=app.extensions["backprop.sessions"],
+                                    owner="fuzz") == "succeeded"
+
+    return seed_resources(call, train, finish)
 
 
 def test_cli_run_finds_no_failure_and_no_data_warnings(live_url: str, client: Any,
