@@ -193,6 +193,9 @@ def networks_validate(ctx: click.Context, file: str, input_dim: int | None, data
 @click.option("--early-stopping-patience", type=int)
 @click.option("--weight-decay", type=float)
 @click.option("--class-weight", help="balanced, or a JSON object of label: weight.")
+@click.option("--test-split", type=float, help="Fraction of the rows held out for the model's metrics.test.")
+@click.option("--test-permutation-repeats", type=int,
+              help="Shuffles per feature column for metrics.test's permutation importance (0: none).")
 @click.option("--seed", type=int)
 @click.option("--features", help="Comma-separated columns to use (default: the dataset's features).")
 @click.option("--ignored-columns", help="Comma-separated columns to leave out of the dataset's features.")

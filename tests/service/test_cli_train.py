@@ -123,10 +123,12 @@ def test_upload_takes_format_and_na_values_and_train_takes_columns_and_class_wei
     job = client.get(f"/v1/jobs/{output.split()[1]}").get_json()
     assert job["features"] == ["name", "z"] and job["training"]["class_weight"] == {"1": 2.5}
     code, output = backprop_cli("train", "--dataset", dataset["id"], "--network", str(network),
-                                "--ignored-columns", "x", "--class-weight", "balanced")
+                                "--ignored-columns", "x", "--class-weight", "balanced", "--test-split", "0.25",
+                                "--test-permutation-repeats", "0")
     assert code == 0, output
     job = client.get(f"/v1/jobs/{output.split()[1]}").get_json()
     assert job["features"] == ["z"] and job["training"]["class_weight"] == "balanced"
+    assert job["training"]["test_split"] == 0.25 and job["training"]["test_permutation_repeats"] == 0
     code, output = backprop_cli("train", "--dataset", dataset["id"], "--network", str(network),
                                 "--features", "nope")
     assert code == 1 and "422" in output and "'nope'" in output
