@@ -321,7 +321,8 @@ class JobCreate(BaseModel):
     features: list[str] | None = Field(
         default=None, min_length=1, json_schema_extra={"uniqueItems": True},
         description="the columns to train on (any but the target: identifier and constant columns "
-                    "too); default the dataset's `features`; a warm start uses the model's")
+                    "too), taken in the dataset's column order, which positional /predict `inputs` follow; "
+                    "default the dataset's `features`; a warm start uses the model's")
     ignored_columns: list[str] | None = Field(
         default=None, json_schema_extra={"uniqueItems": True},
         description="columns to leave out of the dataset's `features` (H2O's name); not with `features`")

@@ -42,9 +42,11 @@ def cells(table: ParsedTable, name: str) -> list[float]:
 
 @pytest.mark.parametrize("token", sorted(NA_VALUES))
 @pytest.mark.parametrize("path", ["pyarrow", "csv module"])
-def test_every_default_na_token_is_a_missing_cell(tmp_path, token, path):
+def test_every_default_na_token_is_a_missing_cell(tmp_path, token, path, monkeypatch):
     # A string column sends the table through the csv-module path; without it pyarrow reads it.
     extra, cell = (",s", ",x") if path == "csv module" else ("", "")
+    if path == "pyarrow":
+        monkeypatch.setattr(parsing, "parse_rows", lambda *a, **k: pytest.fail("the csv-module path ran"))
     table = csv(tmp_path, f"a,b{extra}\n1,{token}{cell}\n2,3{cell}\n4,5{cell}\n")
     assert column(table, "b") == {"name": "b", "kind": "numeric", "role": "feature", "missing": 1, "distinct": 2}
     assert math.isnan(cells(table, "b")[0]) and cells(table, "b")[1:] == [3.0, 5.0]
@@ -171,6 +173,13 @@ def test_describe_target_counts_rows_without_target_and_warns(tmp_path):
     warnings = " | ".join(described["warnings"])
     assert "'name' has 100 distinct values in 100 rows: an identifier" in warnings
     assert "'one' has a single value: constant" in warnings and "10 of 100 rows have no target" in warnings
+
+
+def test_a_string_target_with_more_labels_than_max_categories_is_a_422(tmp_path):
+    table = csv(tmp_path, "x,label\n" + "\n".join(f"{i},l{i % 5}" for i in range(20)) + "\n", max_categories=3)
+    with pytest.raises(TableError) as caught:
+        describe_target(table, None, None)
+    assert caught.value.errors[0]["field"] == "target" and "MAX_CATEGORIES" in caught.value.errors[0]["message"]
 
 
 def test_a_target_without_any_value_is_a_422(tmp_path):

@@ -14,7 +14,7 @@ from service.core.data.parsing import MAX_ERRORS
 from service.core.settings import setting_default
 from service.core.tenancy.limits import MB
 from tests.conftest import csv_text
-from tests.helpers import CountingStream, both_databases, problem
+from tests.helpers import CountingStream, both_databases, mlp, problem
 
 
 def csv_body(size: int) -> bytes:
@@ -115,7 +115,7 @@ def given_up(body: dict[str, Any]) -> list[str]:
 
 
 @both_databases
-def test_a_csv_upload_past_max_distinct_strings_gives_up_on_the_column_where_it_passed(app, upload_csv):
+def test_a_csv_upload_past_max_distinct_strings_gives_up_on_the_column_where_it_passed(app, client, upload_csv):
     app.config["MAX_DISTINCT_STRINGS"] = 50
     header, rows = string_table(3, 20)  # 60 distinct strings in all, 20 a column
     response = upload_csv(csv_text(header, rows), target="label")
@@ -125,7 +125,12 @@ def test_a_csv_upload_past_max_distinct_strings_gives_up_on_the_column_where_it_
     (s2,) = [c for c in body["columns"] if c["name"] == "s2"]
     assert s2["role"] == "identifier" and s2["categories"] == [] and s2["distinct"] == 17
     assert body["features"] == ["s0", "s1"]
-    assert any("'s2' has more than 17 distinct values" in w for w in body["warnings"])
+    assert any("'s2' has more than 17 distinct values" in w and "which no job can use" in w
+               for w in body["warnings"])
+    # A job may not name it: it holds no values to encode.
+    job = client.post("/v1/jobs", json={"dataset_id": body["id"], "network": mlp(), "features": ["s0", "s2"]})
+    error = problem(job, 422)["errors"][0]
+    assert error["field"] == "features[1]" and "MAX_DISTINCT_STRINGS" in error["message"]
 
 
 @both_databases

@@ -829,6 +829,11 @@ def describe_target(table: ParsedTable, target: str | list[str] | None,
             holds = "dates" if column["kind"] == "datetime" else "too many distinct strings"
             raise TableError([{"field": "target", "message": f"target {column['name']!r} holds {holds}; "
                                                              f"a target is numbers or labels"}])
+    for column in target_columns:
+        if column.get("folded"):
+            raise TableError([{"field": "target", "message": f"target {column['name']!r} has {column['distinct']:,} "
+                                                             f"distinct labels, more than MAX_CATEGORIES; a target's "
+                                                             f"labels are never folded into {OTHER_CATEGORY!r}"}])
     target_matrix = table.values[:, [names.index(t) for t in targets]]
     with_target = ~np.isnan(target_matrix).any(axis=1)
     n_without = int(table.n_rows - with_target.sum())
@@ -884,11 +889,12 @@ def table_warnings(columns: list[dict[str, Any]], n_rows: int, n_rows_without_ta
     warnings: list[str] = []
     for column in columns:
         name, role = column["name"], column.get("role", "feature")
-        if role == "identifier":
-            how_many = (f"more than {column['distinct']:,} distinct values" if column.get("encoded") is False
-                        else f"{column['distinct']:,} distinct values in {n_rows:,} rows")
-            warnings.append(f"column {name!r} has {how_many}: an identifier, left out of the features "
-                            f"(name it in a job's `features` to use it)")
+        if role == "identifier" and column.get("encoded") is False:
+            warnings.append(f"column {name!r} has more than {column['distinct']:,} distinct values: an "
+                            f"identifier, stored without its values (MAX_DISTINCT_STRINGS), which no job can use")
+        elif role == "identifier":
+            warnings.append(f"column {name!r} has {column['distinct']:,} distinct values in {n_rows:,} rows: an "
+                            f"identifier, left out of the features (name it in a job's `features` to use it)")
         elif role == "constant":
             what = "no values" if column.get("distinct", 0) == 0 else "a single value"
             warnings.append(f"column {name!r} has {what}: constant, left out of the features")

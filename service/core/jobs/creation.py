@@ -187,12 +187,18 @@ def job_features(request: JobCreate, dataset: Dataset,
     named = request.features if request.features is not None else request.ignored_columns or []
     columns = [c["name"] for c in dataset.columns]
     known, targets = set(columns), set(dataset.targets)
+    # Columns the upload stopped counting (MAX_DISTINCT_STRINGS) hold no values to encode.
+    unencoded = {c["name"] for c in dataset.columns if c.get("encoded") is False}
     errors: list[FieldError] = []
     seen: set[str] = set()
     for i, name in enumerate(named):
         if name not in known:
             errors.append({"field": f"{field}[{i}]", "message": f"the dataset has no column {name!r}; "
                                                                 f"its columns are {_listed(columns)}"})
+        elif name in unencoded and field == "features":
+            errors.append({"field": f"{field}[{i}]", "message": f"column {name!r} has too many distinct strings "
+                                                                f"to encode (MAX_DISTINCT_STRINGS); it cannot be "
+                                                                f"a feature"})
         elif name in targets:
             errors.append({"field": f"{field}[{i}]", "message": f"{name!r} is the dataset's target, "
                                                                 f"which is never an input; leave it out"})
