@@ -12,6 +12,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, render_template, request, url_for
 
 from backprop import FLAG_EXPLANATIONS
+from service.core.schemas import MAX_PERMUTATION_REPEATS, PERMUTATION_REPEATS_DEFAULT
 from service.core.statuses import TERMINAL_STATUSES, JobStatus
 
 # For the page's JavaScript: every status by name, and those a job never leaves (JobStatus's order).
@@ -22,6 +23,8 @@ TERMINAL = [status.value for status in JobStatus if status in TERMINAL_STATUSES]
 COMPARE_MIN_JOBS = 2
 COMPARE_MAX_JOBS = 10
 COMPARE_LIMITS = {"min": COMPARE_MIN_JOBS, "max": COMPARE_MAX_JOBS}
+# The model page's shuffles field starts at the API's default and takes what the API takes.
+PERMUTATION_REPEATS = {"default": PERMUTATION_REPEATS_DEFAULT, "max": MAX_PERMUTATION_REPEATS}
 
 bp = Blueprint("ui", __name__, template_folder="templates", static_folder="static",
                static_url_path="/ui/static")
@@ -76,7 +79,7 @@ def job(job_id: str) -> Response:
 def model(model_id: str) -> Response:
     """One model: its latest evaluation report, evaluate and batch-predict actions, its network as a
     graph and a form that calls /predict."""
-    return _page("model.html", model_id=model_id)
+    return _page("model.html", model_id=model_id, permutation_repeats=PERMUTATION_REPEATS)
 
 
 @bp.get("/ui/compare")

@@ -1,17 +1,19 @@
 """The dashboard's evaluation report, its evaluate and batch-predict actions, and the compare view,
 in a real browser (Debian's chromium driven by Playwright) against a live SQLite stack.
 
-The pages read the real endpoints: a model trained with a test split, an evaluation started
-from the model page's dataset picker (and one started through the API), a batch prediction
-downloaded from its link, three jobs compared. Besides the per-test screenshots of
-tests/e2e/test_dashboard.py, three are saved under the names docs/img/ uses
-(model-report-classification.png, model-report-regression.png, compare.png).
+The pages read the real endpoints: a model trained with a test split, evaluations started
+from the model page's dataset picker (with the default shuffles and with none) and through
+the API, a batch prediction downloaded from its link, three jobs with test splits compared.
+Besides the per-test screenshots of tests/e2e/test_dashboard.py, three are saved under the
+names docs/img/ uses (model-report-classification.png, model-report-regression.png, compare.png).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from service.core.schemas import PERMUTATION_REPEATS_DEFAULT
 from service.core.statuses import TERMINAL_STATUSES, JobStatus
 from service.ui import COMPARE_MAX_JOBS, COMPARE_MIN_JOBS
 from tests.e2e import test_dashboard as dashboard_tests
@@ -120,10 +123,12 @@ def regressor(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
 
 @pytest.fixture(scope="module")
 def three_jobs(stack: Any, classifier: dict[str, Any]) -> list[dict[str, Any]]:
-    """Three finished jobs on one dataset: the learning rate differs, and the third runs fewer epochs."""
+    """Three finished jobs on one dataset, each holding a quarter of the rows out as its test split (the
+    same rows: same seed): the learning rate differs, and the third runs fewer epochs."""
     dataset_id = classifier["job"]["dataset_id"]
     return [stack.train({"dataset_id": dataset_id, "network": NETWORK,
-                         "training": {"epochs": epochs, "learning_rate": rate, "seed": 0, "batch_size": 32}})
+                         "training": {"epochs": epochs, "learning_rate": rate, "seed": 0, "batch_size": 32,
+                                      "test_split": 0.25}})
             for rate, epochs in ((0.01, 12), (0.02, 12), (0.05, 8))]
 
 
@@ -180,6 +185,8 @@ def test_an_evaluation_started_from_the_picker_ends_with_its_report_shown(stack,
     options = page.eval_on_selector_all("#dataset-picker option", "os => os.map(o => o.value)")
     assert classifier["holdout"] in options and model["dataset_id"] in options
     page.select_option("#dataset-picker", classifier["holdout"])
+    # The shuffles field starts at the API's default, and the request sends it.
+    assert page.input_value("#shuffles") == str(PERMUTATION_REPEATS_DEFAULT)
     page.click("#evaluate")
     # The report's source names the new evaluation once it ended.
     page.wait_for_function("() => (document.querySelector('#report-source code') || {}).textContent"
@@ -188,6 +195,8 @@ def test_an_evaluation_started_from_the_picker_ends_with_its_report_shown(stack,
     evaluation = stack.request("GET", f"/v1/evaluations/{evaluation_id}")
     assert evaluation["status"] == JobStatus.SUCCEEDED
     assert evaluation["model_id"] == model["id"] and evaluation["dataset_id"] == classifier["holdout"]
+    assert evaluation["permutation_repeats"] == PERMUTATION_REPEATS_DEFAULT
+    assert page.locator("#importance g.bar-row").count() == len(FEATURES)
     assert page.locator("#action-status .status").inner_text() == JobStatus.SUCCEEDED
     assert shown_matrix(page) == evaluation["report"]["confusion_matrix"]["matrix"]
     assert sum(map(sum, shown_matrix(page))) == evaluation["report"]["n_rows"] == 240
@@ -196,6 +205,61 @@ def test_an_evaluation_started_from_the_picker_ends_with_its_report_shown(stack,
     page.reload()
     ready(page)
     assert page.locator("#report-source code").first.inner_text() == evaluation_id
+
+
+@SQLITE
+def test_an_evaluation_with_no_shuffles_shows_no_importance(stack, page, classifier):
+    model = classifier["model"]
+    page.goto(f"/ui/models/{model['id']}")
+    ready(page)
+    shown_before = page.locator("#report-source code").first.inner_text() if page.locator(
+        "#report-source code").count() else None
+    page.select_option("#dataset-picker", classifier["holdout"])
+    page.fill("#shuffles", "0")
+    page.click("#evaluate")
+    page.wait_for_function("before => { const c = document.querySelector('#report-source code');"
+                           " return c && c.textContent.startsWith('ev_') && c.textContent !== before }",
+                           arg=shown_before, timeout=WAIT_S * 1000)
+    evaluation = stack.request("GET", f"/v1/evaluations/{page.locator('#report-source code').first.inner_text()}")
+    assert evaluation["status"] == JobStatus.SUCCEEDED and evaluation["permutation_repeats"] == 0
+    assert evaluation["report"]["permutation_importance"] is None
+    # The report is drawn, but the importance card has no bars and says why.
+    assert shown_matrix(page) == evaluation["report"]["confusion_matrix"]["matrix"]
+    assert page.locator("#importance g.bar-row").count() == 0
+    assert page.evaluate("() => 'importance' in window.dashboard.plots") is False
+    card = page.locator("#report-charts section", has=page.locator("#importance")).inner_text()
+    assert "Not computed for this report (permutation_repeats 0)" in card
+    assert "no permutation importance" in page.locator("#report-source").inner_text()
+
+
+@SQLITE
+def test_the_model_page_pages_through_evaluations_to_the_newest_succeeded(stack, page, classifier):
+    model = classifier["model"]
+    created = stack.request("POST", f"/v1/models/{model['id']}/evaluations", expect=202,
+                            json={"dataset_id": classifier["holdout"], "permutation_repeats": 0})
+    newest_succeeded = wait_scoring(stack, f"/v1/evaluations/{created['id']}")
+    # The list's first page holds only failed evaluations (newer than any real one); its cursor leads to
+    # the real list. The page must read on to find the newest succeeded one.
+    summary = {key: value for key, value in newest_succeeded.items() if key != "report"}
+    failed = [{**summary, "id": f"ev_zzfailed{k:02d}", "status": JobStatus.FAILED, "error": "lost",
+               "metrics": None} for k in range(3)]
+    asked: list[str] = []
+
+    def first_page_failed(route: Any, request: Any) -> None:
+        asked.append(request.url)
+        if "cursor=" not in request.url:
+            route.fulfill(status=200, content_type="application/json",
+                          body=json.dumps({"items": failed, "next_cursor": "ev_zzfailed00"}))
+        else:
+            route.continue_(url=re.sub(r"&?cursor=[^&]*", "", request.url))
+
+    page.route(re.compile(rf"/v1/models/{model['id']}/evaluations\?"), first_page_failed)
+    page.goto(f"/ui/models/{model['id']}")
+    ready(page)
+    assert len(asked) == 2 and "cursor=ev_zzfailed00" in asked[1], asked
+    assert page.locator("#report-source code").first.inner_text() == newest_succeeded["id"]
+    assert shown_matrix(page) == newest_succeeded["report"]["confusion_matrix"]["matrix"]
+    assert page.locator("#action-status").is_hidden()  # the newest listed ended: nothing to follow
 
 
 @SQLITE
@@ -280,6 +344,24 @@ def test_the_compare_view_overlays_three_jobs_and_marks_what_differs(stack, page
     assert marks("job.dataset") == [False, False, False]
     rate = page.locator('#compare-table tr[data-field="training.learning_rate"] td').nth(2).inner_text()
     assert rate == "0.05 (+0.04)"
+    # The test section: each model's test-split metrics, a differing one marked with its signed difference.
+    assert page.locator("#compare-table tr.section th").all_text_contents() == ["job", "training", "final", "test"]
+    assert marks("training.test_split") == [False, False, False]
+    tests = [stack.request("GET", f"/v1/models/{job['model_id']}")["metrics"]["test"]["metrics"] for job in three_jobs]
+    assert len({t["log_loss"] for t in tests}) > 1, tests
+    for field in ("accuracy", "balanced_accuracy", "log_loss", "roc_auc_macro"):
+        values = [t[field] for t in tests]
+        assert marks(f"test.{field}") == [v != values[0] for v in values], field
+        cells = page.locator(f'#compare-table tr[data-field="test.{field}"] td').all_inner_texts()
+        for value, text in zip(values, cells):
+            shown, _, delta = text.partition(" (")
+            assert float(shown) == pytest.approx(value, rel=1e-3), (field, text)
+            if value == values[0]:
+                assert delta == "", (field, text)
+            else:
+                assert re.fullmatch(r"[+-][0-9.e+-]+\)", delta), (field, text)
+                assert float(delta[:-1]) == pytest.approx(value - values[0], rel=5e-3), (field, text)
+                assert delta.startswith("+" if value > values[0] else "-"), (field, text)
     assert page.locator(".legend .differs").is_visible()
     shoot(page, "compare.png")
 

@@ -1003,8 +1003,10 @@
   }
 
   function evaluationSource(evaluation) {
+    const shuffles = evaluation.permutation_repeats
+      ? `, ${evaluation.permutation_repeats} shuffles per feature column` : ", no permutation importance";
     return ["Evaluation ", el("code", { text: evaluation.id }), " of dataset ", el("code", { text: evaluation.dataset_id }),
-            `, finished ${when(evaluation.finished_at)}: ${rowsText(evaluation.report)}.`];
+            `, finished ${when(evaluation.finished_at)}: ${rowsText(evaluation.report)}${shuffles}.`];
   }
 
   function setReportStatus(status) {
@@ -1037,8 +1039,17 @@
 
   // The newest succeeded evaluation's report, else the test split's; then follow a newer one still running.
   async function showLatestReport(model) {
-    const listed = (await api(`/v1/models/${encodeURIComponent(model.id)}/evaluations?limit=20`)).items;
-    const done = listed.find((e) => e.status === STATUS.SUCCEEDED);
+    // Newest first, a page at a time until a succeeded one: failed or cancelled ones may fill a page.
+    const path = `/v1/models/${encodeURIComponent(model.id)}/evaluations?limit=50`;
+    let newest = null;
+    let done = null;
+    let cursor = null;
+    do {
+      const page = await api(cursor ? `${path}&cursor=${encodeURIComponent(cursor)}` : path);
+      newest = newest || page.items[0] || null;
+      done = page.items.find((e) => e.status === STATUS.SUCCEEDED) || null;
+      cursor = done ? null : page.next_cursor;
+    } while (cursor);
     const test = model.metrics && model.metrics.test;
     if (done) {
       const full = done.report ? done : await evaluation(done.id);
@@ -1050,7 +1061,6 @@
       $("#report-source").textContent = "No report yet: the model was trained without a test split and has not "
         + "been evaluated. Pick a dataset below and press Evaluate.";
     }
-    const newest = listed[0];
     if (newest && !TERMINAL.includes(newest.status)) followEvaluation(newest.id).catch((error) => notice(error.message));
   }
 
@@ -1127,8 +1137,12 @@
       const button = $("#evaluate");
       button.disabled = true;
       try {
+        // An empty field leaves the server's default; anything else goes as typed (a 422 names a bad one).
+        const shuffles = $("#shuffles").value.trim();
+        const options = { dataset_id: picker.value };
+        if (shuffles !== "") options.permutation_repeats = Number(shuffles);
         const created = await api(`/v1/models/${encodeURIComponent(model.id)}/evaluations`, {
-          method: "POST", json: { dataset_id: picker.value } });
+          method: "POST", json: options });
         await followEvaluation(created.id);
       } catch (error) {
         showProblem($("#action-status"), error);
