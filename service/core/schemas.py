@@ -13,6 +13,7 @@ from pydantic import (
     Field,
     Strict,
     Tag,
+    WithJsonSchema,
     create_model,
     model_validator,
 )
@@ -22,9 +23,9 @@ from backprop.activations import ACTIVATIONS
 from backprop.config import TrainingConfig
 from backprop.initializers import INITIALIZERS
 from backprop.spec import COMMON_KEYS, INPUT, MAX_NODES, MAX_UNITS, NODE_KEYS, REQUIRED
+from service.core.data.formats import EXTENSIONS as UPLOAD_EXTENSIONS
 from service.core.data.formats import FORMATS as UPLOAD_FORMATS
 
-Cell = Annotated[float | str | None, Field(description="a number, a string, or null (missing)")]
 Task = Literal["classification", "regression"]
 Device = Literal["cpu", "gpu"]
 
@@ -207,11 +208,27 @@ class NetworkToCheck(NetworkDefinition):
 # The parser's rule for a column name (service.core.data.parsing._check_header, after
 # stripping: not empty, no NUL).
 COLUMN_NAME_SCHEMA: dict[str, Any] = {"type": "string", "pattern": "^[^\\u0000]*\\S[^\\u0000]*$"}
-# A table cell of a JSON dataset body: a null, or a blank string, is a missing value.
+# A table cell of a JSON dataset body, as a cell of a JSON file (service.core.data.parsing.json_cell):
+# a null, or a blank string, is a missing value; true/false are the strings "true"/"false".
 TABLE_CELL_SCHEMA: dict[str, Any] = {
-    "type": ["number", "string", "null"],
-    "description": "a number, a string, or null (missing); a column is numeric when most of its present cells "
-                   "are numbers"}
+    "type": ["number", "string", "boolean", "null"],
+    "description": "a number, a string, true/false or null (missing); a column is numeric when most of its "
+                   "present cells are numbers"}
+
+
+def _table_cell(value: Any) -> Any:
+    """Refuse an array or object as a cell; keep any other JSON value as it is.
+
+    Kept as parsed, not coerced (pydantic's lax float would make true 1.0 and 7 the
+    text "7.0"): the cell goes to parsing.json_cell, as a JSON file's cells do.
+    """
+    if isinstance(value, (list, dict)):
+        raise ValueError(f"{'an array' if isinstance(value, list) else 'an object'} is not a cell; a cell is a "
+                         f"number, a string, true/false or null")
+    return value
+
+
+Cell = Annotated[Any, BeforeValidator(_table_cell), WithJsonSchema(TABLE_CELL_SCHEMA)]
 
 
 class DatasetJson(BaseModel):
@@ -264,6 +281,14 @@ def _form_fields_schema(schema: dict[str, Any], model: type[BaseModel]) -> None:
                 del field_schema["default"]
 
 
+def _extensions_text() -> str:
+    """Say which file name extensions make each format: ".csv, .json, .jsonl/.ndjson, ..."."""
+    by_format: dict[str, list[str]] = {}
+    for extension, fmt in UPLOAD_EXTENSIONS.items():
+        by_format.setdefault(fmt, []).append(extension)
+    return ", ".join("/".join(by_format[fmt]) for fmt in UPLOAD_FORMATS if fmt in by_format)
+
+
 class DatasetUpload(BaseModel):
     """Fields of a multipart/form-data dataset upload."""
 
@@ -272,9 +297,9 @@ class DatasetUpload(BaseModel):
     file: bytes = Field(json_schema_extra={"format": "binary"},
                         description="the table: CSV with a header row (UTF-8; quoted fields, BOM and CRLF are "
                                     "fine), JSON (an array of records, or columns + data), JSON Lines or Parquet")
-    format: str | None = Field(default=None, description="csv, json, jsonl or parquet; default: told by the "
-                                                         "file's name (.csv, .json, .jsonl/.ndjson, .parquet/.pq), "
-                                                         "else by its content, else csv",
+    format: str | None = Field(default=None, description=f"{', '.join(UPLOAD_FORMATS)}; default: told by the "
+                                                         f"file's name ({_extensions_text()}), else by its "
+                                                         f"content, else csv",
                                json_schema_extra={"anyOf": [{"type": "string", "enum": [*UPLOAD_FORMATS, ""]}]})
     na_values: str | None = Field(default=None, description="CSV only: the tokens that mean a missing cell, "
                                                             "comma-separated or a JSON list of strings, in place "
@@ -363,7 +388,7 @@ class PredictRequest(BaseModel):
                                      json_schema_extra=_rows_schema({"type": "array", "minItems": 1,
                                                                      "items": PREDICT_CELL_SCHEMA}))
     records: list[Any] | None = Field(default=None, description="[{column: value, ...}, ...]",
-                                      json_schema_extra=_rows_schema({"type": "object", "minProperties": 1,
+                                      json_schema_extra=_rows_schema({"type": "object",
                                                                       "additionalProperties": PREDICT_CELL_SCHEMA}))
 
     @model_validator(mode="after")

@@ -14,8 +14,9 @@ import pytest
 
 from service.core.data import formats, parsing
 from service.core.data.formats import Limits, detect_format, parse_upload
-from service.core.data.parsing import TableError
-from tests.helpers import problem
+from service.core.data.parsing import TableError, describe_target, parse_json_rows
+from service.core.data.preprocessing import Preprocessor, fit
+from tests.helpers import mlp, problem, train
 
 # One table with a missing cell in every column but the target: numbers, strings, date-times.
 COLUMNS = ["size", "color", "seen", "label"]
@@ -109,6 +110,64 @@ def test_every_format_gives_the_same_table_with_its_missing_cells(client):
     assert {name: body["source"] for name, body in bodies.items()} == {
         "csv": "csv", "json": "json", "jsonl": "jsonl", "parquet": "parquet", "json split": "json",
         "csv NA": "csv", "body rows": "json", "body records": "json"}
+
+
+# Cells that JSON types and CSV does not: an integer among the strings of a string column, booleans.
+TYPED_COLUMNS = ["code", "flag", "x", "label"]
+TYPED_ROWS: list[list[object]] = [
+    ["a", True, 1, "p"],
+    [7, False, 2, "q"],
+    ["b", True, 3.5, "p"],
+    [7, None, 4, "q"],
+    ["a", False, 5, "p"],
+    [12, True, -6, "q"],
+]
+
+
+def test_json_cells_keep_their_types_in_bodies_as_in_files(client):
+    """7 is the category "7" and true the string "true", from a body as from a file (not 7.0 and 1.0)."""
+    def text(value: object) -> str:
+        return "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+    records = [{k: v for k, v in zip(TYPED_COLUMNS, row) if v is not None} for row in TYPED_ROWS]
+    files = {
+        "csv": "\n".join([",".join(TYPED_COLUMNS)] + [",".join(map(text, row)) for row in TYPED_ROWS]).encode(),
+        "json": json.dumps(records).encode(),
+        "json split": json.dumps({"columns": TYPED_COLUMNS, "data": TYPED_ROWS}).encode(),
+        "jsonl": "\n".join(json.dumps(r) for r in records).encode(),
+        "parquet": as_parquet(pa.table({"code": [str(r[0]) for r in TYPED_ROWS],
+                                        "flag": pa.array([r[1] for r in TYPED_ROWS], pa.bool_()),
+                                        "x": pa.array([float(str(r[2])) for r in TYPED_ROWS]),
+                                        "label": [r[3] for r in TYPED_ROWS]})),
+    }
+    answers = {name: upload(client, content, f"t.{name.split()[0]}") for name, content in files.items()}
+    answers["body rows"] = client.post("/v1/datasets", json={"columns": TYPED_COLUMNS, "data": TYPED_ROWS})
+    answers["body records"] = client.post("/v1/datasets", json={"records": records})
+    bodies = {}
+    for name, response in answers.items():
+        assert response.status_code == 201, (name, response.get_json())
+        bodies[name] = response.get_json()
+    reference = bodies["csv"]
+    code, flag, x = reference["columns"][:3]
+    assert (code["kind"], code["categories"]) == ("string", ["12", "7", "a", "b"])
+    assert (flag["kind"], flag["categories"], flag["missing"]) == ("string", ["false", "true"], 1)
+    assert x["kind"] == "numeric"
+    for name, body in bodies.items():
+        assert body["columns"] == reference["columns"], name
+        assert body["sha256"] == reference["sha256"], name
+
+
+def test_an_integer_at_predict_finds_the_category_a_body_s_integer_made():
+    table = parse_json_rows(TYPED_COLUMNS, TYPED_ROWS)
+    described = describe_target(table, "label", None)
+    state = fit(table, ["code", "x"], ["label"], "classification", described["classes"],
+                np.arange(table.n_rows))
+    preprocessor = Preprocessor(json.loads(json.dumps(state)))
+    by_number = preprocessor.encode_records([{"code": 7, "x": 1}, {"code": 12.0, "x": 1}])
+    by_text = preprocessor.encode_records([{"code": "7", "x": 1}, {"code": "12.0", "x": 1}])
+    np.testing.assert_array_equal(by_number, by_text)
+    assert by_number[0, 1:].sum() == 1  # "7" is a known category (x is column 0)
+    assert by_number[1, 1:].sum() == 0  # 12.0 is the text "12.0", not the category "12"
 
 
 @pytest.mark.parametrize("fmt", sorted(ENCODINGS))
@@ -265,7 +324,8 @@ def test_json_lines_in_many_blocks(tmp_path, monkeypatch):
     (b'{"a": 1, "y": 0}\n{"a": 2, "y": 1} {"a": 3, "y": 0}\n', "line 2: not a JSON object (Extra data"),
     (b'{"a": 1, "y": 0}\n\n[2, 1]\n', "line 3: expected an object (a record), got an array"),
     (b'{"a": 1, "y": 0}\n{"a": [1], "y": 1}\n', "line 2, column 'a': an array is not a cell"),
-    (b'{"a": 1, "y": 0}\n{"a": NaN, "y": 1}\n', "line 2, column 'a': 'nan' is not a finite number"),
+    (b'{"a": 1, "y": 0}\n{"a": NaN, "y": 1}\n{"a": Infinity, "y": 0}\n',
+     "line 3, column 'a': 'inf' is not a finite number"),
     (b'{"a": 1, "y": 0}\n{"a": 1e999, "y": 1}\n', "line 2, column 'a': 'inf' is not a finite number"),
     (b'{"a": 1, "y": 0}\n{"a": "\xff", "y": 1}\n', "line 2: not UTF-8"),
 ])
@@ -361,6 +421,66 @@ def test_bad_parquet_files_are_422(tmp_path, content, words):
     assert words in str(error.value)
 
 
+# ---------------------------------------------------------------- NaN by format
+
+NAN_TABLE = pa.table({"a": pa.array(np.array([1.5, np.nan, 3.0, np.nan, 5.0])),
+                      "y": pa.array([0, 1, 0, 1, 0])})
+
+
+def test_a_float_nan_in_parquet_is_a_missing_cell_on_both_paths(tmp_path, monkeypatch):
+    """How numpy (and so many a writer) stores a missing float: read as pandas reads it, as a null."""
+    nulls = NAN_TABLE.set_column(0, "a", pa.array([1.5, None, 3.0, None, 5.0], pa.float64()))
+    reference = parse_upload(write(tmp_path, as_parquet(nulls), "nulls.parquet"), "parquet")
+    assert reference.columns[0]["missing"] == 2
+    path = write(tmp_path, as_parquet(NAN_TABLE))
+    with monkeypatch.context() as patch:
+        patch.setattr(parsing, "parse_rows", lambda *args, **kwargs: pytest.fail("the row path ran"))
+        same_table(parse_upload(path, "parquet"), reference)
+    with monkeypatch.context() as patch:
+        row_path_only(patch)
+        same_table(parse_upload(path, "parquet"), reference)
+    # Among strings (the row path always), a float16 column too.
+    mixed = NAN_TABLE.append_column("s", pa.array(["u", "v", "u", None, "v"])).set_column(
+        0, "a", pa.array(np.array([1.5, np.nan, 3.0, np.nan, 5.0], dtype=np.float16)))
+    parsed = parse_upload(write(tmp_path, as_parquet(mixed), "mixed.parquet"), "parquet")
+    assert [c["missing"] for c in parsed.columns] == [2, 0, 1]
+    np.testing.assert_array_equal(parsed.values[:, 0], reference.values[:, 0])
+
+
+@pytest.mark.parametrize("values", [[1.0, np.nan, -np.inf], [np.nan, np.inf]])
+def test_infinity_in_parquet_stays_a_422_among_nans(tmp_path, values):
+    table = pa.table({"a": pa.array(np.array(values)), "y": pa.array(range(len(values)))})
+    with pytest.raises(TableError, match="'-?inf' is not a finite number"):
+        parse_upload(write(tmp_path, as_parquet(table)), "parquet")
+
+
+@pytest.mark.parametrize("fmt, content", [
+    ("jsonl", b'{"a": 1.5, "y": 0}\n{"a": NaN, "y": 1}\n{"a": 3, "y": 0}\n'),
+    ("json", b'[{"a": 1.5, "y": 0}, {"a": NaN, "y": 1}, {"a": 3, "y": 0}]'),
+    ("json", b'{"columns": ["a", "y"], "data": [[1.5, 0], [NaN, 1], [3, 0]]}'),
+])
+def test_a_json_nan_token_is_a_missing_cell(tmp_path, fmt, content):
+    table = parse_upload(write(tmp_path, content), fmt)
+    assert table.columns[0]["missing"] == 1 and np.isnan(table.values[1, 0])
+
+
+def test_a_nan_in_a_json_body_is_a_missing_cell_and_infinity_a_422(client):
+    answer = client.post("/v1/datasets", data='{"columns": ["a", "y"], "data": [[1.5, 0], [NaN, 1], [3, 0]]}',
+                         content_type="application/json")
+    assert answer.status_code == 201, answer.get_json()
+    assert answer.get_json()["columns"][0]["missing"] == 1
+    body = problem(client.post("/v1/datasets", data='{"records": [{"a": 1, "y": 0}, {"a": Infinity, "y": 1}, '
+                                                     '{"a": 3, "y": 0}]}', content_type="application/json"), 422)
+    assert body["errors"][0]["field"] == "records[1].a" and "'inf' is not a finite number" in str(body)
+
+
+def test_nan_in_csv_is_missing_as_a_default_token_and_else_a_422(tmp_path):
+    content = b"a,y\n1.5,0\nnan,1\nNaN,0\n4,1\n"
+    assert parse_upload(write(tmp_path, content, "t.csv"), "csv").columns[0]["missing"] == 2
+    with pytest.raises(TableError, match="'nan' is not a finite number"):
+        parse_upload(write(tmp_path, content, "t.csv"), "csv", na_values=["?"])
+
+
 # ---------------------------------------------------------------- na_values and records bodies
 
 @pytest.mark.parametrize("text, tokens", [
@@ -379,6 +499,47 @@ def test_na_values_replace_the_csv_tokens(client):
     assert "NA" in given["columns"][1]["categories"]
     listed = upload(client, content, "t.csv", na_values='["?", "NA"]').get_json()
     assert [c["missing"] for c in listed["columns"]] == [1, 3, 0]
+
+
+def test_an_upload_s_na_values_are_stored_with_it_and_default_ones_not(tmp_path):
+    content = b"a,s,y\n1,NA,0\n2,?,1\n3,x,0\n"
+    given = parse_upload(write(tmp_path, content, "t.csv"), "csv", na_values=[" ? ", ""])
+    assert given.na_values == ["?"]
+    assert parsing.ParsedTable.from_npz(given.to_npz()).na_values == ["?"]
+    default = parse_upload(write(tmp_path, content, "t.csv"), "csv")
+    assert default.na_values is None and "na_values" not in np.load(io.BytesIO(default.to_npz())).files
+
+
+def test_predict_reads_a_csv_body_with_the_upload_s_na_values(client, app):
+    """Uploaded with na_values="?", "NA" is a category: a CSV body to /predict reads it so, and "?" as missing."""
+    lines = ["x,s,y"] + [f"{i % 5},{['NA', 'b', '?', 'c'][i % 4]},{i % 2}" for i in range(40)]
+    dataset = upload(client, ("\n".join(lines) + "\n").encode(), "t.csv", na_values="?").get_json()
+    assert dataset["columns"][1]["categories"] == ["NA", "b", "c"] and dataset["columns"][1]["missing"] == 10
+    model_id = train(client, app, dataset["id"], mlp(activation="tanh"), epochs=2, seed=0)
+    model = client.get(f"/v1/models/{model_id}").get_json()
+    assert model["preprocessing"]["na_values"] == ["?"]
+    url = f"/v1/models/{model_id}/predict"
+    by_json = client.post(url, json={"records": [{"x": 1, "s": "NA"}, {"x": 2, "s": None}, {"x": 3, "s": "b"}]})
+    assert by_json.status_code == 200, by_json.get_json()
+    by_csv = client.post(url, data="x,s\n1,NA\n2,?\n3,b\n", content_type="text/csv")
+    assert by_csv.status_code == 200, by_csv.get_json()
+    assert by_csv.get_json()["probabilities"] == by_json.get_json()["probabilities"]
+    # A numeric-only body takes pyarrow's reader: "?" is its null too.
+    state = model["preprocessing"]
+    numeric = Preprocessor({**state, "features": state["features"][:1]})
+    np.testing.assert_array_equal(numeric.encode_csv(b"x\n?\n2\n", 10), numeric.encode_records([{}, {"x": 2}]))
+
+
+def test_a_state_without_na_values_reads_csv_with_the_default_tokens():
+    table = parse_json_rows(["s", "y"], [["NA", 0], ["b", 1], [None, 0], ["NA", 1]])
+    state = fit(table, ["s"], ["y"], "classification", [0, 1], np.arange(4))
+    assert "na_values" not in state
+    preprocessor = Preprocessor(state)
+    np.testing.assert_array_equal(preprocessor.encode_csv(b"s\nNA\n?\n", 10),
+                                  preprocessor.encode_records([{"s": None}, {"s": "?"}]))
+    with_tokens = Preprocessor({**state, "na_values": ["?"]})
+    np.testing.assert_array_equal(with_tokens.encode_csv(b"s\nNA\n?\n", 10),
+                                  with_tokens.encode_records([{"s": "NA"}, {"s": None}]))
 
 
 @pytest.mark.parametrize("fields", [{"na_values": "?", "format": "jsonl"}, {"na_values": "[1, 2]"},

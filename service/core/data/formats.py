@@ -15,12 +15,13 @@ Each reader turns a file on disk into a ParsedTable through the parser's rules
   a bad line) goes through that path, which names the line at fault.
 - Parquet: pyarrow.parquet, one batch of a row group at a time; an all-numeric
   file goes to table_from_arrow, any other through the row path with cells made
-  from the Arrow values (numbers as text, null as missing, booleans as
-  "true"/"false", dates and timestamps as ISO 8601 text, so the datetime rules apply).
+  from the Arrow values (numbers as text, null and a float NaN as missing, booleans
+  as "true"/"false", dates and timestamps as ISO 8601 text, so the datetime rules apply).
 
 For records (JSON or JSON Lines) the columns are the union of the objects' keys in
-the order first seen; a key an object lacks is a missing cell. A JSON null is
-missing; NA tokens ("NA", "null", ...) are CSV's only, as the contract says.
+the order first seen; a key an object lacks is a missing cell. Cells become text by
+parsing.json_cell, as a JSON body's do: a JSON null (or NaN) is missing; NA tokens
+("NA", "null", ...) are CSV's only, as the contract says.
 """
 
 from __future__ import annotations
@@ -176,22 +177,6 @@ def parse_na_values(text: str, field: str = "na_values") -> frozenset[str]:
 
 # ---------------------------------------------------------------- cells and records
 
-def json_cell(value: Any) -> str | None:
-    """Return a JSON value as parse_rows' cell: text, or None (missing) for null; None for a container too.
-
-    Containers are told apart by the caller (`is_container`), which names them.
-    """
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)  # (float(repr(x)) == x; nan and inf stay so, and the parser names them)
-    return str(value)
-
-
 def _not_a_cell(field: str, number: int, place: str, column: str, value: Any) -> TableError:
     kind = "an object" if isinstance(value, dict) else "an array"
     return _error(field, f"{place}, column {column!r}: {kind} is not a cell; a cell is a number, a "
@@ -205,7 +190,7 @@ def _record_cells(record: dict[str, Any], keys: list[str], header: list[str], fi
         value = record.get(key)
         if isinstance(value, (dict, list)):
             raise _not_a_cell(field, number, place, name, value)
-        cells.append(json_cell(value))
+        cells.append(parsing.json_cell(value))
     return cells
 
 
@@ -214,7 +199,7 @@ def _row_cells(row: list[Any], header: list[str], field: str, number: int, place
     for j, value in enumerate(row):
         if isinstance(value, (dict, list)):
             raise _not_a_cell(field, number, place, header[j] if j < len(header) else f"field {j + 1}", value)
-        cells.append(json_cell(value))
+        cells.append(parsing.json_cell(value))
     return cells
 
 
@@ -616,7 +601,7 @@ def _numeric_jsonl(path: Path, limits: Limits) -> ParsedTable | None:
 
     with path.open("rb") as handle:  # an upper bound on the rows, so the matrix is filled in place
         capacity = sum(block.count(b"\n") for block in iter(lambda: handle.read(JSONL_BLOCK_BYTES), b"")) + 1
-    return parsing.table_from_arrow(header, batches(), capacity=capacity)
+    return parsing.table_from_arrow(header, batches(), capacity=capacity, nan_is_missing=True)
 
 
 # ---------------------------------------------------------------- Parquet
@@ -660,7 +645,7 @@ def parse_parquet_file(path: Path, field: str = "file", limits: Limits = Limits(
         numeric = all(pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_null(f.type)
                       for f in schema)
         if numeric and n_rows and all(name and "\x00" not in name for name in header):
-            table = parsing.table_from_arrow(header, read(batches), capacity=n_rows)
+            table = parsing.table_from_arrow(header, read(batches), capacity=n_rows, nan_is_missing=True)
             if table is not None:
                 return table
 
@@ -694,8 +679,9 @@ def _parquet_converter(arrow_field: Any, name: str, field: str) -> Callable[[Any
     if pa.types.is_boolean(kind):
         return lambda column: [None if v is None else "true" if v else "false" for v in column.to_pylist()]
     if pa.types.is_floating(kind):
-        # (float16 values come back as numpy scalars: float() first; repr keeps float64 exactly)
-        return lambda column: [None if v is None else repr(float(v)) for v in column.to_pylist()]
+        # (float16 values come back as numpy scalars: float() first; json_cell's repr keeps float64
+        # exactly and makes a NaN, how numpy writes a missing float, a missing cell)
+        return lambda column: [None if v is None else parsing.json_cell(float(v)) for v in column.to_pylist()]
     if pa.types.is_integer(kind) or pa.types.is_decimal(kind):
         return lambda column: [None if v is None else str(v) for v in column.to_pylist()]
     if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):

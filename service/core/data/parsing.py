@@ -96,12 +96,15 @@ class ParsedTable:
 
     `datetimes` is float64 (n_rows, datetime columns): seconds since 1970-01-01T00:00, in
     UTC for values that carried an offset and as written otherwise; a datetime column's
-    schema names its column there (`slot`).
+    schema names its column there (`slot`). `na_values` are the CSV tokens the upload gave
+    in place of NA_VALUES (sorted; None: the defaults, or not a CSV), kept so that a model
+    fitted on the table reads /predict's CSV bodies as the upload was read.
     """
 
     columns: list[dict[str, Any]]
     values: np.ndarray
     datetimes: np.ndarray | None = None
+    na_values: list[str] | None = None
 
     @property
     def n_rows(self) -> int:
@@ -117,6 +120,8 @@ class ParsedTable:
         arrays: dict[str, Any] = {"values": self.values, "columns": np.array(json.dumps(self.columns))}
         if self.datetimes is not None:
             arrays["datetimes"] = self.datetimes
+        if self.na_values is not None:  # (absent otherwise: a table read with the defaults keeps its bytes)
+            arrays["na_values"] = np.array(json.dumps(self.na_values))
         np.savez(handle, **arrays)
 
     def to_npz(self) -> bytes:
@@ -132,7 +137,9 @@ class ParsedTable:
         """Load a table saved by to_npz, from its bytes or a file's path, never unpickling anything."""
         with np.load(io.BytesIO(data) if isinstance(data, bytes) else data, allow_pickle=False) as npz:
             datetimes = npz["datetimes"] if "datetimes" in npz.files else None
-            return cls(columns=json.loads(str(npz["columns"])), values=npz["values"], datetimes=datetimes)
+            na_values = json.loads(str(npz["na_values"])) if "na_values" in npz.files else None
+            return cls(columns=json.loads(str(npz["columns"])), values=npz["values"], datetimes=datetimes,
+                       na_values=na_values)
 
 
 def sha256(data: bytes) -> str:
@@ -242,7 +249,8 @@ def parse_csv(path: str | Path, field: str = "file", max_columns: int = DEFAULT_
               max_categories: int = DEFAULT_MAX_CATEGORIES) -> ParsedTable:
     """Parse a CSV file with a header row of at most `max_columns` names (see parse_rows for the rest).
 
-    A cell that is empty or, stripped, one of `na_values` (NA_VALUES by default) is missing.
+    A cell that is empty or, stripped, one of `na_values` (NA_VALUES by default) is missing;
+    given `na_values` are kept in the table's `na_values`.
     """
     too_wide = TableError([{"field": field, "message": f"the file has more than {max_columns:,} columns; "
                                                        f"MAX_COLUMNS is {max_columns:,}"}])
@@ -258,10 +266,12 @@ def parse_csv(path: str | Path, field: str = "file", max_columns: int = DEFAULT_
                                                               f"holds {word}; send comma-separated values"}])
     tokens = na_tokens(na_values)
     table = _parse_numeric_csv(Path(path), header, tokens)
-    if table is not None:
-        return table
-    return parse_rows(header, rows, field=field, row_field=None, max_distinct_strings=max_distinct_strings,
-                      na_values=tokens, max_categories=max_categories)
+    if table is None:
+        table = parse_rows(header, rows, field=field, row_field=None, max_distinct_strings=max_distinct_strings,
+                           na_values=tokens, max_categories=max_categories)
+    if na_values is not None:
+        table.na_values = sorted(tokens - {""})  # (the empty cell is missing whatever they say)
+    return table
 
 
 def _header_wider_than(path: Path, limit: int) -> bool:
@@ -360,15 +370,17 @@ _ARROW_NUMPY_TYPES = {"int8": np.int8, "int16": np.int16, "int32": np.int32, "in
                       "halffloat": np.float16, "float": np.float32, "double": np.float64}
 
 
-def table_from_arrow(header: list[str], batches: Iterable[Any], capacity: int | None = None) -> ParsedTable | None:
+def table_from_arrow(header: list[str], batches: Iterable[Any], capacity: int | None = None,
+                     nan_is_missing: bool = False) -> ParsedTable | None:
     """Build an all-numeric table from pyarrow Tables or RecordBatches; None when it needs the row path.
 
     Each batch must have the `header`'s columns (by name, any order) and each column an
     integer, floating or null type; a null is a missing cell (NaN). A batch given as None
     means the reader met something only the row path reads. Non-finite values and numbers
-    beyond float32 also send the table to the row path, which names them. `capacity`, when
-    known, is an upper bound on the rows: the matrix is filled in place, else batches are
-    joined at the end.
+    beyond float32 also send the table to the row path, which names them; with
+    `nan_is_missing` (typed formats, where a float NaN is how numpy writes a missing value)
+    a NaN is a missing cell instead. `capacity`, when known, is an upper bound on the rows:
+    the matrix is filled in place, else batches are joined at the end.
     """
     width = len(header)
     if not header or len(set(header)) != width:
@@ -390,7 +402,7 @@ def table_from_arrow(header: list[str], batches: Iterable[Any], capacity: int | 
             row = 0
             column = batch.column(index)
             for chunk in (column.chunks if hasattr(column, "chunks") else [column]):
-                numbers = _chunk_as_float64(chunk)
+                numbers = _chunk_as_float64(chunk, nan_is_missing)
                 if numbers is None:
                     return None
                 block[row:row + len(numbers), j] = numbers
@@ -405,10 +417,11 @@ def table_from_arrow(header: list[str], batches: Iterable[Any], capacity: int | 
     return ParsedTable(columns=columns, values=matrix)
 
 
-def _chunk_as_float64(chunk: Any) -> np.ndarray | None:
+def _chunk_as_float64(chunk: Any, nan_is_missing: bool = False) -> np.ndarray | None:
     """Return a numeric pyarrow array as float64 (as float(cell) rounds), nulls as NaN.
 
-    None when its type is not numeric or a present value is non-finite or beyond float32.
+    None when its type is not numeric or a present value is non-finite or beyond float32
+    (a NaN stays NaN, a missing cell, with `nan_is_missing`).
     Read from its buffers: pyarrow's to_numpy imports pandas wherever pandas is
     installed, 0.7 s of the first upload in each API process.
     """
@@ -429,7 +442,8 @@ def _chunk_as_float64(chunk: Any) -> np.ndarray | None:
         present = bits[chunk.offset:chunk.offset + len(chunk)].astype(bool)
         numbers[~present] = 0.0  # (a null's slot holds anything)
     # NaN compares false: non-finite values and those beyond float32 fall out here.
-    if not (np.abs(numbers) <= FLOAT32_MAX).all():
+    within = np.abs(numbers) <= FLOAT32_MAX
+    if not within.all() and not (nan_is_missing and (within | np.isnan(numbers)).all()):
         return None
     if present is not None:
         numbers[~present] = np.nan
@@ -453,14 +467,25 @@ def column_role(kind: str, distinct: int, n_rows: int) -> str:
     return "feature"
 
 
-def _json_cell(value: Any) -> str | None:
+def json_cell(value: Any) -> str | None:
+    """Return a JSON value as parse_rows' cell: its text, or None (missing) for null and NaN.
+
+    The one conversion of every JSON shape (a body's `data` and `records`, a JSON or JSON
+    Lines file): an integer is its digits ("7"), a float its shortest repr ("7.0", "0.1"),
+    true/false the strings "true"/"false". NaN (Python's parser takes the token) is a
+    missing cell, as pandas reads it; infinity stays a number the parser refuses. Callers
+    refuse lists and objects first, naming them.
+    """
     if value is None:
         return None
+    if isinstance(value, str):
+        return value
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return repr(value)
-    return str(value)
+    if isinstance(value, float):
+        # float(): numpy's float64 (a float) has a repr of its own; float(repr(x)) == x
+        return None if math.isnan(value) else repr(float(value))
+    return str(value)  # an int (numpy scalars too, from Python callers)
 
 
 def parse_json_rows(columns: list[str], data: list[list[Any]], max_columns: int = DEFAULT_MAX_COLUMNS,
@@ -468,7 +493,8 @@ def parse_json_rows(columns: list[str], data: list[list[Any]], max_columns: int 
                     max_categories: int = DEFAULT_MAX_CATEGORIES) -> ParsedTable:
     """Parse a table given as JSON column names (at most `max_columns`) and rows of numbers, strings or nulls.
 
-    A null, or a string that is empty once stripped, is a missing cell (NA tokens are CSV's).
+    A null, NaN, or a string that is empty once stripped, is a missing cell (NA tokens are
+    CSV's); cells become text as json_cell says.
     """
     if len(columns) > max_columns:
         raise TableError([{"field": "columns", "message": f"{len(columns):,} columns; "
@@ -476,7 +502,7 @@ def parse_json_rows(columns: list[str], data: list[list[Any]], max_columns: int 
 
     def rows() -> Iterator[Row]:
         for index, row in enumerate(data):
-            yield index + 1, f"data[{index}]", [_json_cell(v) for v in row]
+            yield index + 1, f"data[{index}]", [json_cell(v) for v in row]
 
     return parse_rows([str(c).strip() for c in columns], rows, field="columns", row_field="data",
                       max_distinct_strings=max_distinct_strings, max_categories=max_categories)

@@ -7,7 +7,8 @@ numeric parts (year, month, day, weekday, day of year; hour and minute when the
 column has times) treated the same way. String features are one-hot encoded with
 the categories seen in training, plus a slot of their own for a missing value when
 training had one (a value never seen in training, or a missing value without that
-slot, encodes as all zeros). Regression targets are standardized and mapped back at
+slot, encodes as all zeros; in a column whose upload folded its rarest values into
+`other`, an unseen value encodes as `other`). Regression targets are standardized and mapped back at
 prediction. The fitted state is a JSON-able dict stored with the model.
 """
 
@@ -143,7 +144,11 @@ def fit(table: ParsedTable, features: list[str], targets: list[str], task: str,
         target = {"task": task, "names": targets,
                   "mean": [m[0] for m in moments], "std": [m[1] for m in moments]}
     # The dataset's column names: /predict accepts (and ignores) those the model does not use.
-    return {"features": fitted_features, "target": target, "columns": names}
+    state: dict[str, Any] = {"features": fitted_features, "target": target, "columns": names}
+    if table.na_values is not None:
+        # The upload's own CSV NA tokens: /predict reads a CSV body with them (absent: NA_VALUES).
+        state["na_values"] = list(table.na_values)
+    return state
 
 
 def encoded_width(columns: list[dict[str, Any]], features: list[str]) -> int:
@@ -190,6 +195,8 @@ class Preprocessor:
         # Old states have no column list: only the model's features and targets are known then.
         self.known_columns = (set(state.get("columns", [])) | set(self.feature_names)
                               | set(self.target["names"]))
+        # The tokens a CSV body's cell is missing for: the upload's (na_values), else pandas' defaults.
+        self.na_values = parsing.na_tokens(state.get("na_values"))
         self._numeric = [k for k, f in enumerate(self.features) if f["kind"] == "numeric"]
         self._datetime = [k for k, f in enumerate(self.features) if f["kind"] == "datetime"]
         self.all_numeric = len(self._numeric) == len(self.features)
@@ -430,7 +437,8 @@ class Preprocessor:
         """Encode raw rows given as CSV text: a header row naming the feature columns, then rows.
 
         Target columns and the dataset's other columns are ignored, as in records; an
-        empty cell or one of parsing.NA_VALUES is a missing value. An all-numeric model
+        empty cell or one of the upload's NA tokens (its `na_values`, else
+        parsing.NA_VALUES; `self.na_values`) is a missing value. An all-numeric model
         reads numeric text with pyarrow; anything else goes cell by cell through the rules
         of `records`, with errors on `csv[i].column` (i counts data rows from 0). A
         header of more than `max_columns` fields (MAX_COLUMNS) is refused before its
@@ -457,7 +465,7 @@ class Preprocessor:
             if len(matrix) > max_rows:
                 raise InputError([{"field": "csv", "message": f"at most {max_rows:,} rows per request"}])
             return self._encode(matrix, clean=clean)
-        na_values = parsing.NA_VALUES
+        na_values = self.na_values
         records = []
         for i, cells in enumerate(row for row in csv.reader(io.StringIO(text)) if row):
             if i == 0:
@@ -483,7 +491,7 @@ class Preprocessor:
         import pyarrow.csv as pa_csv  # noqa: PLC0415
 
         # A quoted NA token stays text and sends the body the careful way, which also calls it missing.
-        convert = pa_csv.ConvertOptions(null_values=sorted(parsing.NA_VALUES), strings_can_be_null=False,
+        convert = pa_csv.ConvertOptions(null_values=sorted(self.na_values), strings_can_be_null=False,
                                         quoted_strings_can_be_null=False)
         try:
             table = pa_csv.read_csv(io.BytesIO(body), convert_options=convert)
