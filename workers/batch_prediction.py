@@ -13,8 +13,18 @@ The file holds the dataset's columns (every one, in its order, with its values a
 stored), then `prediction` (`prediction_<target>` for each target of a regression
 with several), then `probability_<class>` per class. CSV numbers are written in the
 shortest form that reads back as the same float32 (float64 for a regression's
-predictions), by orjson, which writes a 65,536 x 64 block in a tenth of a second
-where pyarrow's CSV writer took half a second (benchmarks/batch_predict.py).
+predictions), by orjson, which writes a 65,536 x 64 block of float32 in about 0.15 s
+where pyarrow's CSV writer took half a second and pyarrow's cast to strings 0.4 s
+(benchmarks/batch_predict.py).
+
+Which data the CSV fast path covers: a run of adjacent numeric columns whose chunk
+holds only whole numbers of at most 2**24 and no missing cell (counts, codes, pixels:
+the digits the benchmark scores) is written as integers, about 4x faster than floats.
+Any other numeric run (measured values such as 3.0712457, or a missing cell) takes
+the float formatting, whose orjson call holds the GIL (a thread pool gains nothing):
+the benchmark's float rows, the same digits with noise added, are written at about
+half the rate of the whole-number ones (benchmarks/README.md, "Batch predictions").
+Parquet writes every column the same way, whatever its values.
 """
 
 from __future__ import annotations
@@ -39,7 +49,7 @@ from service.core.data.parsing import ParsedTable
 from service.core.data.preprocessing import Preprocessor
 from service.core.db.tables import JobOutputChunk
 from service.core.networks import rows_per_pass
-from service.core.schemas import BATCH_PREDICTION_MEDIA_TYPES
+from service.core.schemas import BATCH_PREDICTION_FORMAT_DEFAULT, BATCH_PREDICTION_MEDIA_TYPES
 from service.core.settings import load_config
 from workers.lease import JobSettings, Publish
 from workers.scoring import ScoringJob, run_scoring_job
@@ -76,27 +86,6 @@ def output_names(table: ParsedTable, preprocessor: Preprocessor) -> list[str]:
     return names
 
 
-def decode_arrays(preprocessor: Preprocessor, outputs: np.ndarray, loss: str) -> tuple[np.ndarray | None, np.ndarray]:
-    """Return (class indices, probabilities (n, k) float32) or (None, predictions (n, targets) float64).
-
-    Preprocessor.decode's arithmetic without its lists (a million rows of lists cost a
-    second): the same float64 probabilities pick the same class, and a regression's
-    predictions are the same float64 values. Probabilities are written at the network's
-    own precision, float32.
-    """
-    outputs = np.asarray(outputs, dtype=np.float64)
-    if preprocessor.task == "classification":
-        if loss == "binary_cross_entropy":
-            positive = outputs.reshape(-1)
-            probabilities = np.stack([1.0 - positive, positive], axis=1)
-        else:
-            probabilities = outputs
-        return probabilities.argmax(axis=1), probabilities.astype(np.float32)
-    std = np.asarray(preprocessor.target["std"], dtype=np.float64)
-    mean = np.asarray(preprocessor.target["mean"], dtype=np.float64)
-    return None, outputs.reshape(outputs.shape[0], -1) * std + mean
-
-
 def _seconds_to_datetime64(seconds: np.ndarray, has_time: bool) -> np.ndarray:
     """Return datetime64 values (NaT for missing): days for a date column, else seconds or microseconds."""
     present = ~np.isnan(seconds)
@@ -125,9 +114,18 @@ def _number_rows(block: np.ndarray) -> list[bytes]:
     integers, 4x faster than floats: `3` for 3.0, as such a column was most likely uploaded.
     """
     if block.size and block.dtype == np.float32 and _whole(block):
-        return orjson.dumps(block.astype(np.int64), option=_NUMPY)[2:-2].split(b"],[")
-    text = orjson.dumps(np.ascontiguousarray(block), option=_NUMPY)
-    return text[2:-2].replace(b"null", b"").split(b"],[")
+        text = orjson.dumps(block.astype(np.int64), option=_NUMPY)
+    else:
+        text = orjson.dumps(np.ascontiguousarray(block), option=_NUMPY)
+        if np.isnan(block).any():  # orjson writes NaN as null: an empty cell (a scan of the text costs more)
+            text = text.replace(b"null", b"")
+    # "[[a,b],[c,d]]": split, then trim the first and last rows (not a copy of the whole text). Bytes,
+    # not memoryviews of the text: those are tracked by the garbage collector, whose collections
+    # 65,536 of them a block set off made a chunk 3x slower in a worker's heap.
+    rows = text.split(b"],[")
+    rows[0] = rows[0][2:]
+    rows[-1] = rows[-1][:-2]
+    return rows
 
 
 # float32 holds every integer up to this exactly: a whole float32 beyond it is written as a float.
@@ -136,6 +134,8 @@ _EXACT_FLOAT32 = float(2**24)
 
 def _whole(block: np.ndarray) -> bool:
     """Say whether every cell is a whole number float32 holds exactly (NaN is not)."""
+    if len(block) > 1 and not _whole(block[:1]):  # measured data says so in its first row, at no cost
+        return False
     return bool((np.abs(block) <= _EXACT_FLOAT32).all() and (np.floor(block) == block).all())
 
 
@@ -192,7 +192,7 @@ class _Writer:
         return pa.schema(fields)
 
     def write(self, start: int, stop: int, chosen: np.ndarray | None, outputs: np.ndarray) -> None:
-        """Append rows start:stop of the table with their decoded outputs (decode_arrays)."""
+        """Append rows start:stop of the table with their decoded outputs (Preprocessor.decode_arrays)."""
         if self.format == "csv":
             self._write_csv(start, stop, chosen, outputs)
         else:
@@ -275,8 +275,10 @@ def write_predictions(scoring: ScoringJob, handle: IO[bytes], fmt: str,
         stop = min(start + per_chunk, table.n_rows)
         encoded = preprocessor.encode_table(table, np.arange(start, stop))
         outputs = scoring.network.predict(encoded, loss=loss, max_rows=per_pass)
-        chosen, decoded = decode_arrays(preprocessor, outputs, loss)
-        writer.write(start, stop, chosen, decoded)
+        chosen, decoded = preprocessor.decode_arrays(outputs, loss)
+        # The float64 probabilities chose the class, as /predict's do; they are written at the
+        # network's own precision, float32 (a regression's predictions stay float64).
+        writer.write(start, stop, chosen, decoded if chosen is None else decoded.astype(np.float32))
         if check is not None:
             check()
     writer.close()
@@ -291,7 +293,7 @@ def _pieces(path: Path) -> Iterator[bytes]:
 
 def _predict(scoring: ScoringJob) -> None:
     """Write the file under DATA_DIR/tmp, then store it in pieces as the job succeeds (one transaction)."""
-    fmt = str(scoring.options.get("format", "csv"))
+    fmt = str(scoring.options.get("format", BATCH_PREDICTION_FORMAT_DEFAULT))
     folder = Path(load_config()["DATA_DIR"]) / "tmp"
     folder.mkdir(parents=True, exist_ok=True)
     descriptor, name = tempfile.mkstemp(prefix=f"{scoring.job_id}-", suffix=f".{fmt}", dir=folder)

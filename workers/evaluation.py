@@ -14,9 +14,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from backprop.training import EVAL_CHUNK_ROWS
 from service.core.evaluation.report import EvaluationError, evaluate_table
-from service.core.networks import rows_per_pass
+from service.core.networks import eval_rows_per_pass
 from workers.lease import JobSettings, Publish
 from workers.scoring import ScoringDataError, ScoringJob, run_scoring_job
 
@@ -25,8 +24,7 @@ def _evaluate(scoring: ScoringJob) -> None:
     """Compute the report in passes within the activation budget, then end the job succeeded with it."""
     options: dict[str, Any] = scoring.options  # as service/api/evaluations.py stored them
     # As the training worker's validation passes: the budget of values one forward pass may hold.
-    per_pass = min(EVAL_CHUNK_ROWS, rows_per_pass(scoring.network.activation_width,
-                                                  scoring.recorder.settings.max_activation_floats))
+    per_pass = eval_rows_per_pass(scoring.network.activation_width, scoring.recorder.settings.max_activation_floats)
     try:
         report = evaluate_table(scoring.network, scoring.preprocessor, scoring.model.loss, scoring.table,
                                 permutation_repeats=int(options["permutation_repeats"]),

@@ -16,14 +16,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 import backprop
-from backprop.training import EVAL_CHUNK_ROWS
 from service.core.data.parsing import ParsedTable
 from service.core.data.preprocessing import Preprocessor, fit
 from service.core.db.store import load_table
 from service.core.db.tables import Dataset, Job, JobCheckpoint, JobEpoch, TrainedModel
 from service.core.ids import new_id, utcnow
 from service.core.logs import job_context
-from service.core.networks import rows_per_pass
+from service.core.networks import eval_rows_per_pass
 from service.core.schemas import PERMUTATION_REPEATS_DEFAULT, SERVICE_TRAINING_FIELDS
 from service.core.statuses import JobStatus
 from workers.app import publish_job
@@ -455,7 +454,7 @@ def _train(sessions: sessionmaker[Session], job_id: str, recorder: JobRecorder) 
     network = _build_network(job, preprocessor, inputs.initial_weights)
     checkpoint = _resume_from(inputs.saved_checkpoint, job, recorder)
     # The validation split in passes within the activation budget (the batches were checked at creation).
-    eval_rows = min(EVAL_CHUNK_ROWS, rows_per_pass(network.activation_width, recorder.settings.max_activation_floats))
+    eval_rows = eval_rows_per_pass(network.activation_width, recorder.settings.max_activation_floats)
     history = backprop.train(network, prepared.data["X"], prepared.data["y"], validation_data=prepared.validation,
                              on_epoch_end=recorder.on_epoch_end, should_stop=recorder.should_stop,
                              on_checkpoint=recorder.on_checkpoint, checkpoint=checkpoint,
@@ -565,7 +564,7 @@ def _test_report(job: Job, recorder: JobRecorder, network: backprop.Network, pre
 
     training = job.training
     # Passes within the activation budget, as the validation split's during training.
-    per_pass = min(EVAL_CHUNK_ROWS, rows_per_pass(network.activation_width, recorder.settings.max_activation_floats))
+    per_pass = eval_rows_per_pass(network.activation_width, recorder.settings.max_activation_floats)
     repeats = training.get("test_permutation_repeats", PERMUTATION_REPEATS_DEFAULT)
     try:
         report = evaluate_table(network, preprocessor, training["loss"], test, permutation_repeats=repeats,

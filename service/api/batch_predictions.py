@@ -25,7 +25,7 @@ from service.core.db.tables import Job, JobOutputChunk
 from service.core.ids import isoformat
 from service.core.jobs.scoring import create_scoring_job
 from service.core.problems import ApiError
-from service.core.schemas import BatchPredictionCreate
+from service.core.schemas import BATCH_PREDICTION_FORMAT_DEFAULT, BatchPredictionCreate
 from service.core.statuses import JobKind, JobStatus
 
 bp = Blueprint("batch_predictions", __name__)
@@ -40,7 +40,7 @@ def batch_prediction_json(job: Job) -> dict[str, Any]:
         "id": job.id,
         "model_id": job.input_model_id,
         "dataset_id": job.dataset_id,
-        "format": options.get("format", "csv"),
+        "format": options.get("format", BATCH_PREDICTION_FORMAT_DEFAULT),
         "status": job.status,
         "error": job.error,
         "attempt": job.attempt,
@@ -103,7 +103,7 @@ def download_batch_prediction(batch_prediction_id: str) -> Response:
                                             f"{': ' + job.error if job.error else ''}; its file can be "
                                             f"downloaded once it has succeeded", slug="batch-prediction-not-ready")
         result = job.metrics or {}
-    fmt = result.get("format", "csv")
+    fmt = result.get("format", BATCH_PREDICTION_FORMAT_DEFAULT)
     headers = {"Content-Disposition": f'attachment; filename="{batch_prediction_id}.{fmt}"'}
     if "size_bytes" in result:
         headers["Content-Length"] = str(result["size_bytes"])

@@ -17,6 +17,7 @@ from typing import Any
 import backprop
 from backprop.network import activation_width
 from backprop.spec import NetworkSpec, NodeSpec, node_parameters, parse
+from backprop.training import EVAL_CHUNK_ROWS
 from service.core.problems import FieldError
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,15 @@ def rows_per_pass(width: int, max_activation_floats: int) -> int:
     At least one: a network stored before the budget was lowered still answers, a row at a time.
     """
     return max(1, max_activation_floats // max(1, width))
+
+
+def eval_rows_per_pass(width: int, max_activation_floats: int) -> int:
+    """Return the rows of one scoring pass: backprop's EVAL_CHUNK_ROWS, fewer when the activation budget says so.
+
+    The validation passes during training, a test split's and an evaluation's report all
+    score in passes of this size.
+    """
+    return min(EVAL_CHUNK_ROWS, rows_per_pass(width, max_activation_floats))
 
 
 def _graph(definition: Any, input_dim: int | None) -> NetworkSpec | None:

@@ -402,6 +402,8 @@ BATCH_PREDICTION_FORMATS = ("csv", "parquet")
 # The media type of each format's file, as its download answers it.
 BATCH_PREDICTION_MEDIA_TYPES = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
 assert tuple(BATCH_PREDICTION_MEDIA_TYPES) == BATCH_PREDICTION_FORMATS
+# The format of a request that names none (and of a stored job's options that lack one).
+BATCH_PREDICTION_FORMAT_DEFAULT: Literal["csv", "parquet"] = "csv"
 
 
 class EvaluationCreate(BaseModel):
@@ -425,7 +427,7 @@ class BatchPredictionCreate(BaseModel):
 
     dataset_id: str = Field(min_length=1, description="a dataset of the tenant holding the model's feature "
                                                       "columns (matched by name)")
-    format: Literal["csv", "parquet"] = Field(default="csv", description="the file written")
+    format: Literal["csv", "parquet"] = Field(default=BATCH_PREDICTION_FORMAT_DEFAULT, description="the file written")
 
 
 assert get_args(BatchPredictionCreate.model_fields["format"].annotation) == BATCH_PREDICTION_FORMATS

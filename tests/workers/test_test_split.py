@@ -104,6 +104,45 @@ def test_splits_that_leave_no_training_rows_are_a_422(client: Any, imbalanced: d
     assert "validation_split" in error["message"] and "under 1" in error["message"]
 
 
+@pytest.mark.parametrize(("n_rows", "missing", "test_split", "held"), [
+    (40, 0, 0.01, "0 of the dataset's 40 rows"),  # round(0.4) is 0
+    (60, 20, 0.012, "0 of the dataset's 40 rows"),  # 60 rows, 20 without a target: round(0.48) of 40
+    (100, 0, 0.004, "0 of the dataset's 100 rows")])
+def test_a_test_split_of_no_row_is_a_422_saying_so(client: Any, n_rows: int, missing: int, test_split: float,
+                                                   held: str) -> None:
+    rows = [[float(i), None if i < missing else i % 2] for i in range(n_rows)]
+    dataset = _upload(client, ["x", "y"], rows)
+    assert dataset["n_rows_without_target"] == missing
+    [error] = problem(_job(client, dataset, test_split=test_split), 422)["errors"]
+    assert error["field"] == "training.test_split"
+    assert held in error["message"] and "or 0 for no test split" in error["message"]
+    # The least fraction it suggests holds out a row, and is accepted.
+    suggested = float(error["message"].split("at least ")[1].split(",")[0])
+    assert _job(client, dataset, test_split=suggested).status_code == 202
+
+
+def test_the_least_test_split_that_rounds_to_a_row_is_accepted_and_holds_it_out(
+        client: Any, app: Any, test_tables: list[Any]) -> None:
+    dataset = _upload(client, ["x", "y"], [[float(i), i % 2] for i in range(40)])
+    assert _job(client, dataset, test_split=0.0125).status_code == 422  # round(0.5) is 0, as the worker rounds
+    response = _job(client, dataset, test_split=0.013)  # round(0.52) is 1
+    assert response.status_code == 202
+    job_id = response.get_json()["id"]
+    assert run_job(app, job_id) == "succeeded", job_row(app, job_id).error
+    metrics = client.get(f"/v1/jobs/{job_id}").get_json()["metrics"]
+    assert metrics["n_test_rows"] == 1 and metrics["test"] == {"marker": True} and test_tables[0].n_rows == 1
+
+
+def test_splits_whose_rows_leave_none_to_train_are_a_422(client: Any) -> None:
+    """Fractions under 1 together may still round to every row: 3 rows, 0.5 -> 2 and 0.4 -> 1."""
+    dataset = _upload(client, ["x", "y"], [[0.0, 0], [1.0, 1], [2.0, 0]])
+    [error] = problem(_job(client, dataset, test_split=0.5, validation_split=0.4, batch_size=1), 422)["errors"]
+    assert error["field"] == "training.test_split"
+    assert "hold out 2" in error["message"] and "(0.4) 1 of the dataset's 3 rows" in error["message"]
+    assert "no row to train on" in error["message"]
+    assert _job(client, dataset, test_split=0.34, validation_split=0.1, batch_size=1).status_code == 202
+
+
 def test_the_job_keeps_the_test_fields(client: Any, imbalanced: dict[str, Any]) -> None:
     job = _job(client, imbalanced, test_split=0.25, validation_split=0.7).get_json()
     assert (job["training"]["test_split"], job["training"]["test_permutation_repeats"]) == \

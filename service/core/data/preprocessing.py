@@ -519,8 +519,23 @@ class Preprocessor:
 
     # Decoding -------------------------------------------------------------
 
-    def decode(self, outputs: np.ndarray, loss: str) -> dict[str, Any]:
-        """Turn network outputs into predictions in the dataset's own labels or scale."""
+    def decode_arrays(self, outputs: np.ndarray, loss: str) -> tuple[np.ndarray | None, np.ndarray]:
+        """Return network outputs as arrays: the one decoding /predict, evaluations and batch files share.
+
+        Parameters
+        ----------
+        outputs
+            The network's outputs, (n, k) or (n,) for a binary model.
+        loss
+            The model's training loss (a binary cross-entropy model has one output per row).
+
+        Returns
+        -------
+        chosen, values
+            For classification, each row's class index (into `classes`) and the class
+            probabilities (n, k) float64; for regression, None and the predictions in the
+            targets' units (n, targets) float64.
+        """
         outputs = np.asarray(outputs, dtype=np.float64)
         if self.task == "classification":
             if loss == "binary_cross_entropy":
@@ -528,11 +543,16 @@ class Preprocessor:
                 probabilities = np.stack([1.0 - positive, positive], axis=1)
             else:
                 probabilities = outputs
+            return probabilities.argmax(axis=1), probabilities
+        return None, outputs.reshape(outputs.shape[0], -1) * self._target_std + self._target_mean
+
+    def decode(self, outputs: np.ndarray, loss: str) -> dict[str, Any]:
+        """Turn network outputs into predictions in the dataset's own labels or scale (decode_arrays as lists)."""
+        chosen, values = self.decode_arrays(outputs, loss)
+        if chosen is not None:
             classes = self.classes or []
-            chosen = probabilities.argmax(axis=1)
             return {"predictions": [classes[k] for k in chosen.tolist()],
-                    "probabilities": probabilities.tolist(), "classes": classes}
-        values = outputs.reshape(outputs.shape[0], -1) * self._target_std + self._target_mean
+                    "probabilities": values.tolist(), "classes": classes}
         if values.shape[1] == 1:
             return {"predictions": values[:, 0].tolist(), "targets": self.target["names"]}
         return {"predictions": values.tolist(), "targets": self.target["names"]}

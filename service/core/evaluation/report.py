@@ -9,7 +9,7 @@ passes (the workers renew their lease there).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ from service.core.data.parsing import ParsedTable, parse_number
 from service.core.data.preprocessing import Preprocessor
 from service.core.evaluation import metrics
 from service.core.problems import FieldError, FieldErrors
+from service.core.schemas import PERMUTATION_REPEATS_DEFAULT
 
 # Where the errors point: the dataset the request names.
 FIELD = "dataset_id"
@@ -33,31 +34,62 @@ def _error(message: str) -> EvaluationError:
     return EvaluationError([{"field": FIELD, "message": message}])
 
 
-def _check_columns(preprocessor: Preprocessor, table: ParsedTable) -> dict[str, int]:
-    """Return each column's position; raise EvaluationError naming every feature or target that does not fit."""
-    position = {c["name"]: j for j, c in enumerate(table.columns)}
+def column_problems(features: list[dict[str, Any]], target: Mapping[str, Any], columns: list[dict[str, Any]],
+                    *, with_targets: bool, where: str = "the dataset") -> list[FieldError]:
+    """Return why a model cannot score a dataset's columns: the one rule of job creation and the workers.
+
+    Parameters
+    ----------
+    features, target
+        The model's preprocessing: its feature entries (name, kind) and its target entry
+        (task, names).
+    columns
+        The dataset's columns (name, kind, and `encoded` false for one the upload
+        stopped counting), matched to the model's by name.
+    with_targets
+        Whether the target columns must be there too (an evaluation needs the true values).
+    where
+        The dataset as the messages name it.
+
+    Returns
+    -------
+    list of FieldError
+        One per feature (or target) column that is missing, unreadable or of another
+        kind than the model's (a target: numbers for a regression, labels of any kind
+        but datetimes for a classification), each on field `dataset_id`.
+    """
+    by_name = {c["name"]: c for c in columns}
+    wanted: list[tuple[str, str | None, str]] = [(f["name"], f["kind"], "feature") for f in features]
+    if with_targets:
+        target_kind = "numeric" if target["task"] == "regression" else None  # labels: numbers or strings
+        wanted += [(name, target_kind, "target") for name in target["names"]]
     errors: list[FieldError] = []
-    for feature in preprocessor.features:
-        name = feature["name"]
-        if name not in position:
-            errors.append({"field": FIELD, "message": f"the dataset has no column {name!r}, a feature of the model"})
-            continue
-        kind = table.columns[position[name]]["kind"]
-        if kind != feature["kind"]:
-            errors.append({"field": FIELD, "message": f"column {name!r} holds {kind} values; the model "
-                                                      f"was trained on {feature['kind']} values"})
-        elif kind == "datetime" and table.datetimes is None:
-            errors.append({"field": FIELD, "message": f"column {name!r} has no stored datetimes"})
-    for name in preprocessor.target["names"]:
-        if name not in position:
-            errors.append({"field": FIELD, "message": f"the dataset has no column {name!r}, a target of the "
-                                                      f"model: an evaluation needs the true values"})
-            continue
-        column = table.columns[position[name]]
-        if column["kind"] == "datetime" or (preprocessor.task == "regression" and column["kind"] != "numeric"):
-            wanted = "numbers" if preprocessor.task == "regression" else "labels"
-            errors.append({"field": FIELD, "message": f"target column {name!r} holds {column['kind']} values; "
-                                                      f"the model predicts {wanted}"})
+    for name, kind, role in wanted:
+        column = by_name.get(name)
+        if column is None:
+            errors.append({"field": FIELD, "message": f"the model's {role} column {name!r} is not in {where}"})
+        elif column.get("encoded") is False:
+            errors.append({"field": FIELD, "message": f"column {name!r} of {where} has too many distinct "
+                                                      f"strings to be read"})
+        elif (role == "target" and column["kind"] == "datetime") or (kind is not None and column["kind"] != kind):
+            takes = f"{kind} values" if kind is not None else "labels"
+            errors.append({"field": FIELD, "message": f"column {name!r} holds {column['kind']} values in {where}; "
+                                                      f"the model's {role} takes {takes}"})
+    return errors
+
+
+def _check_columns(preprocessor: Preprocessor, table: ParsedTable) -> dict[str, int]:
+    """Return each column's position; raise EvaluationError naming every feature or target that does not fit.
+
+    The rule is job creation's (column_problems): the dataset of a job cannot change once
+    uploaded, so this only guards what the creation checked, and a table without the
+    datetimes its datetime features need.
+    """
+    errors = column_problems(preprocessor.features, preprocessor.target, table.columns, with_targets=True)
+    position = {c["name"]: j for j, c in enumerate(table.columns)}
+    if not errors and table.datetimes is None:
+        errors = [{"field": FIELD, "message": f"column {f['name']!r} has no stored datetimes"}
+                  for f in preprocessor.features if f["kind"] == "datetime"]
     if errors:
         raise EvaluationError(errors)
     return position
@@ -112,22 +144,9 @@ def class_indices(classes: list[Any], column: dict[str, Any], raw: np.ndarray) -
     return out
 
 
-def _decode(preprocessor: Preprocessor, outputs: np.ndarray, loss: str) -> np.ndarray:
-    """Return class probabilities (n, k) or predictions in the targets' units (n, t), float64."""
-    outputs = np.asarray(outputs, dtype=np.float64)
-    if preprocessor.task == "classification":
-        if loss == "binary_cross_entropy":
-            positive = outputs.reshape(-1)
-            return np.stack([1.0 - positive, positive], axis=1)
-        return outputs
-    # Preprocessor.decode's arithmetic, without its lists.
-    std = np.asarray(preprocessor.target["std"], dtype=np.float64)
-    mean = np.asarray(preprocessor.target["mean"], dtype=np.float64)
-    return outputs.reshape(outputs.shape[0], -1) * std + mean
-
-
 def evaluate_table(network: Network, preprocessor: Preprocessor, loss: str, table: ParsedTable,
-                   rows: np.ndarray | None = None, *, permutation_repeats: int = 5, seed: int = 0,
+                   rows: np.ndarray | None = None, *, permutation_repeats: int = PERMUTATION_REPEATS_DEFAULT,
+                   seed: int = 0,
                    max_rows_per_pass: int | None = None,
                    on_progress: Callable[[], None] | None = None) -> dict[str, Any]:
     """Return the evaluation report of the model on rows of a stored table (docs/evaluation.md).
@@ -193,7 +212,8 @@ def evaluate_table(network: Network, preprocessor: Preprocessor, loss: str, tabl
         parts = []
         for start in range(0, n, per_pass):
             X = encode(start, min(n, start + per_pass))
-            parts.append(_decode(preprocessor, network.predict(X, loss=loss, max_rows=per_pass), loss))
+            outputs = network.predict(X, loss=loss, max_rows=per_pass)
+            parts.append(preprocessor.decode_arrays(outputs, loss)[1])
             progress()
         return np.concatenate(parts)
 

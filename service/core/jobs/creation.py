@@ -114,7 +114,8 @@ def training_fields(request: JobCreate, dataset: Dataset,
     service = {name: training.pop(name) for name in SERVICE_TRAINING_FIELDS}
     classes = (source.classes if warm and source is not None else dataset.classes) or []
     weight_problems = class_weight_problems(service["class_weight"], dataset.task, classes)
-    weight_problems += held_out_problems(service["test_split"], training["validation_split"])
+    weight_problems += held_out_problems(service["test_split"], training["validation_split"],
+                                         dataset.n_rows - dataset.n_rows_without_target)
     if "loss" not in sent.model_fields_set:
         training["loss"] = source.loss if warm and source is not None else JOB_LOSS_FOR_TASK[dataset.task]
     loss = training["loss"]
@@ -136,17 +137,36 @@ def training_fields(request: JobCreate, dataset: Dataset,
     return {**training, **service}, training_problems + weight_problems
 
 
-def held_out_problems(test_split: float, validation_split: float) -> list[FieldError]:
-    """Return why `training.test_split` cannot go with `validation_split` (empty: it can).
+def held_out_problems(test_split: float, validation_split: float, n_rows: int) -> list[FieldError]:
+    """Return why `training.test_split` cannot go with `validation_split` on `n_rows` rows (empty: it can).
 
-    Both are fractions of the rows with a target, so together they must leave training
-    rows; each one's own bounds are the schema's.
+    Both are fractions of the n rows with a target (the dataset's rows less those without
+    one), held out as round(n * fraction) rows each (workers/training.py), so together they
+    must leave training rows, and a test split must hold out a row: one that rounds to none
+    would train without a test report and say nothing. Each one's own bounds are the schema's.
     """
-    if test_split + validation_split < 1:
+    field = "training.test_split"
+    if test_split + validation_split >= 1:
+        return [{"field": field,
+                 "message": f"test_split ({test_split:g}) and validation_split ({validation_split:g}) together "
+                            f"hold out every row; their sum must be under 1"}]
+    if test_split <= 0 or n_rows < 1:  # no test split; no row with a target is the worker's to report
         return []
-    return [{"field": "training.test_split",
-             "message": f"test_split ({test_split:g}) and validation_split ({validation_split:g}) together hold "
-                        f"out every row; their sum must be under 1"}]
+    n_test = round(n_rows * test_split)
+    n_validation = round(n_rows * validation_split)
+    if n_test == 0:
+        hint = (f"use a test_split of at least {1 / n_rows:.3g}" if n_rows >= 2 else
+                "the dataset needs more rows")
+        return [{"field": field,
+                 "message": f"test_split ({test_split:g}) would hold out 0 of the dataset's {n_rows:,} rows with "
+                            f"a target (round({n_rows:,} x {test_split:g})), so the model would have no test "
+                            f"report; {hint}, or 0 for no test split"}]
+    if n_test + n_validation >= n_rows:
+        return [{"field": field,
+                 "message": f"test_split ({test_split:g}) would hold out {n_test:,} and validation_split "
+                            f"({validation_split:g}) {n_validation:,} of the dataset's {n_rows:,} rows with a "
+                            f"target, leaving no row to train on; lower them"}]
+    return []
 
 
 def class_weight_problems(class_weight: str | dict[str, float] | None, task: str,

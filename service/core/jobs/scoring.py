@@ -17,6 +17,7 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session, defer
 
 from service.core.db.tables import Dataset, Job, TrainedModel
+from service.core.evaluation.report import column_problems as report_column_problems
 from service.core.ids import new_id, utcnow
 from service.core.jobs.creation import hold_dataset, publish_committed
 from service.core.jobs.publishing import JobQueue
@@ -76,26 +77,12 @@ def create_scoring_job(session: Session, tenant: str, model_id: str, kind: JobKi
 
 
 def column_problems(model: TrainedModel, dataset: Dataset, with_targets: bool) -> list[FieldError]:
-    """Return why the model cannot score the dataset: its feature (and target) columns missing or of another kind."""
-    columns = {c["name"]: c for c in dataset.columns}
-    wanted = [(f["name"], f["kind"], "feature") for f in model.preprocessing["features"]]
-    if with_targets:
-        target_kind = "numeric" if model.task == "regression" else None  # labels: numbers or strings
-        wanted += [(name, target_kind, "target") for name in model.preprocessing["target"]["names"]]
-    errors: list[FieldError] = []
-    for name, kind, role in wanted:
-        column = columns.get(name)
-        if column is None:
-            errors.append({"field": "dataset_id", "message": f"the model's {role} column {name!r} is not in "
-                                                             f"dataset {dataset.id}"})
-        elif column.get("encoded") is False:
-            errors.append({"field": "dataset_id", "message": f"column {name!r} of dataset {dataset.id} has too "
-                                                             f"many distinct strings to be read"})
-        elif role == "target" and column["kind"] == "datetime" or kind is not None and column["kind"] != kind:
-            errors.append({"field": "dataset_id", "message": f"column {name!r} is {column['kind']} in dataset "
-                                                             f"{dataset.id} but the model's {role} is "
-                                                             f"{kind or 'labels'}"})
-    return errors
+    """Return why the model cannot score the dataset: its feature (and target) columns missing or of another kind.
+
+    The rule is service.core.evaluation.report.column_problems, which the workers apply too.
+    """
+    return report_column_problems(model.preprocessing["features"], model.preprocessing["target"], dataset.columns,
+                                  with_targets=with_targets, where=f"dataset {dataset.id}")
 
 
 def check_model_unused(session: Session, model_id: str) -> None:
@@ -103,4 +90,4 @@ def check_model_unused(session: Session, model_id: str) -> None:
     busy = session.scalar(select(exists().where(Job.input_model_id == model_id, Job.status.in_(ACTIVE_STATUSES))))
     if busy:
         raise ApiError(409, "Conflict", f"model {model_id} is used by a queued or running evaluation or batch "
-                                        f"prediction; wait for it to end", slug="model-in-use")
+                                        f"prediction; cancel it or wait for it to end", slug="model-in-use")
