@@ -68,7 +68,8 @@ def seed_resources(client: Any, train: Callable[[str], str], finish: Callable[[s
     finish
         Runs the batch prediction of the given id to its success (its download then answers).
     deletable_phases
-        The phases that get a throwaway dataset, network and model each, for the DELETE operations.
+        The phases that get a throwaway dataset, network, model and (cancelled) batch prediction each,
+        for the DELETE operations.
     """
     from tests.conftest import csv_text, pets_rows
 
@@ -92,10 +93,17 @@ def seed_resources(client: Any, train: Callable[[str], str], finish: Callable[[s
                         json={"dataset_id": main_dataset["id"], "permutation_repeats": 0})
     batch = client("POST", f"/v1/models/{model_id}/batch-predictions", json={"dataset_id": main_dataset["id"]})
     finish(batch["id"])
+    def ended_batch() -> str:
+        # Cancelled while queued: ended, so DELETE takes it (a queued or running one is a 409).
+        queued = client("POST", f"/v1/models/{model_id}/batch-predictions", json={"dataset_id": main_dataset["id"]})
+        client("POST", f"/v1/batch-predictions/{queued['id']}/cancel")
+        return str(queued["id"])
+
     deletable = {}
     for phase in deletable_phases:
         deletable[phase] = {"dataset": dataset()["id"], "network": network()["id"],
-                            "model": model(main_dataset["id"], main_network["id"])[1]}
+                            "model": model(main_dataset["id"], main_network["id"])[1],
+                            "batch_prediction": ended_batch()}
     return {"dataset": main_dataset["id"], "network": main_network["id"], "job": job_id, "model": model_id,
             "evaluation": evaluation["id"], "batch_prediction": batch["id"],
             "dataset_task": main_dataset["task"], "dataset_classes": main_dataset.get("classes"),

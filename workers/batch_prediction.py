@@ -30,6 +30,7 @@ Parquet writes every column the same way, whatever its values.
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import io
 import os
@@ -292,10 +293,19 @@ def _pieces(path: Path) -> Iterator[bytes]:
 
 
 def _predict(scoring: ScoringJob) -> None:
-    """Write the file under DATA_DIR/tmp, then store it in pieces as the job succeeds (one transaction)."""
+    """Write the file under DATA_DIR/tmp, then store it in pieces as the job succeeds (one transaction).
+
+    Files of the job's earlier attempts there (DATA_DIR/tmp/{job_id}-*) are deleted first.
+    """
     fmt = str(scoring.options.get("format", BATCH_PREDICTION_FORMAT_DEFAULT))
     folder = Path(load_config()["DATA_DIR"]) / "tmp"
     folder.mkdir(parents=True, exist_ok=True)
+    # An earlier attempt killed mid-way (out of memory, SIGKILL) never reached its `finally`:
+    # its file is removed here, so that a job retried after a crash leaves no file behind. A
+    # stale duplicate still writing one (its lease taken by this attempt) then fails to read
+    # it back, which changes nothing: its success would be refused all the same.
+    for stale in folder.glob(f"{glob.escape(scoring.job_id)}-*"):
+        stale.unlink(missing_ok=True)
     descriptor, name = tempfile.mkstemp(prefix=f"{scoring.job_id}-", suffix=f".{fmt}", dir=folder)
     path = Path(name)
     try:

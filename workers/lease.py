@@ -27,7 +27,7 @@ from service.core.db.engine import make_engine, make_session_factory
 from service.core.db.tables import Job
 from service.core.ids import utcnow
 from service.core.settings import load_config, setting_default
-from service.core.statuses import JobStatus
+from service.core.statuses import JobKind, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +116,15 @@ def time_limit(job_limit_s: float | None, settings: JobSettings) -> tuple[float,
     return service_s, time_limit_error(service_s, asked_s=job_limit_s)
 
 
-def lost_error(attempts: int) -> str:
-    """Say why a job whose worker kept dying failed."""
+def lost_error(attempts: int, kind: str = JobKind.TRAIN) -> str:
+    """Say why a job whose worker kept dying failed, and what a user can make smaller.
+
+    A training job's memory grows with its network and batch size; an evaluation's or a
+    batch prediction's (JobKind) with its dataset only (its passes are bounded).
+    """
+    advice = "try a smaller network, batch size or dataset" if kind == JobKind.TRAIN else "try a smaller dataset"
     return (f"the job's worker was lost {attempts} times (killed, out of memory, or crashed) and "
-            f"the job was not tried again (MAX_ATTEMPTS); try a smaller network, batch size or "
-            f"dataset, and see the worker logs")
+            f"the job was not tried again (MAX_ATTEMPTS); {advice}, and see the worker logs")
 
 
 def undeliverable_error(deliveries: int) -> str:

@@ -37,7 +37,7 @@ def _lost_job_outcome(job: Any, settings: JobSettings, now: datetime) -> tuple[s
             (now - as_utc(job.started_at)).total_seconds() > limit[0]:
         return "failed", {"status": JobStatus.FAILED, "finished_at": now, "error": limit[1]}
     if job.attempt >= settings.max_attempts:
-        return "failed", {"status": JobStatus.FAILED, "finished_at": now, "error": lost_error(job.attempt)}
+        return "failed", {"status": JobStatus.FAILED, "finished_at": now, "error": lost_error(job.attempt, job.kind)}
     return "requeued", {"status": JobStatus.QUEUED, "owner": None, "heartbeat_at": None, "published_at": now}
 
 
@@ -45,7 +45,7 @@ def _reclaim_lost(session: Session, settings: JobSettings, now: datetime, counts
                   to_publish: list[tuple[str, str]]) -> None:
     """Settle every running job whose heartbeat is older than LEASE_TIMEOUT_S."""
     stale = now - timedelta(seconds=settings.lease_timeout_s)
-    lost = session.execute(select(Job.id, Job.owner, Job.heartbeat_at, Job.attempt, Job.cancel_requested,
+    lost = session.execute(select(Job.id, Job.kind, Job.owner, Job.heartbeat_at, Job.attempt, Job.cancel_requested,
                                   Job.started_at, Job.device, Job.time_limit_s)
                            .where(Job.status == JobStatus.RUNNING, Job.heartbeat_at < stale)).all()
     for job in lost:

@@ -1,9 +1,11 @@
-"""Batch predictions: write a stored dataset's rows with a model's predictions on the workers; download the file.
+"""Batch predictions: write a stored dataset's rows with a model's predictions on the workers; download the
+file; cancel one; delete one and its file.
 
 A batch prediction is a job row of kind `batch_predict` (service.core.statuses.JobKind):
 created like a training job (checked, committed, then published: service.core.jobs.scoring),
 run by workers/batch_prediction.py, its file stored in `job_output_chunks` with its
-success and described by the row's `metrics` (docs/service.md, "Batch predictions").
+success and described by the row's `metrics` (docs/service.md, "Batch predictions"). The
+file counts against the tenant's storage until the batch prediction is deleted.
 /v1/jobs does not see it, nor this path a training job.
 """
 
@@ -13,12 +15,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, current_app, url_for
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.api import responses
 from service.api.auth import current_tenant
-from service.api.common import get_job_or_404, json_body, validate_body
+from service.api.common import cancel_hint, cancel_job_row, get_job_or_404, json_body, validate_body
 from service.api.db import get_session, get_session_factory
 from service.api.jobs import job_queue
 from service.core.db.tables import Job, JobOutputChunk
@@ -26,7 +28,7 @@ from service.core.ids import isoformat
 from service.core.jobs.scoring import create_scoring_job
 from service.core.problems import ApiError
 from service.core.schemas import BATCH_PREDICTION_FORMAT_DEFAULT, BatchPredictionCreate
-from service.core.statuses import JobKind, JobStatus
+from service.core.statuses import ACTIVE_STATUSES, JobKind, JobStatus
 
 bp = Blueprint("batch_predictions", __name__)
 
@@ -43,6 +45,7 @@ def batch_prediction_json(job: Job) -> dict[str, Any]:
         "format": options.get("format", BATCH_PREDICTION_FORMAT_DEFAULT),
         "status": job.status,
         "error": job.error,
+        "cancel_requested": job.cancel_requested,
         "attempt": job.attempt,
         "n_rows": result.get("n_rows"),
         "size_bytes": result.get("size_bytes"),
@@ -74,6 +77,38 @@ def get_batch_prediction(batch_prediction_id: str) -> dict[str, Any]:
     """Read a batch prediction: its status and, once it succeeded, its file's size and download link."""
     with get_session() as session:
         return batch_prediction_json(get_job_or_404(session, batch_prediction_id, JobKind.BATCH_PREDICT))
+
+
+@bp.post("/v1/batch-predictions/<batch_prediction_id>/cancel")
+def cancel_batch_prediction(batch_prediction_id: str) -> tuple[dict[str, Any], int]:
+    """Cancel a queued batch prediction at once; ask a running one to stop between chunks.
+
+    A training job's cancel (service.api.common.cancel_job_row): 409 once it succeeded or
+    failed. A cancelled one stores no file (its worker removes what it wrote).
+    """
+    with get_session() as session:
+        return batch_prediction_json(cancel_job_row(session, batch_prediction_id, JobKind.BATCH_PREDICT)), 202
+
+
+@bp.delete("/v1/batch-predictions/<batch_prediction_id>")
+def remove_batch_prediction(batch_prediction_id: str) -> Response:
+    """Delete a batch prediction and its file, unless it is queued or running (cancel it first)."""
+    with get_session() as session:
+        job = get_job_or_404(session, batch_prediction_id, JobKind.BATCH_PREDICT)
+        # Conditional on the status, so a worker that ends it meanwhile keeps it: its success
+        # (file and status, one transaction under the lease) commits first or finds it gone.
+        deleted = session.execute(delete(Job).where(Job.id == job.id, Job.status.not_in(ACTIVE_STATUSES))
+                                  .execution_options(synchronize_session=False)).rowcount
+        if not deleted:
+            session.rollback()
+            session.refresh(job)
+            raise ApiError(409, "Conflict", f"{cancel_hint(job.kind, job.id)} is {job.status}; cancel it first, "
+                                            f"then delete it once it has ended", slug="batch-prediction-active")
+        # The pieces go with the row (ON DELETE CASCADE); deleted by name too, so that a
+        # database without foreign keys enforced keeps none.
+        session.execute(delete(JobOutputChunk).where(JobOutputChunk.job_id == job.id))
+        session.commit()
+    return Response(status=204)
 
 
 def _pieces(sessions: sessionmaker[Session], job_id: str) -> Iterator[bytes]:

@@ -1,20 +1,22 @@
-"""Helpers shared by the blueprints: JSON bodies, schema validation, paging."""
+"""Helpers shared by the blueprints: JSON bodies, schema validation, paging, a job's lookup and cancel."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from flask import current_app, request
+from flask import current_app, request, url_for
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 from service.api.auth import current_tenant
 from service.api.json_provider import JSONTooDeep
 from service.core.db.tables import Job
+from service.core.ids import utcnow
 from service.core.problems import ApiError, from_validation_error, invalid, not_found
-from service.core.statuses import JobKind
+from service.core.statuses import JobKind, JobStatus
 from service.core.tenancy import ownership
 from service.core.tenancy.limits import MB
 
@@ -23,6 +25,12 @@ Row = ownership.Row
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 1000
+# What the API calls a job row of each kind, in its paths' 404s and 409s.
+JOB_KIND_NAMES = {JobKind.TRAIN: "job", JobKind.EVALUATE: "evaluation", JobKind.BATCH_PREDICT: "batch prediction"}
+# The view (and its id argument) that cancels a job row of each kind.
+CANCEL_ENDPOINTS = {JobKind.TRAIN: ("jobs.cancel_job", "job_id"),
+                    JobKind.EVALUATE: ("evaluations.cancel_evaluation", "evaluation_id"),
+                    JobKind.BATCH_PREDICT: ("batch_predictions.cancel_batch_prediction", "batch_prediction_id")}
 
 
 def json_body(max_rows: Mapping[str, int] | None = None) -> Any:
@@ -148,8 +156,44 @@ def get_job_or_404(session: Session, job_id: str, kind: JobKind = JobKind.TRAIN,
     Evaluations and batch predictions are job rows too (statuses.JobKind); under another
     kind's path they are as absent as a missing id.
     """
-    name = {JobKind.TRAIN: "job", JobKind.EVALUATE: "evaluation", JobKind.BATCH_PREDICT: "batch prediction"}[kind]
+    name = JOB_KIND_NAMES[kind]
     job = get_or_404(session, Job, job_id, name, **options)
     if job.kind != kind:
         raise not_found(name, job_id)
+    return job
+
+
+def cancel_hint(kind: str, job_id: str) -> str:
+    """Name a job row of any kind and how to cancel it, for a 409 it stands behind."""
+    endpoint, argument = CANCEL_ENDPOINTS[JobKind(kind)]
+    return f"{JOB_KIND_NAMES[JobKind(kind)]} {job_id} (POST {url_for(endpoint, **{argument: job_id})})"
+
+
+def cancel_job_row(session: Session, job_id: str, kind: JobKind = JobKind.TRAIN) -> Job:
+    """Cancel the tenant's job of `kind`: a queued one ends `cancelled` at once, a running one is asked to stop.
+
+    The one cancel of every kind (POST /v1/jobs/{id}/cancel, /v1/evaluations/{id}/cancel,
+    /v1/batch-predictions/{id}/cancel). A running job gets `cancel_requested`; its worker
+    reads the flag between batches or passes and ends it `cancelled` (a worker that is gone
+    leaves that to the reaper, docs/jobs.md). Each change is a conditional UPDATE, so a
+    worker finishing meanwhile is never overwritten. Commits, and returns the refreshed row.
+
+    Raises
+    ------
+    ApiError
+        404 as get_job_or_404; 409 (`job-finished`) when it already succeeded or failed
+        (cancelling a cancelled one is harmless).
+    """
+    job = get_job_or_404(session, job_id, kind)  # another tenant's job is not there to cancel
+    changed = session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(
+        status=JobStatus.CANCELLED, cancel_requested=True, finished_at=utcnow())).rowcount
+    if not changed:
+        changed = session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+                                  .values(cancel_requested=True)).rowcount
+    session.commit()
+    session.refresh(job)
+    if not changed and job.status != JobStatus.CANCELLED:
+        name = JOB_KIND_NAMES[kind]
+        raise ApiError(409, "Conflict", f"{name} {job_id} has already {job.status}; "
+                                        f"only queued or running {name}s can be cancelled", slug="job-finished")
     return job

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request, url_for
-from sqlalchemy import exists, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 
 from service.api import responses
 from service.api.auth import current_tenant
-from service.api.common import get_or_404, json_body, page_args, validate_body
+from service.api.common import cancel_hint, get_or_404, json_body, page_args, validate_body
 from service.api.db import get_session, get_session_factory
 from service.api.models import MAX_PREDICT_ROWS  # one limit on rows in a JSON body
 from service.core.data import formats
@@ -196,11 +196,13 @@ def remove_dataset(dataset_id: str) -> Response:
         # commits first (and is found here) or finds the dataset gone.
         hold_dataset(session, current_tenant(), dataset_id)
         dataset = get_or_404(session, Dataset, dataset_id, "dataset")
-        busy = session.scalar(select(exists().where(Job.dataset_id == dataset_id,
-                                                    Job.status.in_(ACTIVE_STATUSES))))
+        busy = session.execute(select(Job.id, Job.kind).where(Job.dataset_id == dataset_id,
+                                                              Job.status.in_(ACTIVE_STATUSES)).limit(1)).first()
         if busy:
-            raise ApiError(409, "Conflict", f"dataset {dataset_id} is used by a queued or running "
-                                            f"job; cancel it first", slug="dataset-in-use")
+            # Any kind uses it (a training job, an evaluation, a batch prediction): each can be cancelled.
+            raise ApiError(409, "Conflict", f"dataset {dataset_id} is used by the queued or running "
+                                            f"{cancel_hint(busy.kind, busy.id)}; cancel it first",
+                           slug="dataset-in-use")
         delete_dataset(session, dataset)
         session.commit()
     return Response(status=204)

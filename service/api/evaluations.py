@@ -1,4 +1,4 @@
-"""Evaluations: score a stored dataset with a model on the workers; read the report; list a model's.
+"""Evaluations: score a stored dataset with a model on the workers; read the report; list a model's; cancel.
 
 An evaluation is a job row of kind `evaluate` (service.core.statuses.JobKind): created
 like a training job (checked, committed, then published: service.core.jobs.scoring),
@@ -16,7 +16,7 @@ from sqlalchemy.orm import defer
 
 from service.api import responses
 from service.api.auth import current_tenant
-from service.api.common import get_job_or_404, get_or_404, json_body, page_args, validate_body
+from service.api.common import cancel_job_row, get_job_or_404, get_or_404, json_body, page_args, validate_body
 from service.api.db import get_session
 from service.api.jobs import job_queue
 from service.core.db.store import paginate
@@ -40,6 +40,7 @@ def _state(job: Job) -> dict[str, Any]:
         "permutation_repeats": options["permutation_repeats"],
         "seed": options["seed"],
         "error": job.error,
+        "cancel_requested": job.cancel_requested,
         "attempt": job.attempt,
         "created_at": isoformat(job.created_at),
         "started_at": isoformat(job.started_at),
@@ -95,3 +96,13 @@ def get_evaluation(evaluation_id: str) -> dict[str, Any]:
     """Read an evaluation: its status and, once it succeeded, its report."""
     with get_session() as session:
         return evaluation_json(get_job_or_404(session, evaluation_id, JobKind.EVALUATE))
+
+
+@bp.post("/v1/evaluations/<evaluation_id>/cancel")
+def cancel_evaluation(evaluation_id: str) -> tuple[dict[str, Any], int]:
+    """Cancel a queued evaluation at once; ask a running one to stop between passes.
+
+    A training job's cancel (service.api.common.cancel_job_row): 409 once it succeeded or failed.
+    """
+    with get_session() as session:
+        return evaluation_json(cancel_job_row(session, evaluation_id, JobKind.EVALUATE)), 202

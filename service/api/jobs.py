@@ -5,19 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, current_app, request, url_for
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from service.api import responses
 from service.api.auth import current_tenant
-from service.api.common import MAX_PAGE, get_job_or_404, int_arg, json_body, page_args, validate_body
+from service.api.common import MAX_PAGE, cancel_job_row, get_job_or_404, int_arg, json_body, page_args, validate_body
 from service.api.db import get_session
 from service.core.db.store import paginate
 from service.core.db.tables import Job, JobEpoch
 from service.core.evaluation.report import without_test_report
-from service.core.ids import isoformat, utcnow
+from service.core.ids import isoformat
 from service.core.jobs import creation
 from service.core.jobs.publishing import JobQueue
-from service.core.problems import ApiError, invalid
+from service.core.problems import invalid
 from service.core.schemas import JobCreate
 from service.core.statuses import JobKind, JobStatus
 
@@ -130,16 +130,4 @@ def cancel_job(job_id: str) -> tuple[dict[str, Any], int]:
     once its lease goes stale (docs/jobs.md).
     """
     with get_session() as session:
-        job = get_job_or_404(session, job_id)  # another tenant's job is not there to cancel
-        changed = session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(
-            status=JobStatus.CANCELLED, cancel_requested=True, finished_at=utcnow())).rowcount
-        if not changed:
-            changed = session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING)
-                                      .values(cancel_requested=True)).rowcount
-        session.commit()
-        session.refresh(job)
-        if not changed and job.status != JobStatus.CANCELLED:  # cancelling twice is harmless
-            raise ApiError(409, "Conflict", f"job {job_id} has already {job.status}; "
-                                            f"only queued or running jobs can be cancelled",
-                           slug="job-finished")
-        return job_json(job), 202
+        return job_json(cancel_job_row(session, job_id)), 202

@@ -124,10 +124,13 @@ def _id_links(kind: str, pointer: str) -> dict[str, dict[str, Any]]:
         },
         "evaluation_id": {
             "GetEvaluation": _link("evaluations.get_evaluation", param),
+            "CancelEvaluation": _link("evaluations.cancel_evaluation", param),
         },
         "batch_prediction_id": {
             "GetBatchPrediction": _link("batch_predictions.get_batch_prediction", param),
             "DownloadBatchPrediction": _link("batch_predictions.download_batch_prediction", param),
+            "CancelBatchPrediction": _link("batch_predictions.cancel_batch_prediction", param),
+            "DeleteBatchPrediction": _link("batch_predictions.remove_batch_prediction", param),
         },
         "model_id": {
             "GetModel": _link("models.get_model", param),
@@ -212,11 +215,15 @@ OPERATIONS: dict[str, Operation] = {
     "evaluations.list_evaluations": Operation(_json(responses.EvaluationPage), query=LIST_QUERY,
                                               links=_id_links("evaluation_id", "/items/0/id")),
     "evaluations.get_evaluation": Operation(_json(responses.Evaluation)),
+    "evaluations.cancel_evaluation": Operation(_json(responses.Evaluation), 202, problems=(409,)),
     "batch_predictions.create_batch_prediction": Operation(
         _json(responses.BatchPrediction), 202, body={"application/json": {"schema": _ref("BatchPredictionCreate")}},
         problems=(429, 503), description="Location names the batch prediction.",
         links=_id_links("batch_prediction_id", "/id")),
     "batch_predictions.get_batch_prediction": Operation(_json(responses.BatchPrediction)),
+    "batch_predictions.cancel_batch_prediction": Operation(_json(responses.BatchPrediction), 202, problems=(409,)),
+    "batch_predictions.remove_batch_prediction": Operation(
+        None, 204, problems=(409,), description="The file goes with it; a 409 while it is queued or running."),
     "batch_predictions.download_batch_prediction": Operation(
         {media: {"schema": {"type": "string", "format": "binary"}} for media in BATCH_PREDICTION_MEDIA_TYPES.values()},
         problems=(409,), description="The file as the worker wrote it (CSV or Parquet); a 409 until the batch "

@@ -294,6 +294,7 @@ class EvaluationState(Answer):
     permutation_repeats: int
     seed: int
     error: str | None
+    cancel_requested: bool = Field(description="a cancel was asked while it ran; the worker ends it cancelled")
     attempt: int = Field(description="the worker's attempt: a worker that died mid-way leaves it to the next")
     created_at: Timestamp
     started_at: Timestamp | None
@@ -328,6 +329,7 @@ class BatchPrediction(Answer):
     format: Literal["csv", "parquet"]
     status: JobStatus
     error: str | None
+    cancel_requested: bool = Field(description="a cancel was asked while it ran; the worker ends it cancelled")
     attempt: int = Field(description="the worker's attempt: a worker that died mid-way leaves it to the next")
     n_rows: int | None = Field(description="the rows written (every row of the dataset); null until it succeeded")
     size_bytes: int | None = Field(description="the file's size; null until it succeeded")

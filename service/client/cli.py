@@ -2,7 +2,7 @@
 
 Built on service.client (plain HTTP); docs/cli.md describes every command.
 Exit codes: 0 done, 1 an API or connection error, 2 a usage error, 3 the job
-failed, 4 the job was cancelled, 130 interrupted while watching.
+(evaluation, batch prediction) failed, 4 it was cancelled, 130 interrupted while watching.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, NoReturn, TextIO
 import click
 import requests
 
-from service.client.client import DEFAULT_URL, JOB_STATUSES, TERMINAL, ApiError, Client
+from service.client.client import BATCH_PREDICTION_FORMATS, DEFAULT_URL, JOB_STATUSES, TERMINAL, ApiError, Client
 
 EXIT_ERROR, EXIT_FAILED, EXIT_CANCELLED, EXIT_INTERRUPTED = 1, 3, 4, 130
 PREDICT_CHUNK_ROWS = 10_000
@@ -513,20 +513,43 @@ def models_export(ctx: click.Context, model_id: str, format_: str, output_path: 
     click.echo(f"wrote {output_path} ({len(data):,} bytes, {format_})")
 
 
+# The batch prediction format each file extension means (lower case), when --format is not given.
+BATCH_PREDICTION_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+assert set(BATCH_PREDICTION_SUFFIXES.values()) == set(BATCH_PREDICTION_FORMATS)
+
+
+def batch_prediction_format(output_path: str, given: str | None) -> str:
+    """Return the format to ask for: --format, else the one -o's extension names, else the server's default.
+
+    A --format that another known extension contradicts (`--format csv -o out.parquet`) is a
+    usage error: the file would not hold what its name says.
+    """
+    suffix = Path(output_path).suffix.lower()
+    implied = BATCH_PREDICTION_SUFFIXES.get(suffix)
+    if given is None:
+        return implied or BATCH_PREDICTION_FORMATS[0]
+    if implied is not None and implied != given:
+        raise click.UsageError(f"--format {given} does not match the extension of {output_path} ({suffix} is "
+                               f"{implied}); give one of them, or make them agree")
+    return given
+
+
 @models.command("predict-batch")
 @click.argument("model_id")
 @click.option("--dataset", "dataset_id", required=True,
               help="A stored dataset with the model's feature columns (matched by name).")
-@click.option("--format", "format_", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True,
-              help="The file written.")
+@click.option("--format", "format_", type=click.Choice(BATCH_PREDICTION_FORMATS), default=None,
+              help="The file written; default from the extension of -o (.csv, .parquet, .pq), else "
+                   f"{BATCH_PREDICTION_FORMATS[0]}.")
 @click.option("-o", "--output", "output_path", required=True, type=click.Path(dir_okay=False),
               help="File to write: the dataset's rows, then the prediction and each class's probability.")
 @click.option("--poll", type=click.FloatRange(0.05), default=0.5, show_default=True,
               help="Seconds between polls.")
 @click.pass_context
-def models_predict_batch(ctx: click.Context, model_id: str, dataset_id: str, format_: str, output_path: str,
-                         poll: float) -> None:
+def models_predict_batch(ctx: click.Context, model_id: str, dataset_id: str, format_: str | None,
+                         output_path: str, poll: float) -> None:
     """Predict every row of a stored dataset (on the workers); wait for it and download the file."""
+    format_ = batch_prediction_format(output_path, format_)  # before anything is asked of the service
     client = api(ctx)
     state = client.create_batch_prediction(model_id, dataset_id, format_)
     batch_id = state["id"]

@@ -34,6 +34,10 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 # pins them to the server's service.core.statuses.
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = ("succeeded", "failed", "cancelled")
+# A batch prediction's file formats (the choices of `predict-batch --format`), spelled here for
+# the same reason; pinned to the server's service.core.schemas.BATCH_PREDICTION_FORMATS, the first
+# the server's default.
+BATCH_PREDICTION_FORMATS = ("csv", "parquet")
 
 
 class ApiError(Exception):
@@ -270,7 +274,8 @@ class Client:
 
     # batch predictions ---------------------------------------------------------
 
-    def create_batch_prediction(self, model_id: str, dataset_id: str, format: str = "csv") -> dict[str, Any]:
+    def create_batch_prediction(self, model_id: str, dataset_id: str,
+                                format: str = BATCH_PREDICTION_FORMATS[0]) -> dict[str, Any]:
         """Start a batch prediction of a stored dataset (run on the workers): its rows with the predictions."""
         return self.request("POST", f"/v1/models/{model_id}/batch-predictions",
                             json={"dataset_id": dataset_id, "format": format})
@@ -278,6 +283,14 @@ class Client:
     def get_batch_prediction(self, batch_prediction_id: str) -> dict[str, Any]:
         """Return a batch prediction: its status and, once it succeeded, its file's size and `download` path."""
         return self.request("GET", f"/v1/batch-predictions/{batch_prediction_id}")
+
+    def cancel_batch_prediction(self, batch_prediction_id: str) -> dict[str, Any]:
+        """Cancel a queued batch prediction, or ask a running one to stop; return it."""
+        return self.request("POST", f"/v1/batch-predictions/{batch_prediction_id}/cancel")
+
+    def delete_batch_prediction(self, batch_prediction_id: str) -> None:
+        """Delete a batch prediction that has ended, and its file (a 409 ApiError while it is queued or running)."""
+        self.request("DELETE", f"/v1/batch-predictions/{batch_prediction_id}")
 
     def wait_batch_prediction(self, batch_prediction_id: str, poll_s: float = 0.5, timeout: float | None = None,
                               on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -340,6 +353,10 @@ class Client:
     def get_evaluation(self, evaluation_id: str) -> dict[str, Any]:
         """Return an evaluation: its status and, once it succeeded, its `report`."""
         return self.request("GET", f"/v1/evaluations/{evaluation_id}")
+
+    def cancel_evaluation(self, evaluation_id: str) -> dict[str, Any]:
+        """Cancel a queued evaluation, or ask a running one to stop; return it."""
+        return self.request("POST", f"/v1/evaluations/{evaluation_id}/cancel")
 
     def list_evaluations(self, model_id: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Return a model's evaluations, newest first, each with the report's `metrics` only."""

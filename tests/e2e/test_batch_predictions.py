@@ -45,6 +45,13 @@ def test_downloaded_predictions_equal_predict_for_the_same_rows(stack, pets: dic
         written = list(csv.reader(handle))
     header, written = written[0], written[1:]
     assert header == [*pets["columns"], "animal", "prediction", "probability_cat", "probability_dog"]
+    # The numeric columns hold the uploaded values, each in its own column (a shifted or swapped
+    # column cannot pass): the shortest form of the stored float32 reads back as the uploaded decimal.
+    uploaded = {"weight_kg": [None if row[0] == "" else float(row[0]) for row in rows],
+                "height_cm": [float(row[1]) for row in rows]}
+    for name, values in uploaded.items():
+        column = header.index(name)
+        assert [float(r[column]) if r[column] else None for r in written] == values, name
     records = [{"weight_kg": float(r[0]) if r[0] else None, "height_cm": float(r[1]), "colour": r[2]}
                for r in written]
     assert [r["colour"] for r in records] == [row[2] for row in rows]
@@ -55,6 +62,8 @@ def test_downloaded_predictions_equal_predict_for_the_same_rows(stack, pets: dic
 
     table = pq.read_table(files["parquet"]).to_pydict()
     assert table["prediction"] == result["predictions"]
+    for name, values in uploaded.items():  # float32 columns: the uploaded values at that precision
+        assert table[name] == [None if v is None else float(np.float32(v)) for v in values], name
     assert [w is None for w in table["weight_kg"]] == [row[0] == "" for row in rows]
     np.testing.assert_array_equal(np.array(table["probability_dog"], dtype=np.float32),
                                   np.array(result["probabilities"], dtype=np.float32)[:, 1])

@@ -107,3 +107,41 @@ def test_an_unknown_dataset_is_the_api_error(blobs_model, tmp_path, backprop_cli
     code, output = backprop_cli("models", "predict-batch", blobs_model, "--dataset", "ds_missing",
                                 "-o", str(tmp_path / "x.csv"))
     assert code == 1 and "422" in output and "dataset_id" in output and "ds_missing" in output
+
+
+@pytest.mark.parametrize(("name", "fmt"), [("scored.parquet", "parquet"), ("scored.PQ", "parquet"),
+                                           ("scored.csv", "csv"), ("scored.txt", "csv"), ("scored", "csv")])
+def test_without_format_the_extension_of_o_chooses_it(client, blobs_model, blobs, tmp_path, backprop_cli,
+                                                      worker_on_poll, name, fmt):
+    out = tmp_path / name
+    code, output = backprop_cli("models", "predict-batch", blobs_model, "--dataset", blobs["id"], "-o", str(out),
+                                "--poll", "0.05")
+    assert code == 0, output
+    assert client.get(f"/v1/batch-predictions/{worker_on_poll[0]}").get_json()["format"] == fmt
+    assert output.rstrip().endswith(f"{fmt})")
+    if fmt == "parquet":
+        assert pq.read_table(out).num_rows == 40
+    else:
+        assert out.read_text().splitlines()[0] == ",".join(BLOBS_COLUMNS + ["prediction", "probability_0",
+                                                                            "probability_1"])
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("csv", "out.parquet"), ("parquet", "out.csv"), ("csv", "out.pq")])
+def test_a_format_the_extension_contradicts_is_a_usage_error_before_any_request(app, blobs_model, blobs, tmp_path,
+                                                                                backprop_cli, fmt, name):
+    queue = app.extensions["backprop.queue"]
+    published = len(queue.published)
+    code, output = backprop_cli("models", "predict-batch", blobs_model, "--dataset", blobs["id"],
+                                "--format", fmt, "-o", str(tmp_path / name))
+    assert code == 2, output
+    assert f"--format {fmt} does not match the extension of" in output
+    assert len(queue.published) == published and not (tmp_path / name).exists()
+
+
+def test_a_format_given_for_an_unknown_extension_is_taken(client, blobs_model, blobs, tmp_path, backprop_cli,
+                                                          worker_on_poll):
+    out = tmp_path / "scored.bin"
+    code, output = backprop_cli("models", "predict-batch", blobs_model, "--dataset", blobs["id"],
+                                "--format", "parquet", "-o", str(out), "--poll", "0.05")
+    assert code == 0, output
+    assert pq.read_table(out).num_rows == 40

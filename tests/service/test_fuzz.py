@@ -134,13 +134,14 @@ def test_stateful_links(app: Any, client: Any, resources: dict[str, str]) -> Non
 
     class Workflow(schema.as_state_machine()):  # type: ignore[misc]
         # Each scenario starts from the fixture's rows: Hypothesis replays choices, and a scenario
-        # whose requests met rows an earlier one made (a tenant's job limit reached, a link's
-        # target deleted) would draw differently from the same choices (FlakyStrategyDefinition).
+        # whose requests met rows an earlier one made, deleted or changed (a tenant's job limit
+        # reached, a link's target deleted, a dataset deleted once a job on it was cancelled) would
+        # draw differently from the same choices (FlakyStrategyDefinition).
         def setup(self) -> None:
-            self.rows_before = _row_keys(sessions)
+            self.rows_before = _rows(sessions)
 
         def teardown(self) -> None:
-            _delete_rows_but(sessions, self.rows_before)
+            _restore_rows(sessions, self.rows_before)
 
         def after_call(self, response: Any, case: Any) -> None:
             if response.status_code < 300:
@@ -154,27 +155,37 @@ def test_stateful_links(app: Any, client: Any, resources: dict[str, str]) -> Non
     assert by_id & called, sorted(called)
 
 
-def _row_keys(sessions: Any) -> dict[str, set[tuple[Any, ...]]]:
-    """Every table's primary keys now."""
+def _rows(sessions: Any) -> dict[str, dict[tuple[Any, ...], dict[str, Any]]]:
+    """Every table's rows now, by primary key."""
     from sqlalchemy import select
 
     from service.core.db.tables import Base
 
     with sessions() as session:
-        return {table.name: {tuple(row) for row in session.execute(select(*table.primary_key.columns))}
+        return {table.name: {tuple(row[c.name] for c in table.primary_key.columns): dict(row)
+                             for row in session.execute(select(table)).mappings()}
                 for table in Base.metadata.sorted_tables}
 
 
-def _delete_rows_but(sessions: Any, kept: dict[str, set[tuple[Any, ...]]]) -> None:
-    """Delete the rows made since `kept` was taken (_row_keys), children before parents."""
-    from sqlalchemy import delete, select, tuple_
+def _restore_rows(sessions: Any, before: dict[str, dict[tuple[Any, ...], dict[str, Any]]]) -> None:
+    """Put every table back as `before` (_rows) held it: the rows made since deleted, children
+    before parents; then the rows deleted or changed since written back, parents before children."""
+    from sqlalchemy import delete, insert, select, tuple_, update
 
     from service.core.db.tables import Base
 
     with sessions() as session:
         for table in reversed(Base.metadata.sorted_tables):
             key = list(table.primary_key.columns)
-            made = {tuple(row) for row in session.execute(select(*key))} - kept[table.name]
+            made = {tuple(row) for row in session.execute(select(*key))} - set(before[table.name])
             if made:
                 session.execute(delete(table).where(tuple_(*key).in_(list(made))))
+        for table in Base.metadata.sorted_tables:
+            key = list(table.primary_key.columns)
+            now = {tuple(row[c.name] for c in key): dict(row) for row in session.execute(select(table)).mappings()}
+            for primary, row in before[table.name].items():
+                if primary not in now:
+                    session.execute(insert(table).values(**row))
+                elif now[primary] != row:
+                    session.execute(update(table).where(tuple_(*key) == tuple_(*primary)).values(**row))
         session.commit()

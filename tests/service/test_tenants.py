@@ -22,7 +22,8 @@ from tests.helpers import both_databases, give_model, mlp, problem, run_job, sub
 MLP = mlp((4,), "tanh")
 TRAINING = {"epochs": 2, "batch_size": 16}
 # Which of alice's resources a path parameter names.
-PARAMETER_KINDS = {"dataset_id": "dataset", "network_id": "network", "job_id": "job", "model_id": "model"}
+PARAMETER_KINDS = {"dataset_id": "dataset", "network_id": "network", "job_id": "job", "model_id": "model",
+                   "evaluation_id": "evaluation", "batch_prediction_id": "batch_prediction"}
 
 
 def v1_rules(app: Any) -> list[tuple[str, str, Any]]:
@@ -48,15 +49,18 @@ def start_job(client: Any, dataset_id: str, **extra: Any) -> Any:
 
 @pytest.fixture
 def alice(client: Any, app: Any) -> dict[str, str]:
-    """Alice's dataset, network, a job that is still queued, and a finished job's model."""
+    """Alice's dataset, network, a job that is still queued, a finished job's model, and a queued
+    evaluation and batch prediction of it."""
     dataset = upload(client)
     network = client.post("/v1/networks", json=MLP).get_json()
     done = submit(client, dataset["id"], MLP, **TRAINING)
     assert run_job(app, done) == "succeeded"
     model_id = client.get(f"/v1/jobs/{done}").get_json()["model_id"]
     queued = submit(client, dataset["id"], MLP, **TRAINING)
+    evaluation = client.post(f"/v1/models/{model_id}/evaluations", json={"dataset_id": dataset["id"]}).get_json()
+    batch = client.post(f"/v1/models/{model_id}/batch-predictions", json={"dataset_id": dataset["id"]}).get_json()
     return {"dataset": dataset["id"], "network": network["id"], "job": queued, "done_job": done,
-            "model": model_id}
+            "model": model_id, "evaluation": evaluation["id"], "batch_prediction": batch["id"]}
 
 
 def url_for_rule(rule: Any, ids: dict[str, str]) -> str:
@@ -71,8 +75,10 @@ def url_for_rule(rule: Any, ids: dict[str, str]) -> str:
 
 
 def call(client: Any, method: str, url: str) -> Any:
-    """Send the request a route expects (a predict body where it takes one)."""
+    """Send the request a route expects (a predict body, or a scoring job's, where it takes one)."""
     body = {"inputs": [[1.0, 2.0, 3.0, 4.0]]} if url.endswith("/predict") else None
+    if method == "POST" and url.endswith(("/evaluations", "/batch-predictions")):
+        body = {"dataset_id": "ds_0000nothere"}  # valid by the schema: the model is looked up next
     return client.open(url, method=method, json=body)
 
 

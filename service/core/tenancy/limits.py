@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Text, cast, func, select, update
 from sqlalchemy.orm import Session
 
-from service.core.db.tables import Dataset, DatasetPayload, Job, JobEpoch, Tenant, TrainedModel
+from service.core.db.tables import Dataset, DatasetPayload, Job, JobEpoch, JobOutputChunk, Tenant, TrainedModel
 from service.core.problems import ApiError
 from service.core.statuses import ACTIVE_STATUSES
 from service.core.tenancy.keys import ensure_tenant
@@ -51,20 +51,26 @@ def active_jobs(session: Session, tenant: str) -> int:
 
 
 def stored_bytes(session: Session, tenant: str) -> int:
-    """Return the bytes a tenant stores: its datasets' payloads (each once), models' weights, epoch records.
+    """Return the bytes a tenant stores: its datasets' payloads (each once), models' weights, epoch records
+    and batch predictions' files.
 
     A payload shared with another tenant (stored before payloads were addressed per
     tenant) counts for both: each would need it alone. An epoch record counts as the
-    length of its stored JSON text, an estimate of what it takes in the database.
+    length of its stored JSON text, an estimate of what it takes in the database. A batch
+    prediction's file counts as its stored pieces (job_output_chunks) until it is deleted.
+    One SELECT of a sum per kind, so the four are read at one moment.
     """
-    payloads = select(Dataset.payload_sha256).where(Dataset.tenant_id == tenant).distinct().subquery()
-    data = session.scalar(select(func.coalesce(func.sum(DatasetPayload.size_bytes), 0)).where(
-        DatasetPayload.sha256.in_(select(payloads.c.payload_sha256)))) or 0
-    weights = session.scalar(select(func.coalesce(func.sum(func.length(TrainedModel.weights)), 0)).where(
-        TrainedModel.tenant_id == tenant)) or 0
-    epochs = session.scalar(select(func.coalesce(func.sum(func.length(cast(JobEpoch.record, Text))), 0))
-                            .join(Job, Job.id == JobEpoch.job_id).where(Job.tenant_id == tenant)) or 0
-    return int(data) + int(weights) + int(epochs)
+    payloads = select(Dataset.payload_sha256).where(Dataset.tenant_id == tenant).distinct()
+    data = select(func.coalesce(func.sum(DatasetPayload.size_bytes), 0)).where(
+        DatasetPayload.sha256.in_(payloads)).scalar_subquery()
+    weights = select(func.coalesce(func.sum(func.length(TrainedModel.weights)), 0)).where(
+        TrainedModel.tenant_id == tenant).scalar_subquery()
+    epochs = (select(func.coalesce(func.sum(func.length(cast(JobEpoch.record, Text))), 0))
+              .join(Job, Job.id == JobEpoch.job_id).where(Job.tenant_id == tenant).scalar_subquery())
+    outputs = (select(func.coalesce(func.sum(func.length(JobOutputChunk.data)), 0))
+               .join(Job, Job.id == JobOutputChunk.job_id).where(Job.tenant_id == tenant).scalar_subquery())
+    row = session.execute(select(data, weights, epochs, outputs)).one()
+    return sum(int(value or 0) for value in row)
 
 
 def has_payload(session: Session, tenant: str, digest: str) -> bool:
@@ -121,7 +127,7 @@ def check_storage(session: Session, tenant: str, config: Any, adding: int) -> No
     else:  # a job: its model will add weights to a tenant already out of room
         message = (f"tenant {tenant} stores {stored:,} bytes, the limit (TENANT_MAX_STORED_MB) of "
                    f"{limit_mb} MB ({limit:,} bytes); a job's model would add more")
-    raise ApiError(413, "Content Too Large", f"{message}; delete datasets or models first",
+    raise ApiError(413, "Content Too Large", f"{message}; delete datasets, models or batch predictions first",
                    [{"field": "TENANT_MAX_STORED_MB", "message": message}], slug="tenant-storage-limit")
 
 
