@@ -135,8 +135,9 @@ class Settings(BaseSettings):
         "jobs a tenant may have queued or running at once; one more is a 429 with `Retry-After` "
         "(a tenant's own limit: `flask --app service tenants set-limits`)"))
     TENANT_MAX_STORED_MB: int = Field(10240, description=(
-        "MB a tenant may store (its datasets' payloads, its models' weights and its jobs' epoch records); "
-        "an upload past it, or a job when it is reached, is a 413"))
+        "MB a tenant may store (its datasets' payloads, its models' weights, its jobs' epoch records and its "
+        "batch predictions' files until they are deleted); an upload past it, or a job when it is reached, "
+        "is a 413"))
     KEY_CACHE_TTL_S: float = Field(10.0, description=(
         "seconds an API process remembers a key it looked up: a revoked key stops working within this"))
 
