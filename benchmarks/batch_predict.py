@@ -85,7 +85,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL and Redis instead of SQLite")
     parser.add_argument("--no-readme", action="store_true")
-    parser.add_argument("--float-only", action="store_true", help="only the CSV run of the float rows")
+    parser.add_argument("--float-only", action="store_true", help="only the runs of the float rows")
     return parser.parse_args()
 
 
@@ -176,7 +176,8 @@ def main() -> None:
         # (format, dataset, what the figure calls it): whole-number pixels take the CSV writer's
         # integer fast path; the same rows with noise added (float32) take its float formatting.
         runs = [("csv", dataset, "1M rows"), ("parquet", dataset, "1M rows")]
-        runs += [("csv", noisy, f"1M float rows (digits + N(0, {NOISE}) noise, float32)")]
+        floats = f"1M float rows (digits + N(0, {NOISE}) noise, float32)"
+        runs += [("csv", noisy, floats), ("parquet", noisy, floats)]
         if args.float_only:
             runs = runs[2:]
         for fmt, scored, rows_text in runs:
@@ -200,8 +201,8 @@ def main() -> None:
                 append_row(SECTION, f"{fmt}, {rows_text}, 64-64-10, claimed to stored ({backend}), rows/s "
                                     f"({batch['size_bytes'] / MIB:.0f} MiB)", f"{rate:.0f}", "target",
                            f"{ROWS_TARGET}", rate / ROWS_TARGET, ">= 1x", machine(backend))
-                floats = " float rows" if scored is noisy else ""
-                append_row(SECTION, f"{fmt}{floats}: worker peak memory (VmHWM) ({backend}), MiB",
+                float_rows = " float rows" if scored is noisy else ""
+                append_row(SECTION, f"{fmt}{float_rows}: worker peak memory (VmHWM) ({backend}), MiB",
                            f"{worker['peak_mib']:.0f}",
                            "2 x float32 table + 200 MiB", f"{budget_mib:.0f}", worker["peak_mib"] / budget_mib,
                            "<= 1x", where)

