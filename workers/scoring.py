@@ -10,12 +10,11 @@ stale duplicate can never write a second one (docs/jobs.md).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 import backprop
@@ -26,20 +25,16 @@ from service.core.db.tables import Dataset, Job, TrainedModel
 from service.core.ids import utcnow
 from service.core.logs import job_context
 from service.core.statuses import JobStatus
-from workers.app import publish_job
-from workers.lease import JobSettings, Publish, claim, default_owner, default_sessions, default_settings
+from workers.lease import JobSettings, Publish
 from workers.training import (
     JobRecorder,
     LeaseLost,
-    ShuttingDown,
+    Outcomes,
     TimeLimitExceeded,
-    WorkerGone,
-    hand_back_job,
     job_time_left_s,
     json_safe,
+    run_leased,
 )
-
-log = logging.getLogger(__name__)
 
 
 class ScoringDataError(Exception):
@@ -96,42 +91,12 @@ def run_scoring_job(job_id: str, work: Work, sessions: sessionmaker[Session] | N
     longer holds it).
     """
     with job_context(job_id):
-        sessions = sessions or default_sessions()
-        owner = owner or default_owner()
-        settings = settings or default_settings()
-        if not claim(sessions, job_id, owner, settings):
-            with sessions() as session:
-                status = session.scalar(select(Job.status).where(Job.id == job_id))
-            log.info("job %s not claimed (status %s)", job_id, status)
-            return status or "missing"
-        recorder = JobRecorder(sessions, job_id, owner, settings, shutdown)
-        try:
-            work(_load(sessions, job_id, recorder))
-            return JobStatus.SUCCEEDED
-        except ScoringCancelled:
-            recorder.finish(JobStatus.CANCELLED)
-            return JobStatus.CANCELLED
-        except ShuttingDown:
-            return hand_back_job(sessions, job_id, recorder, publish or publish_job)
-        except SystemExit:
-            hand_back_job(sessions, job_id, recorder, publish or publish_job)
-            raise
-        except (TimeLimitExceeded, ScoringDataError) as error:
-            recorder.finish(JobStatus.FAILED, str(error))
-            return JobStatus.FAILED
-        except LeaseLost:
-            log.warning("job %s: lease lost; another worker owns it now", job_id)
-            return "lost"
-        except WorkerGone:
-            log.warning("job %s: the worker's parent process is gone; abandoning the job", job_id)
-            return "abandoned"
-        except MemoryError:
-            recorder.finish(JobStatus.FAILED, "the worker ran out of memory scoring the dataset")
-            return JobStatus.FAILED
-        except Exception as error:  # a bug: record it on the job rather than leave it running
-            log.exception("job %s failed unexpectedly", job_id)
-            recorder.finish(JobStatus.FAILED, f"internal error in the worker: {type(error).__name__}: {error}")
-            return JobStatus.FAILED
+        return run_leased(job_id, lambda recorder: work(_load(recorder.sessions, job_id, recorder)),
+                          SCORING_OUTCOMES, sessions, owner, settings, shutdown, publish)
+
+
+SCORING_OUTCOMES = Outcomes(cancelled=(ScoringCancelled,), user_errors=(TimeLimitExceeded, ScoringDataError),
+                            out_of_memory="the worker ran out of memory scoring the dataset")
 
 
 def _load(sessions: sessionmaker[Session], job_id: str, recorder: JobRecorder) -> ScoringJob:

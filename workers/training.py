@@ -609,6 +609,41 @@ def run_job(job_id: str, sessions: sessionmaker[Session] | None = None, owner: s
 def _run_job(job_id: str, sessions: sessionmaker[Session] | None, owner: str | None,
              settings: JobSettings | None, shutdown: Callable[[], bool] | None,
              publish: Publish | None) -> str:
+    def train(recorder: JobRecorder) -> None:
+        try:
+            _train(recorder.sessions, job_id, recorder)
+        except backprop.DeviceUnavailable as error:
+            raise JobDataError(f"this worker cannot train on the requested device: {error}; submit with "
+                               f"device cpu or start a GPU worker (queue gpu)") from None
+
+    return run_leased(job_id, train, TRAINING_OUTCOMES, sessions, owner, settings, shutdown, publish)
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """How a kind of job's own exceptions end it (run_leased maps the lease's and the worker's)."""
+
+    cancelled: tuple[type[BaseException], ...]
+    # Their messages tell the user what to change: the job fails with them.
+    user_errors: tuple[type[BaseException], ...]
+    out_of_memory: str
+
+
+TRAINING_OUTCOMES = Outcomes(
+    cancelled=(backprop.TrainingCancelled,),
+    user_errors=(TimeLimitExceeded, backprop.TrainingDiverged, JobDataError, backprop.ConfigError),
+    out_of_memory="the worker ran out of memory; use a smaller network, batch size or dataset")
+
+
+def run_leased(job_id: str, work: Callable[[JobRecorder], None], outcomes: Outcomes,
+               sessions: sessionmaker[Session] | None = None, owner: str | None = None,
+               settings: JobSettings | None = None, shutdown: Callable[[], bool] | None = None,
+               publish: Publish | None = None) -> str:
+    """Claim a job of any kind, run `work` (which ends it succeeded) and map what it raises to a state.
+
+    Returns the job's status as this worker left it ("lost" or "abandoned" when it no
+    longer holds it, "missing" when there is no such job).
+    """
     sessions = sessions or default_sessions()
     owner = owner or default_owner()
     settings = settings or default_settings()
@@ -619,9 +654,9 @@ def _run_job(job_id: str, sessions: sessionmaker[Session] | None, owner: str | N
         return status or "missing"
     recorder = JobRecorder(sessions, job_id, owner, settings, shutdown)
     try:
-        _train(sessions, job_id, recorder)
+        work(recorder)
         return JobStatus.SUCCEEDED
-    except backprop.TrainingCancelled:
+    except outcomes.cancelled:
         recorder.finish(JobStatus.CANCELLED)
         return JobStatus.CANCELLED
     except ShuttingDown:
@@ -631,13 +666,8 @@ def _run_job(job_id: str, sessions: sessionmaker[Session] | None, owner: str | N
         # group): hand the job back on the way out rather than wait for the lease to go stale.
         hand_back_job(sessions, job_id, recorder, publish or publish_job)
         raise
-    except (TimeLimitExceeded, backprop.TrainingDiverged, JobDataError, backprop.ConfigError) as error:
-        # Their messages tell the user what to change.
+    except outcomes.user_errors as error:
         recorder.finish(JobStatus.FAILED, str(error))
-        return JobStatus.FAILED
-    except backprop.DeviceUnavailable as error:
-        recorder.finish(JobStatus.FAILED, f"this worker cannot train on the requested device: {error}; submit with "
-                                          f"device cpu or start a GPU worker (queue gpu)")
         return JobStatus.FAILED
     except LeaseLost:
         log.warning("job %s: lease lost; another worker owns it now", job_id)
@@ -647,7 +677,7 @@ def _run_job(job_id: str, sessions: sessionmaker[Session] | None, owner: str | N
         log.warning("job %s: the worker's parent process is gone; abandoning the job", job_id)
         return "abandoned"
     except MemoryError:
-        recorder.finish(JobStatus.FAILED, "the worker ran out of memory; use a smaller network, batch size or dataset")
+        recorder.finish(JobStatus.FAILED, outcomes.out_of_memory)
         return JobStatus.FAILED
     except Exception as error:  # a bug: record it on the job rather than leave it running
         log.exception("job %s failed unexpectedly", job_id)
