@@ -1,7 +1,7 @@
 """`backprop models predict-batch` against the Flask test app (no processes).
 
 The real Client and command send the requests (routed into Flask's test client by
-test_cli_train's adapter); the worker runs when the command first waits to poll.
+tests/cli_harness.py); the worker runs when the command first waits to poll.
 """
 
 from __future__ import annotations
@@ -12,40 +12,15 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-import requests
-from click.testing import CliRunner
 
+from tests.cli_harness import cli_runner
 from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text
-from tests.service.test_cli_train import FlaskAdapter
-
-
-class StreamingFlaskAdapter(FlaskAdapter):
-    """test_cli_train's adapter, with answers a streaming read (iter_content) can read too."""
-
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        response = super().send(request, **kwargs)
-        response._content_consumed = True  # the body is read: iter_content slices it, close() has no socket
-        response.raw = io.BytesIO()
-        return response
 
 
 @pytest.fixture
 def backprop_cli(client, monkeypatch):
     """Run `backprop ARGS...` against the test app; return (exit code, output)."""
-    from service.client import Client, cli
-
-    def make(url: str, api_key: str | None = None) -> Client:
-        session = requests.Session()
-        session.mount("http://", StreamingFlaskAdapter(client))
-        return Client(url, api_key=api_key, session=session)
-
-    monkeypatch.setattr(cli, "Client", make)
-
-    def run(*args: str) -> tuple[int, str]:
-        result = CliRunner().invoke(cli.main, ["--url", "http://testserver", *args])
-        return result.exit_code, result.output
-
-    return run
+    return cli_runner(client, monkeypatch)
 
 
 @pytest.fixture

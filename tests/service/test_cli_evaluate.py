@@ -1,6 +1,6 @@
 """`backprop models evaluate` against the Flask test app (no processes).
 
-requests goes into Flask's test client (test_cli_train's FlaskAdapter), so the real
+requests goes into Flask's test client (tests/cli_harness.py), so the real
 Client and the real command send the requests; the command's wait between two polls
 runs the queued evaluation with the worker's function, as a worker would meanwhile.
 """
@@ -11,26 +11,18 @@ import time
 from types import SimpleNamespace
 
 import pytest
-import requests
-from click.testing import CliRunner
 
+from tests.cli_harness import cli_runner
 from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text, linear_rows
 from tests.helpers import mlp, train
-from tests.service.test_cli_train import FlaskAdapter
 
 
 @pytest.fixture
 def backprop_cli(client, app, queue, monkeypatch):
     """Run `backprop ARGS...` against the test app, the evaluations it queues run while it waits;
     return (exit code, output)."""
-    from service.client import Client, cli
     from service.client import client as client_module
     from workers.evaluation import run_evaluation
-
-    def make(url: str, api_key: str | None = None) -> Client:
-        session = requests.Session()
-        session.mount("http://", FlaskAdapter(client))
-        return Client(url, api_key=api_key, session=session)
 
     ran: set[str] = set()
 
@@ -40,14 +32,8 @@ def backprop_cli(client, app, queue, monkeypatch):
                 ran.add(job_id)
                 run_evaluation(job_id, sessions=app.extensions["backprop.sessions"], owner="cli-test")
 
-    monkeypatch.setattr(cli, "Client", make)
     monkeypatch.setattr(client_module, "time", SimpleNamespace(monotonic=time.monotonic, sleep=sleep))
-
-    def run(*args: str) -> tuple[int, str]:
-        result = CliRunner().invoke(cli.main, ["--url", "http://testserver", *args])
-        return result.exit_code, result.output
-
-    return run
+    return cli_runner(client, monkeypatch)
 
 
 def lines_after(output: str, heading: str) -> list[list[str]]:

@@ -7,61 +7,20 @@ Client and the real command build and send the request.
 from __future__ import annotations
 
 import json
-from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
-import requests
-from click.testing import CliRunner
-from requests.adapters import BaseAdapter
-from requests.structures import CaseInsensitiveDict
 
+from tests.cli_harness import cli_runner
 from tests.conftest import BLOBS_COLUMNS, blobs_rows, csv_text
 from tests.helpers import mlp
 
 MLP = mlp()
 
 
-class FlaskAdapter(BaseAdapter):
-    """Answer requests' requests with a Flask test client."""
-
-    def __init__(self, client: Any) -> None:
-        super().__init__()
-        self.client = client
-
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        url = urlsplit(request.url)
-        answer = self.client.open(url.path, method=request.method, query_string=url.query,
-                                  data=request.body, headers=dict(request.headers))
-        response = requests.Response()
-        response.status_code = answer.status_code
-        response.reason = answer.status.partition(" ")[2]
-        response.headers = CaseInsensitiveDict(answer.headers)
-        response._content = answer.get_data()
-        response.url, response.request = request.url, request
-        return response
-
-    def close(self) -> None:
-        pass
-
-
 @pytest.fixture
 def backprop_cli(client, monkeypatch):
     """Run `backprop ARGS...` against the test app; return (exit code, output)."""
-    from service.client import Client, cli
-
-    def make(url: str, api_key: str | None = None) -> Client:
-        session = requests.Session()
-        session.mount("http://", FlaskAdapter(client))
-        return Client(url, api_key=api_key, session=session)
-
-    monkeypatch.setattr(cli, "Client", make)
-
-    def run(*args: str) -> tuple[int, str]:
-        result = CliRunner().invoke(cli.main, ["--url", "http://testserver", *args])
-        return result.exit_code, result.output
-
-    return run
+    return cli_runner(client, monkeypatch)
 
 
 def test_train_sends_init_from_model_and_time_limit(client, app, upload_csv, tmp_path, backprop_cli):

@@ -16,9 +16,9 @@ import requests
 from sqlalchemy import func, select
 
 from service.core.db.tables import Dataset, DatasetPayload, DatasetPayloadChunk, TrainedModel
+from tests.cli_harness import FlaskAdapter
 from tests.conftest import BLOBS_COLUMNS, blobs_rows, client_with_key, csv_text
 from tests.helpers import both_databases, give_model, mlp, problem, run_job, submit
-from tests.service.test_cli_train import FlaskAdapter
 
 
 def post_csv(client: Any, rows: list[list[Any]], header: list[str] = BLOBS_COLUMNS) -> Any:
