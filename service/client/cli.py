@@ -12,6 +12,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -553,24 +554,8 @@ def models_predict_batch(ctx: click.Context, model_id: str, dataset_id: str, for
     client = api(ctx)
     state = client.create_batch_prediction(model_id, dataset_id, format_)
     batch_id = state["id"]
-    click.echo(f"batch prediction {batch_id} {state['status']}")
-    shown = [state["status"]]
-
-    def on_update(update: dict[str, Any]) -> None:
-        if update["status"] != shown[-1]:
-            shown.append(update["status"])
-            click.echo(f"batch prediction {batch_id} {update['status']}")
-
-    try:
-        state = client.wait_batch_prediction(batch_id, poll_s=poll, on_update=on_update)
-    except KeyboardInterrupt:
-        click.echo(f"stopped waiting; the batch prediction goes on (GET /v1/batch-predictions/{batch_id})",
-                   err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    if state["status"] == "failed":
-        fail(f"batch prediction {batch_id} failed: {state.get('error') or 'no reason given'}", EXIT_FAILED)
-    if state["status"] != "succeeded":
-        fail(f"batch prediction {batch_id} was {state['status']}", EXIT_CANCELLED)
+    state = _until_succeeded("batch prediction", batch_id, state, lambda on_update: client.wait_batch_prediction(
+        batch_id, poll_s=poll, on_update=on_update), f"GET /v1/batch-predictions/{batch_id}")
     size = client.download_batch_prediction(batch_id, output_path)
     click.echo(f"wrote {output_path} ({state['n_rows']:,} rows, {size:,} bytes, {format_})")
 
@@ -592,25 +577,37 @@ def models_evaluate(ctx: click.Context, model_id: str, dataset_id: str, permutat
     client = api(ctx)
     evaluation = client.create_evaluation(model_id, dataset_id, permutation_repeats=permutation_repeats, seed=seed)
     evaluation_id = evaluation["id"]
-    click.echo(f"evaluation {evaluation_id} {evaluation['status']}")
-    shown = [evaluation["status"]]
+    evaluation = _until_succeeded("evaluation", evaluation_id, evaluation, lambda on_update: client.wait_evaluation(
+        evaluation_id, poll_s=poll, on_update=on_update), f"backprop models evaluation {evaluation_id}")
+    print_report(evaluation["report"])
 
-    def on_update(state: dict[str, Any]) -> None:
-        if state["status"] != shown[-1]:
-            shown.append(state["status"])
-            click.echo(f"evaluation {evaluation_id} {state['status']}")
+
+def _until_succeeded(kind: str, resource_id: str, state: dict[str, Any],
+                     wait: Callable[[Callable[[dict[str, Any]], None]], dict[str, Any]], follow: str) -> dict[str, Any]:
+    """Print each status the `kind` takes while `wait(on_update)` polls it; return it once it succeeded.
+
+    A failure or a cancellation exits (EXIT_FAILED, EXIT_CANCELLED); Ctrl-C stops waiting
+    (EXIT_INTERRUPTED) and says how to `follow` it, as it goes on.
+    """
+    what = f"{kind} {resource_id}"
+    click.echo(f"{what} {state['status']}")
+    shown = [state["status"]]
+
+    def on_update(update: dict[str, Any]) -> None:
+        if update["status"] != shown[-1]:
+            shown.append(update["status"])
+            click.echo(f"{what} {update['status']}")
 
     try:
-        evaluation = client.wait_evaluation(evaluation_id, poll_s=poll, on_update=on_update)
+        state = wait(on_update)
     except KeyboardInterrupt:
-        click.echo(f"stopped waiting; the evaluation goes on (backprop models evaluation {evaluation_id})",
-                   err=True)
+        click.echo(f"stopped waiting; the {kind} goes on ({follow})", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    if evaluation["status"] == "failed":
-        fail(f"evaluation {evaluation_id} failed: {evaluation.get('error') or 'no reason given'}", EXIT_FAILED)
-    if evaluation["status"] != "succeeded":
-        fail(f"evaluation {evaluation_id} was {evaluation['status']}", EXIT_CANCELLED)
-    print_report(evaluation["report"])
+    if state["status"] == "failed":
+        fail(f"{what} failed: {state.get('error') or 'no reason given'}", EXIT_FAILED)
+    if state["status"] != "succeeded":
+        fail(f"{what} was {state['status']}", EXIT_CANCELLED)
+    return state
 
 
 @models.command("evaluation")

@@ -243,16 +243,7 @@ class Client:
 
         ``on_update`` sees every polled state. Raises TimeoutError after `timeout` seconds.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            job = self.get_job(job_id)
-            if on_update is not None:
-                on_update(job)
-            if job["status"] in TERMINAL:
-                return job
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout} s")
-            time.sleep(poll_s)
+        return self._poll(lambda: self.get_job(job_id), f"job {job_id}", poll_s, timeout, on_update)
 
     # models --------------------------------------------------------------------
 
@@ -298,17 +289,8 @@ class Client:
 
         ``on_update`` sees every polled state. Raises TimeoutError after `timeout` seconds.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            state = self.get_batch_prediction(batch_prediction_id)
-            if on_update is not None:
-                on_update(state)
-            if state["status"] in TERMINAL:
-                return state
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"batch prediction {batch_prediction_id} is still {state['status']} "
-                                   f"after {timeout} s")
-            time.sleep(poll_s)
+        return self._poll(lambda: self.get_batch_prediction(batch_prediction_id),
+                          f"batch prediction {batch_prediction_id}", poll_s, timeout, on_update)
 
     def download_batch_prediction(self, batch_prediction_id: str, path: str | Path) -> int:
         """Stream a succeeded batch prediction's file to `path` (never whole in memory); return its bytes.
@@ -368,15 +350,21 @@ class Client:
 
         ``on_update`` sees every polled state. Raises TimeoutError after `timeout` seconds.
         """
+        return self._poll(lambda: self.get_evaluation(evaluation_id), f"evaluation {evaluation_id}", poll_s,
+                          timeout, on_update)
+
+    def _poll(self, get: Callable[[], dict[str, Any]], what: str, poll_s: float, timeout: float | None,
+              on_update: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+        """Call `get` every `poll_s` seconds until the state it returns is terminal; return that state."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            evaluation = self.get_evaluation(evaluation_id)
+            state = get()
             if on_update is not None:
-                on_update(evaluation)
-            if evaluation["status"] in TERMINAL:
-                return evaluation
+                on_update(state)
+            if state["status"] in TERMINAL:
+                return state
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"evaluation {evaluation_id} is still {evaluation['status']} after {timeout} s")
+                raise TimeoutError(f"{what} is still {state['status']} after {timeout} s")
             time.sleep(poll_s)
 
 
