@@ -575,15 +575,11 @@ def _numeric_jsonl(path: Path, limits: Limits) -> ParsedTable | None:
 
     def batches() -> Iterator[Any]:
         with path.open("rb") as handle:
-            while block := handle.read(JSONL_BLOCK_BYTES):
-                cut = len(block)
-                if cut == JSONL_BLOCK_BYTES:  # end on a whole line; the rest is read again next time
-                    cut = block.rfind(b"\n") + 1
-                    if cut == 0:
-                        yield None
-                        return
-                    handle.seek(cut - len(block), 1)
-                text = block[:cut]
+            for view in parsing.whole_line_blocks(handle, JSONL_BLOCK_BYTES):
+                if view is None:
+                    yield None
+                    return
+                text = view.tobytes()
                 lines = sum(1 for line in text.split(b"\n") if line.strip(whitespace))
                 if lines == 0:
                     continue

@@ -331,18 +331,10 @@ def _parse_numeric_csv(path: Path, header: list[str], na_values: frozenset[str])
     pool = pa.system_memory_pool()
 
     def blocks(handle: IO[bytes]) -> Iterator[Any]:
-        while block := handle.read(CSV_BLOCK_BYTES):
-            cut = len(block)
-            if cut == CSV_BLOCK_BYTES:  # end on a whole line; the rest is read again next time
-                cut = block.rfind(b"\n") + 1
-                if cut == 0:
-                    yield None
-                    return
-                handle.seek(cut - len(block), os.SEEK_CUR)
-            if block.find(b'"', 0, cut) != -1:
+        for text in whole_line_blocks(handle, CSV_BLOCK_BYTES):
+            if text is None or text.obj.find(b'"', 0, len(text)) != -1:  # type: ignore[attr-defined]
                 yield None  # a quoted field may hold a newline: leave it to the csv module
                 return
-            text = memoryview(block)[:cut]
             try:
                 table = pa_csv.read_csv(pa.BufferReader(text), read_options=read, convert_options=convert,
                                         memory_pool=pool)
@@ -362,6 +354,23 @@ def _parse_numeric_csv(path: Path, header: list[str], na_values: frozenset[str])
             pass
         # (more rows than newlines: lines end in a lone CR, which the csv module reads otherwise)
         return table_from_arrow(header, blocks(handle), capacity=lines)
+
+
+def whole_line_blocks(handle: IO[bytes], size: int) -> Iterator[memoryview | None]:
+    """Yield a file's bytes in blocks of at most `size` that end on a line end (the last as it ends).
+
+    A line longer than `size` yields None, and nothing after it: the caller's careful
+    path reads such a file.
+    """
+    while block := handle.read(size):
+        cut = len(block)
+        if cut == size:  # end on a whole line; the rest is read again next time
+            cut = block.rfind(b"\n") + 1
+            if cut == 0:
+                yield None
+                return
+            handle.seek(cut - len(block), os.SEEK_CUR)
+        yield memoryview(block)[:cut]
 
 
 # numpy's name for each pyarrow numeric type the fast path reads from its data buffer.
